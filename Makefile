@@ -1,0 +1,35 @@
+# Two commands set everything up on a fresh machine: `make demo` and `make test`.
+# Both create (once) a local virtual environment in .venv with the project and its dependencies.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+EXTRAS ?= dev,milvus
+DATA ?=
+
+.PHONY: install demo test test-all bench clean-venv
+
+$(BIN)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --disable-pip-version-check -q -e '.[$(EXTRAS)]'
+	touch $@
+
+install: $(BIN)/.installed
+
+# The demo on the built-in synthetic catalogue; DATA=path/to/catalogue runs it on real photos instead.
+demo: install
+	$(BIN)/vestis demo $(if $(DATA),--data $(DATA))
+
+# The default test suite (fast; skips what needs ../shared data when it is absent). Exit 5 = no tests collected.
+test: install
+	$(BIN)/pytest -q -p no:cacheprovider || [ $$? -eq 5 ]
+
+# Everything, including the slow tests.
+test-all: install
+	$(BIN)/pytest -q -p no:cacheprovider -m '' || [ $$? -eq 5 ]
+
+# Speed benchmarks (minutes; not part of the test suite).
+bench: install
+	$(BIN)/vestis bench extract $(if $(DATA),--catalog $(DATA))
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,43 @@
+"""Catalogue readers, one module per source format, and format auto-detection.
+
+A reader module exposes `NAME`, `detect(path) -> bool` (cheap: file names and header lines only)
+and `read(path, report) -> Catalog`. Bad rows go to `report.warn(...)` naming the row; a missing
+required column or unreadable structure raises `CatalogError`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from vestis.catalog.catalog import Catalog, LoadReport
+from vestis.errors import CatalogError
+
+from . import deepfashion_attributes, deepfashion_inshop, fashion_product_images, fashionai, generic, zappos
+
+# Most specific first: detection stops at the first reader that recognises the path.
+READERS = {m.NAME: m for m in (fashion_product_images, deepfashion_inshop, deepfashion_attributes, fashionai, zappos, generic)}
+
+
+def detect_format(path: Path) -> str:
+    if not path.exists():
+        raise CatalogError(f"catalogue path {path} does not exist")
+    for name, mod in READERS.items():
+        if mod.detect(path):
+            return name
+    raise CatalogError(f"cannot tell the catalogue format of {path}; pass --format, one of: {', '.join(READERS)}")
+
+
+def read_catalog(path: Path, format: str | None = None) -> Catalog:
+    path = Path(path)
+    fmt = format or detect_format(path)
+    if fmt not in READERS:
+        raise CatalogError(f"unknown catalogue format {fmt!r}; formats: {', '.join(READERS)}")
+    if not path.exists():
+        raise CatalogError(f"catalogue path {path} does not exist")
+    report = LoadReport()
+    cat = READERS[fmt].read(path, report)
+    if len(cat) == 0:
+        raise CatalogError(f"catalogue {path} ({fmt}) has no usable items"
+                           + (f"; {report.total} rows skipped: " + "; ".join(report.warnings[:5]) if report.total else ""))
+    cat.source = fmt
+    return cat

@@ -1,0 +1,50 @@
+"""Reading images safely: one place that turns a file (or bytes) into an RGB PIL image or a clear error."""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+
+from vestis.errors import VestisError
+
+# Refuse decompression bombs outright instead of PIL's warning-then-continue.
+MAX_PIXELS = 40_000_000
+
+
+class ImageReadError(VestisError):
+    pass
+
+
+def load_rgb(source: str | Path | bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Decode an image file or bytes to RGB; raise ImageReadError for missing, corrupt, or oversized images."""
+    name = "<upload>" if isinstance(source, bytes) else str(source)
+    try:
+        fp = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")
+    except OSError as e:
+        raise ImageReadError(f"cannot open image {name}: {e.strerror or e}") from None
+    with fp:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                im = Image.open(fp)
+                if im.width * im.height > max_pixels:
+                    raise ImageReadError(f"image {name} is {im.width}x{im.height} pixels, over the limit of {max_pixels}")
+                im.load()
+        except ImageReadError:
+            raise
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError,
+                Image.DecompressionBombWarning) as e:
+            raise ImageReadError(f"cannot decode image {name}: {e}") from None
+    if im.mode != "RGB":
+        if im.mode in ("RGBA", "LA", "P") and ("transparency" in im.info or im.mode != "P"):
+            # Composite transparent product shots onto white, as catalogues display them.
+            im = im.convert("RGBA")
+            bg = Image.new("RGB", im.size, (255, 255, 255))
+            bg.paste(im, mask=im.getchannel("A"))
+            im = bg
+        else:
+            im = im.convert("RGB")
+    return im
