@@ -1,0 +1,60 @@
+"""Losses of the papers, as small composable functions on embeddings and logits."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def multi_attribute_ce(logits: list[torch.Tensor], labels: torch.Tensor, ignore_index: int | None = None) -> torch.Tensor:
+    """Mean over attributes of the cross-entropy of each attribute's classifier (FashionSearchNet L_C, eq. 1).
+
+    labels[:, a] indexes logits[a]'s classes; `ignore_index` (e.g. -1) drops unlabelled entries.
+    """
+    losses = []
+    for a, lg in enumerate(logits):
+        y = labels[:, a]
+        if ignore_index is not None:
+            keep = y != ignore_index
+            if not keep.any():
+                continue
+            lg, y = lg[keep], y[keep]
+        losses.append(F.cross_entropy(lg, y))
+    return torch.stack(losses).mean() if losses else logits[0].sum() * 0
+
+
+def triplet_margin(anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, margin: float,
+                   squared: bool = False) -> torch.Tensor:
+    """max(0, d(a,p) - d(a,n) + m) with Euclidean distance (AMNet eq. 5 uses squared distances)."""
+    dp = (anchor - positive).pow(2).sum(-1)
+    dn = (anchor - negative).pow(2).sum(-1)
+    if not squared:
+        dp, dn = dp.clamp_min(1e-12).sqrt(), dn.clamp_min(1e-12).sqrt()
+    return F.relu(dp - dn + margin).mean()
+
+
+def soft_triplet(anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
+    """FashionSearchNet's soft-triplet ranking loss (eqs. 3-5): softmax over the two distances,
+
+    d+ = e^{|a-p|} / (e^{|a-p|} + e^{|a-n|}), d- likewise, loss = ||(d+, d- - 1)||^2 = 2 d+^2,
+    which pushes d(a,p) well below d(a,n) without a margin to tune.
+    """
+    dp = (anchor - positive).norm(dim=-1)
+    dn = (anchor - negative).norm(dim=-1)
+    d = torch.softmax(torch.stack([dp, dn], dim=-1), dim=-1)
+    return (d[:, 0].pow(2) + (d[:, 1] - 1).pow(2)).mean()
+
+
+def batch_hard_triplet(embeddings: torch.Tensor, groups: torch.Tensor, margin: float) -> torch.Tensor:
+    """Instance triplet loss with the hardest positive and negative in the batch for each anchor
+    (Park et al.'s instance-similarity loss on P x K batches). Anchors without a positive are skipped."""
+    d = torch.cdist(embeddings, embeddings)
+    same = groups[:, None] == groups[None, :]
+    eye = torch.eye(len(groups), dtype=torch.bool, device=embeddings.device)
+    pos_mask = same & ~eye
+    has_pos = pos_mask.any(1) & (~same).any(1)
+    if not has_pos.any():
+        return embeddings.sum() * 0
+    hardest_pos = (d * pos_mask).max(1).values
+    hardest_neg = d.masked_fill(same, float("inf")).min(1).values
+    return F.relu(hardest_pos - hardest_neg + margin)[has_pos].mean()

@@ -1,0 +1,78 @@
+"""`global_embed`: Park et al., fashion image retrieval for finding the same product.
+
+A head on the trunk's stride-32 map feeds two paths:
+  - instance-similarity (IS): GAP -> FC -> L2-normalised embedding, batch-hard triplet loss over
+    views of the same product (P products x K views per batch); this is the searched vector
+    (inner product = cosine);
+  - object classification (OC): the feature-relaxation module (conv, ReLU, dropout, conv) -> GAP ->
+    category classifier with cross-entropy. The relaxation module lets the classification loss shape
+    the shared features without forcing the embedding itself to collapse onto category labels.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vestis.errors import VestisError
+from vestis.losses import batch_hard_triplet
+from vestis.models.base import Maps, SearchModel, TrainData, register
+from vestis.models.layers import gap, l2n
+from vestis.train import LoopConfig, batch_maps, fit_loop, pk_batches
+
+
+@register
+class GlobalEmbed(SearchModel):
+    name = "global_embed"
+    default_config = {"width": 512, "dim": 256, "dropout": 0.5, "margin": 0.2, "cls_weight": 1.0,
+                      "category_attribute": None, "epochs": 20, "p": 32, "k": 4, "batch_size": 128,
+                      "lr": 1e-3, "weight_decay": 1e-4, "seed": 0}
+
+    def __init__(self, schema, channels, config=None):
+        super().__init__(schema, channels, config)
+        cat = self.config["category_attribute"] or next(
+            (a for a in ("category", "articleType") if a in schema), schema.attributes[0])
+        schema.check_attribute(cat)
+        self.config["category_attribute"] = cat
+        self.n_categories = len(schema.values(cat))
+        w = self.config["width"]
+        self.shared = nn.Sequential(nn.Conv2d(self.channels["s32"], w, 1), nn.BatchNorm2d(w), nn.ReLU())
+        self.embedding = nn.Linear(w, self.config["dim"])
+        self.relaxation = nn.Sequential(nn.Conv2d(w, w, 3, padding=1), nn.ReLU(), nn.Dropout(self.config["dropout"]),
+                                        nn.Conv2d(w, w, 1))
+        self.classifier = nn.Linear(w, self.n_categories)
+
+    def forward(self, maps: Maps) -> tuple[torch.Tensor, torch.Tensor]:
+        f = self.shared(maps["s32"].float())
+        return l2n(self.embedding(gap(f))), self.classifier(gap(self.relaxation(f)))
+
+    def fit(self, data: TrainData, progress: bool = True) -> dict:
+        c = self.config
+        cat_col = self.schema.attributes.index(c["category_attribute"])
+        cats = torch.from_numpy(data.labels[:, cat_col].astype(np.int64))
+        groups = torch.from_numpy(data.instances.astype(np.int64))
+        has_views = np.bincount(data.instances[data.instances >= 0]).max(initial=0) >= 2 if (data.instances >= 0).any() else False
+        if not has_views:
+            raise VestisError("global_embed needs several views per product (instance ids); this catalogue has none")
+        cfg = LoopConfig(epochs=c["epochs"], batch_size=c["batch_size"], lr=c["lr"], weight_decay=c["weight_decay"], seed=c["seed"])
+
+        def step(idx):
+            emb, logits = self(batch_maps(data, idx, ("s32",)))
+            y = cats[idx]
+            known = y < self.n_categories  # "unspecified" category: no classification target
+            cls = F.cross_entropy(logits[known], y[known]) if known.any() else logits.sum() * 0
+            tri = batch_hard_triplet(emb, groups[idx], c["margin"])
+            return tri + c["cls_weight"] * cls, {"triplet": tri, "cls": cls}
+
+        return fit_loop(self.parameters(), data, step, cfg, desc="global_embed", progress=progress, modules=[self],
+                        batches=lambda rng: pk_batches(data.instances, c["p"], c["k"], rng))
+
+    @torch.no_grad()
+    def embed(self, maps: Maps) -> torch.Tensor:
+        return self(maps)[0]
+
+    @torch.no_grad()
+    def predict_category(self, maps: Maps) -> torch.Tensor:
+        return F.softmax(self(maps)[1], dim=-1)

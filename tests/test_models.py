@@ -1,0 +1,100 @@
+import numpy as np
+import pytest
+import torch
+
+from vestis.catalog import AttributeSchema
+from vestis.errors import UnknownValueError, VestisError
+from vestis.models import TrainData, create_model, load_run, save_run
+from vestis.models.base import RunError
+
+SCHEMA = AttributeSchema({"colour": ["red", "blue", "green"], "sleeve": ["short", "long"]})
+CH = {"s16": 8, "s32": 16}
+
+
+def _data(n=600, seed=0, views=1):
+    """Feature maps whose channels encode the labels (colour in channels 0-2, sleeve in 3-4) plus noise."""
+    rng = np.random.default_rng(seed)
+    labels = np.stack([rng.integers(0, 3, n), rng.integers(0, 3, n)], 1)  # sleeve 2 = unspecified
+    s32 = rng.normal(0, 0.3, (n, 16, 2, 2)).astype(np.float32)
+    s32[np.arange(n), labels[:, 0]] += 2.0
+    s32[np.arange(n), 3 + labels[:, 1]] += 2.0
+    inst = np.repeat(np.arange(n // views), views)[:n] if views > 1 else -np.ones(n, np.int64)
+    if views > 1:  # views of one product share a signature
+        sig = rng.normal(0, 1.0, (n // views + 1, 16, 1, 1)).astype(np.float32)
+        s32 += sig[inst]
+    maps = {"s16": rng.normal(0, 1, (n, 8, 4, 4)).astype(np.float16), "s32": s32.astype(np.float16)}
+    return TrainData([str(i) for i in range(n)], maps, labels, inst, SCHEMA)
+
+
+def _t(data, idx=slice(None)):
+    return {k: torch.from_numpy(v[idx].astype(np.float32)) for k, v in data.maps.items()}
+
+
+def test_visual_is_unit_norm_and_ignores_manipulation():
+    m = create_model("visual", SCHEMA, CH)
+    d = _data(10)
+    e = m.embed(_t(d))
+    assert e.shape == (10, 16) and torch.allclose(e.norm(dim=1), torch.ones(10), atol=1e-5)
+    assert torch.equal(m.embed_query(_t(d), [{"colour": "red"}] * 10), e)
+
+
+def test_unknown_model_and_config():
+    with pytest.raises(VestisError, match="unknown model"):
+        create_model("nope", SCHEMA, CH)
+    with pytest.raises(VestisError, match="unknown config"):
+        create_model("visual", SCHEMA, CH, {"lvl": 1})
+
+
+def test_attribute_baseline_learns_and_manipulates():
+    d = _data(600)
+    m = create_model("attribute_baseline", SCHEMA, CH, {"epochs": 8, "hidden": 32, "batch_size": 64})
+    hist = m.fit(d, progress=False)
+    assert hist["loss"][-1] < hist["loss"][0]
+    test = _data(200, seed=1)
+    m.eval()
+    probs = m.predict_attributes(_t(test))
+    acc = (probs[0].argmax(1).numpy() == test.labels[:, 0]).mean()
+    assert acc > 0.9
+    assert probs[1].shape == (200, 3)  # 2 values + unspecified
+    # the query for "like item 0 but blue" scores blue gallery items above all others
+    q = m.embed_query(_t(test, slice(0, 1)), [{"colour": "blue"}])
+    g = m.embed(_t(test))
+    top = torch.topk(g @ q[0], 20).indices.numpy()
+    assert (test.labels[top, 0] == 1).mean() > 0.9
+    with pytest.raises(UnknownValueError, match="valid values: red, blue, green"):
+        m.embed_query(_t(test, slice(0, 1)), [{"colour": "navy"}])
+
+
+def test_global_embed_gradients_and_retrieval():
+    d = _data(400, views=4)
+    m = create_model("global_embed", SCHEMA, CH, {"epochs": 6, "width": 32, "dim": 16, "p": 8, "k": 4,
+                                                  "category_attribute": "colour"})
+    m.train()
+    emb, logits = m(_t(d, slice(0, 8)))
+    (emb.sum() + logits.sum()).backward()
+    assert all(p.grad is not None for p in m.parameters())
+    m.zero_grad()
+    hist = m.fit(d, progress=False)
+    assert hist["triplet"][-1] < hist["triplet"][0]
+    e = m.embed(_t(d))
+    assert torch.allclose(e.norm(dim=1), torch.ones(len(e)), atol=1e-5)
+    sims = e @ e.T
+    sims.fill_diagonal_(-2)
+    nn = sims.argmax(1).numpy()
+    assert (d.instances[nn] == d.instances).mean() > 0.8
+    with pytest.raises(VestisError, match="several views"):
+        create_model("global_embed", SCHEMA, CH).fit(_data(50), progress=False)
+
+
+def test_run_round_trip_and_corruption(tmp_path):
+    m = create_model("attribute_baseline", SCHEMA, CH, {"epochs": 1, "hidden": 8})
+    m.eval()
+    info = save_run(m, tmp_path / "run", trunk={"name": "t"})
+    m2, info2 = load_run(tmp_path / "run")
+    x = _t(_data(5))
+    assert torch.equal(m.embed(x), m2.embed(x)) and info2.run_id == info.run_id
+    (tmp_path / "run" / "weights.safetensors").write_bytes(b"garbage")
+    with pytest.raises(RunError, match="does not load"):
+        load_run(tmp_path / "run")
+    with pytest.raises(RunError, match="not a trained run"):
+        load_run(tmp_path / "nothing")
