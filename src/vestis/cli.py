@@ -5,15 +5,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
 from vestis.errors import VestisError
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("VESTIS_CACHE", Path.home() / ".cache" / "vestis"))
+from vestis.paths import default_cache_dir
 
 
 def _resolution(text: str) -> tuple[int, int]:
@@ -103,6 +99,158 @@ def cmd_bench(args) -> int:
     raise VestisError(f"unknown benchmark {args.what!r}")
 
 
+# --- train / index / search ----------------------------------------------------------------------
+def _load_catalog(args, attributes: str | None = None):
+    from vestis.catalog import Catalog
+    from vestis.catalog.readers import default_attributes
+
+    cat = Catalog.load(args.catalog, format=getattr(args, "format", None))
+    if attributes == "default":
+        return cat.with_attributes(default_attributes(cat))
+    if attributes:
+        names = [a.strip() for a in attributes.split(",") if a.strip()]
+        for a in names:
+            cat.schema.check_attribute(a)
+        return cat.with_attributes(names)
+    return cat
+
+
+def cmd_train(args) -> int:
+    from vestis.train import train_run
+
+    config = {}
+    if args.config:
+        try:
+            config = json.loads(Path(args.config).read_text())
+        except (OSError, ValueError) as e:
+            raise VestisError(f"cannot read config {args.config}: {e}") from None
+    attributes = config.pop("attributes", None)
+    attributes = args.attributes or (",".join(attributes) if attributes else "default")
+    cat = _load_catalog(args, attributes)
+    print(f"training {args.model} on {cat.name} ({len(cat.split('train'))} train items; attributes: "
+          f"{', '.join(cat.schema.attributes)})")
+    info = train_run(args.model, cat, args.out, _trunk_spec(args), args.cache, config=config)
+    secs = info.history.get("seconds", [0])[0]
+    print(f"run {info.run_id} saved to {args.out} ({info.history.get('train_items', 0)} items, {secs:.0f} s training)")
+    return 0
+
+
+def cmd_index(args) -> int:
+    from vestis.engine import build_index
+
+    cat = _load_catalog(args)
+    opts = json.loads(args.options) if args.options else {}
+    meta = build_index(args.run, cat, args.out, backend=args.backend, kind=args.kind, split=args.split,
+                       cache_dir=args.cache, **opts)
+    w = meta["without_features"]
+    print(f"indexed {meta['count']} items of {cat.name}" + (f" ({args.split} split)" if args.split else "")
+          + f" with run {meta['run_id']} into {args.out} ({args.backend} {args.kind}; spaces: {', '.join(meta['spaces'])})"
+          + (f"; skipped {w['missing']} missing and {w['unreadable']} unreadable images" if w["missing"] or w["unreadable"] else ""))
+    return 0
+
+
+def _parse_sets(pairs: list[str]) -> dict[str, str]:
+    out = {}
+    for p in pairs or []:
+        if "=" not in p:
+            raise VestisError(f"--set takes attribute=value, got {p!r}")
+        a, v = p.split("=", 1)
+        out[a.strip()] = v.strip()
+    return out
+
+
+def cmd_search(args) -> int:
+    from vestis.engine import Engine, rank_queries
+
+    engine = Engine.load(args.run, args.index, cache_dir=args.cache)
+    if args.queries:
+        from vestis.eval.queries import read_queries
+        from vestis.eval.rankings import write_rankings
+
+        if not args.output:
+            raise VestisError("--queries needs --output rankings.jsonl")
+        queries = read_queries(args.queries)
+        rows = rank_queries(engine, queries, k=args.k or 50)
+        write_rankings(args.output, rows)
+        print(f"ranked {len(rows)} queries into {args.output}")
+        return 0
+    if (args.image is None) == (args.item is None):
+        raise VestisError("give one of --queries FILE, --image PATH or --item ID")
+    filters = _parse_sets(args.filter)
+    hits = engine.search(image=args.image, item_id=args.item, manipulations=_parse_sets(args.set), k=args.k or 30,
+                         filters=filters or None, mode=args.mode)
+    attrs = engine.model.schema.attributes
+    print(f"{'rank':>4}  {'item':<14} {'score':>8}  " + "  ".join(attrs))
+    for r, h in enumerate(hits, 1):
+        cells = [("*" if h.matches.get(a) else "") + h.attributes.get(a, "-") for a in attrs]
+        print(f"{r:>4}  {h.id:<14} {h.score:>8.3f}  " + "  ".join(cells))
+    return 0
+
+
+# --- queries / eval -------------------------------------------------------------------------------
+def _with_images(cat):
+    """Items whose image file exists: queries and galleries never involve an item that cannot be searched."""
+    kept = cat.filter(lambda it: it.image is not None and it.image.is_file())
+    if len(kept) < len(cat):
+        print(f"note: {len(cat) - len(kept)} items without an image file left out", file=sys.stderr)
+    return kept
+
+
+def cmd_queries(args) -> int:
+    from vestis.eval import queries as Q
+
+    cat = _with_images(_load_catalog(args, args.attributes or "default"))
+    attrs = cat.schema.attributes
+    if args.protocol == "manipulation":
+        qs, counts = Q.manipulation_queries(cat, attrs, seed=args.seed, per_attribute=args.per_attribute,
+                                            n_changes=args.changes)
+    elif args.protocol == "attribute":
+        qs, counts = Q.attribute_queries(cat, attrs, seed=args.seed, per_attribute=args.per_attribute)
+    elif args.protocol == "triplet":
+        qs, counts = Q.triplet_queries(cat, attrs, n_per_attribute=args.per_attribute or 1000, seed=args.seed)
+    else:
+        qs, counts = Q.same_item_queries(cat, seed=args.seed, max_queries=args.per_attribute)
+    if not qs:
+        raise VestisError(f"no valid {args.protocol} queries in this catalogue")
+    digest = Q.write_queries(args.out, qs)
+    print(f"wrote {len(qs)} {args.protocol} queries to {args.out} (sha256 {digest[:16]})")
+    for a, c in counts.items():
+        print(f"  {a}: {c}" + ("   <- no valid query for this attribute" if c == 0 else ""))
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from vestis.eval import evaluate, machine_info, write_report
+
+    cat = _with_images(_load_catalog(args))
+    gallery = [it.id for it in cat.split(args.gallery_split)]
+    report = evaluate(args.queries, args.rankings, cat, gallery_ids=gallery,
+                      gallery_fractions=() if args.no_curve else (0.1, 0.25, 0.5, 1.0), views=args.views)
+    report["run"] = {"name": args.name or (args.run.name if args.run else Path(args.rankings).stem),
+                     **({"dir": str(args.run)} if args.run else {})}
+    if args.run and (args.run / "run.json").is_file():
+        report["run"].update({k: v for k, v in json.loads((args.run / "run.json").read_text()).items()
+                              if k in ("run_id", "model", "config", "trunk")})
+    report["machine"] = machine_info()
+    if args.report:
+        write_report(report, args.report)
+        print((args.report / "report.md").read_text())
+        print(f"report written to {args.report}")
+    else:
+        from vestis.eval import report_markdown
+
+        print(report_markdown(report))
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from vestis.eval import compare_reports
+
+    compare_reports([d / "report.json" if d.is_dir() else d for d in args.reports], args.out, names=args.names)
+    print((args.out / "comparison.md").read_text())
+    return 0
+
+
 # --- demo -----------------------------------------------------------------------------------------
 def cmd_demo(args) -> int:
     from vestis.demo import run_demo
@@ -154,6 +302,73 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--repeats", type=int, default=5)
     s.add_argument("--weights", type=Path, default=None)
     s.set_defaults(func=cmd_bench)
+
+    def catalog_option(s, required=True):
+        s.add_argument("--catalog", type=Path, required=required, help="catalogue folder or file (any supported format)")
+        s.add_argument("--format", default=None, help="force a reader (default: auto-detect)")
+
+    s = sub.add_parser("train", help="train a method's head on cached trunk features")
+    s.add_argument("--model", required=True, help="visual, attribute_baseline, global_embed, ...")
+    catalog_option(s)
+    s.add_argument("--out", type=Path, required=True, help="run directory to write")
+    s.add_argument("--config", type=Path, default=None, help="JSON: the model's options, optionally 'attributes'")
+    s.add_argument("--attributes", default=None, help="comma-separated attribute set (default: the benchmark's)")
+    trunk_options(s)
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("index", help="embed a catalogue with a trained run into a searchable index")
+    s.add_argument("--run", type=Path, required=True)
+    catalog_option(s)
+    s.add_argument("--out", type=Path, required=True)
+    s.add_argument("--backend", choices=["faiss", "milvus"], default="faiss")
+    s.add_argument("--kind", choices=["flat", "hnsw", "ivfpq"], default="flat")
+    s.add_argument("--split", default=None, help="index only this split (e.g. gallery, for evaluation)")
+    s.add_argument("--options", default=None, help='JSON index options, e.g. \'{"uri": "http://host:19530"}\'')
+    s.add_argument("--cache", type=Path, default=default_cache_dir())
+    s.set_defaults(func=cmd_index)
+
+    s = sub.add_parser("search", help="answer one query, or a query file into rankings.jsonl")
+    s.add_argument("--run", type=Path, required=True)
+    s.add_argument("--index", type=Path, required=True)
+    s.add_argument("--queries", type=Path, default=None, help="query file (JSONL, PROTOCOLS.md)")
+    s.add_argument("--output", type=Path, default=None, help="rankings.jsonl to write (with --queries)")
+    s.add_argument("--image", type=Path, default=None)
+    s.add_argument("--item", default=None, help="catalogue item id")
+    s.add_argument("--set", action="append", default=[], metavar="ATTR=VALUE", help="manipulation (repeatable)")
+    s.add_argument("--filter", action="append", default=[], metavar="ATTR=VALUE", help="only items with this value")
+    s.add_argument("--mode", default="manipulate", help="manipulate, same_item, visual, attribute:<name>")
+    s.add_argument("--k", type=int, default=None, help="results (default 30; 50 with --queries)")
+    s.add_argument("--cache", type=Path, default=default_cache_dir())
+    s.set_defaults(func=cmd_search)
+
+    s = sub.add_parser("queries", help="generate a seeded query file for an evaluation protocol")
+    catalog_option(s)
+    s.add_argument("--protocol", choices=["manipulation", "attribute", "triplet", "same_item"], required=True)
+    s.add_argument("--out", type=Path, required=True)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--per-attribute", type=int, default=None,
+                   help="at most this many queries per attribute (triplets per attribute; same_item: total)")
+    s.add_argument("--changes", type=int, choices=[1, 2], default=1, help="attributes changed per manipulation query")
+    s.add_argument("--attributes", default=None, help="comma-separated attribute set (default: the benchmark's)")
+    s.set_defaults(func=cmd_queries)
+
+    s = sub.add_parser("eval", help="score a rankings file against a query file (PROTOCOLS.md)")
+    s.add_argument("--queries", type=Path, required=True)
+    s.add_argument("--rankings", type=Path, required=True)
+    catalog_option(s)
+    s.add_argument("--report", type=Path, default=None, help="write report.json / report.md / plots here")
+    s.add_argument("--run", type=Path, default=None, help="the run that produced the rankings (named in the report)")
+    s.add_argument("--name", default=None, help="name of this row in tables")
+    s.add_argument("--gallery-split", default="gallery")
+    s.add_argument("--no-curve", action="store_true", help="skip the gallery-size curve (needs long rankings)")
+    s.add_argument("--views", default=None, help="same-item data: real multi-view / synthetic multi-view / augmented")
+    s.set_defaults(func=cmd_eval)
+
+    s = sub.add_parser("compare", help="one table and plot from several eval reports")
+    s.add_argument("reports", type=Path, nargs="+", help="report directories or report.json files")
+    s.add_argument("--out", type=Path, required=True)
+    s.add_argument("--names", nargs="*", default=None)
+    s.set_defaults(func=cmd_compare)
 
     s = sub.add_parser("demo", help="generate the synthetic catalogue (or use DATA), extract features, summarise")
     s.add_argument("--data", type=Path, default=None, help="a catalogue to use instead of the synthetic one")

@@ -11,7 +11,25 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from vestis.models.base import TrainData
+from vestis.catalog.schema import AttributeSchema
+
+
+@dataclass
+class TrainData:
+    """What a head trains on: cached maps of the training split plus integer labels.
+
+    labels[i, a] is schema.index(attribute a, value) - len(values) for "unspecified";
+    instances[i] is an integer instance (product) id, -1 where unknown.
+    """
+
+    ids: list[str]
+    maps: dict[str, np.ndarray]
+    labels: np.ndarray
+    instances: np.ndarray
+    schema: AttributeSchema
+
+    def __len__(self) -> int:
+        return len(self.ids)
 
 
 @dataclass
@@ -53,7 +71,14 @@ def pk_batches(groups: np.ndarray, p: int, k: int, rng: np.random.Generator) -> 
 
 def batch_maps(data: TrainData, idx: np.ndarray, levels: tuple[str, ...]) -> dict[str, torch.Tensor]:
     """float32 tensors of the cached float16 maps for these rows."""
-    return {lv: torch.from_numpy(data.maps[lv][idx].astype(np.float32)) for lv in levels}
+    return {lv: torch.from_numpy(data.maps[lv][idx]).float() for lv in levels}
+
+
+def pooled_features(data: TrainData, level: str = "s32", chunk: int = 2048) -> torch.Tensor:
+    """(N, C) float32 global-average-pooled maps, computed once: heads that only see pooled features
+    then train on a few MB instead of converting and pooling the maps at every step."""
+    arr = data.maps[level]
+    return torch.cat([torch.from_numpy(arr[i:i + chunk]).float().mean(dim=(2, 3)) for i in range(0, len(arr), chunk)])
 
 
 def fit_loop(params, data: TrainData, step: Callable[[np.ndarray], tuple[torch.Tensor, dict]], cfg: LoopConfig,
@@ -97,3 +122,67 @@ def fit_loop(params, data: TrainData, step: Callable[[np.ndarray], tuple[torch.T
         m.eval()
     history["seconds"] = [time.perf_counter() - t0]
     return history
+
+
+def trunk_json(spec) -> dict:
+    return {"name": spec.name, "weights": str(spec.weights) if spec.weights else None,
+            "resolution": list(spec.resolution), "key": spec.key}
+
+
+def trunk_from_json(d: dict):
+    """The TrunkSpec a run was trained with; refuses a weights file that changed since (other features)."""
+    from pathlib import Path
+
+    from vestis.errors import VestisError
+    from vestis.vision.trunk import TrunkSpec
+
+    spec = TrunkSpec(name=d["name"], weights=Path(d["weights"]) if d.get("weights") else None,
+                     resolution=tuple(d["resolution"]))
+    if d.get("key") and spec.key != d["key"]:
+        raise VestisError(f"the run was trained on trunk features {d['key']}, but the trunk now gives {spec.key} "
+                          "(weights file or preprocessing changed): retrain the run")
+    return spec
+
+
+# --- a whole training run: catalogue -> cached features -> fitted head -> run directory -----------------
+def catalogue_features(catalog, spec, cache_dir, progress: bool = True):
+    """Encode whatever is not cached yet, then load this catalogue's feature maps (catalogue order)."""
+    from vestis.vision.cache import FeatureCache
+    from vestis.vision.extract import extract_catalog
+
+    report = extract_catalog(catalog, spec, cache_dir=cache_dir, progress=progress)
+    if report.encoded and progress:
+        print(report.describe())
+    with FeatureCache(cache_dir, spec) as cache:
+        return cache.load(catalog)
+
+
+def train_data(catalog, features) -> TrainData:
+    """Labels as schema codes ("unspecified" = len(values)) and integer instance ids, rows as `features`."""
+    schema = catalog.schema
+    items = [catalog[i] for i in features.ids]
+    labels = np.array([schema.encode(it.attributes) for it in items], dtype=np.int64).reshape(len(items), len(schema))
+    groups: dict[str, int] = {}
+    instances = np.array([groups.setdefault(it.instance_id, len(groups)) if it.instance_id else -1 for it in items], np.int64)
+    return TrainData(list(features.ids), features.maps, labels, instances, schema)
+
+
+def train_run(model_name: str, catalog, out, spec, cache_dir, config: dict | None = None, split: str = "train",
+              progress: bool = True):
+    """Train `model_name` on the catalogue's `split` and save the run (weights, config, schema) to `out`."""
+    from vestis.errors import VestisError
+    from vestis.models import create_model, save_run
+
+    part = catalog.split(split)
+    if len(part) == 0:
+        raise VestisError(f"the catalogue has no {split!r} items to train on")
+    feats = catalogue_features(part, spec, cache_dir, progress=progress)
+    if len(feats) == 0:
+        raise VestisError(f"none of the {len(part)} {split} items has features ({feats.describe()})")
+    data = train_data(part, feats)
+    channels = {lv: int(a.shape[1]) for lv, a in feats.maps.items()}
+    model = create_model(model_name, catalog.schema, channels, config)
+    history = model.fit(data, progress=progress)
+    model.eval()
+    history["train_items"] = len(data)
+    return save_run(model, out, trunk=trunk_json(spec), history=history, catalog=catalog.name)

@@ -34,7 +34,7 @@ class LoadReport:
 
 class Catalog:
     def __init__(self, items: Iterable[Item], schema: AttributeSchema | None = None, *, name: str = "",
-                 source: str = "", report: LoadReport | None = None):
+                 source: str = "", report: LoadReport | None = None, path: Path | None = None):
         self.items: list[Item] = list(items)
         self.by_id: dict[str, Item] = {}
         for it in self.items:
@@ -42,7 +42,7 @@ class Catalog:
                 raise CatalogError(f"duplicate item id {it.id!r}")
             self.by_id[it.id] = it
         self.schema = schema if schema is not None else AttributeSchema.infer(i.attributes for i in self.items)
-        self.name, self.source = name, source
+        self.name, self.source, self.path = name, source, path  # path: where it was read from, if anywhere
         self.report = report if report is not None else LoadReport()
         self._splits = {it.id: it.split or assign_split(it.id, it.instance_id) for it in self.items}
 
@@ -85,7 +85,7 @@ class Catalog:
         sub.items = list(items)
         sub.by_id = {it.id: it for it in sub.items}
         sub.schema = schema or self.schema
-        sub.name, sub.source, sub.report = self.name, self.source, self.report
+        sub.name, sub.source, sub.report, sub.path = self.name, self.source, self.report, self.path
         sub._splits = {it.id: self._splits[it.id] for it in sub.items}
         return sub
 

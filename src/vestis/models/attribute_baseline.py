@@ -3,12 +3,13 @@
 Per-attribute classifiers on pooled trunk features predict the query's attributes; the requested
 values are substituted; gallery items are ranked by agreement with that target, visual similarity
 breaking ties. Both parts live in one vector so any inner-product index ranks exactly this way:
-  gallery = [p_a(v) for every attribute a and state v] ++ eps * visual
+  gallery = [s_a(v) for every attribute a and state v] ++ eps * visual
   query   = [one-hot(target_a)]                          ++ eps * visual
-  <q, g>  = sum_a p_a(target_a) + eps^2 cos(visual)
-The first term is the expected number of agreeing attributes ("soft" agreement; `hard_gallery`
-uses the gallery's argmax labels instead, making it an exact count); eps^2 < 1 keeps visual
-similarity a tie-breaker for the hard form.
+  <q, g>  = sum_a s_a(target_a) + eps^2 cos(visual)
+`scoring` picks s: "log" (default) s = log p, so the first term is the log-likelihood that the item
+has exactly the target vector - what a hit requires - assuming attributes independent given the
+image; "soft" s = p, the expected number of agreeing attributes; "hard" s = one-hot of the argmax,
+an exact count of agreements (eps^2 < 1 then makes visual similarity a pure tie-breaker).
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vestis.errors import VestisError
 from vestis.losses import multi_attribute_ce
 from vestis.models.base import Maps, SearchModel, TrainData, register
 from vestis.models.layers import AttributeClassifiers, gap, l2n
-from vestis.train import LoopConfig, batch_maps, fit_loop
+from vestis.train import LoopConfig, fit_loop, pooled_features
 
 
 @register
@@ -29,7 +31,7 @@ class AttributeBaseline(SearchModel):
     name = "attribute_baseline"
     supports_manipulation = True
     default_config = {"hidden": 512, "dropout": 0.3, "epochs": 15, "batch_size": 256, "lr": 2e-3,
-                      "weight_decay": 1e-4, "seed": 0, "visual_weight": 0.1, "hard_gallery": False}
+                      "weight_decay": 1e-4, "seed": 0, "visual_weight": 0.1, "scoring": "log"}
 
     def __init__(self, schema, channels, config=None):
         super().__init__(schema, channels, config)
@@ -40,7 +42,10 @@ class AttributeBaseline(SearchModel):
         self.classifiers = AttributeClassifiers(h or c, self.n_states)
 
     def logits(self, maps: Maps) -> list[torch.Tensor]:
-        return self.classifiers(self.trunk_head(gap(maps["s32"].float())))
+        return self.logits_from_pooled(gap(maps["s32"].float()))
+
+    def logits_from_pooled(self, pooled: torch.Tensor) -> list[torch.Tensor]:
+        return self.classifiers(self.trunk_head(pooled))
 
     def predict_attributes(self, maps: Maps) -> list[torch.Tensor]:
         """Per attribute, (N, values + 1) probabilities; the last column is "unspecified"."""
@@ -50,10 +55,10 @@ class AttributeBaseline(SearchModel):
         cfg = LoopConfig(epochs=self.config["epochs"], batch_size=self.config["batch_size"], lr=self.config["lr"],
                          weight_decay=self.config["weight_decay"], seed=self.config["seed"])
         labels = torch.from_numpy(data.labels.astype(np.int64))
+        pooled = pooled_features(data, "s32")
 
         def step(idx):
-            logits = self.logits(batch_maps(data, idx, ("s32",)))
-            return multi_attribute_ce(logits, labels[idx]), {}
+            return multi_attribute_ce(self.logits_from_pooled(pooled[idx]), labels[idx]), {}
 
         return fit_loop(self.parameters(), data, step, cfg, desc="attribute_baseline", progress=progress, modules=[self])
 
@@ -63,8 +68,13 @@ class AttributeBaseline(SearchModel):
     @torch.no_grad()
     def embed(self, maps: Maps) -> torch.Tensor:
         probs = self.predict_attributes(maps)
-        if self.config["hard_gallery"]:
+        scoring = self.config["scoring"]
+        if scoring == "log":
+            probs = [p.clamp_min(1e-6).log() for p in probs]
+        elif scoring == "hard":
             probs = [F.one_hot(p.argmax(-1), p.shape[-1]).float() for p in probs]
+        elif scoring != "soft":
+            raise VestisError(f"scoring must be log, soft or hard, got {scoring!r}")
         return torch.cat([*probs, self._visual(maps)], dim=-1)
 
     @torch.no_grad()
@@ -79,4 +89,13 @@ class AttributeBaseline(SearchModel):
                 if attr in m:
                     target[i] = self.schema.index(attr, m[attr])
             parts.append(F.one_hot(target, p.shape[-1]).float())
+        return torch.cat([*parts, self._visual(maps)], dim=-1)
+
+    @torch.no_grad()
+    def attribute_query(self, maps: Maps, attribute: str) -> torch.Tensor:
+        """Agreement on one attribute only: the predicted value's one-hot in that attribute's block."""
+        a = self.schema.attributes.index(attribute)
+        probs = self.predict_attributes(maps)
+        parts = [torch.zeros_like(p) for p in probs]
+        parts[a] = F.one_hot(probs[a].argmax(-1), probs[a].shape[-1]).float()
         return torch.cat([*parts, self._visual(maps)], dim=-1)

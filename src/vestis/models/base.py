@@ -24,6 +24,7 @@ from torch import nn
 
 from vestis.catalog.schema import AttributeSchema
 from vestis.errors import VestisError
+from vestis.train import TrainData
 
 Maps = Mapping[str, torch.Tensor]
 Manipulation = Mapping[str, str]
@@ -31,24 +32,6 @@ Manipulation = Mapping[str, str]
 
 class RunError(VestisError):
     pass
-
-
-@dataclass
-class TrainData:
-    """What a head trains on: cached maps of the training split plus integer labels.
-
-    labels[i, a] is schema.index(attribute a, value) - len(values) for "unspecified";
-    instances[i] is an integer instance (product) id, -1 where unknown.
-    """
-
-    ids: list[str]
-    maps: dict[str, np.ndarray]
-    labels: np.ndarray
-    instances: np.ndarray
-    schema: AttributeSchema
-
-    def __len__(self) -> int:
-        return len(self.ids)
 
 
 class SearchModel(nn.Module):
@@ -77,6 +60,12 @@ class SearchModel(nn.Module):
 
     def embed_query(self, maps: Maps, manipulations: Sequence[Manipulation] | None = None) -> torch.Tensor:
         """Query vectors; models that cannot manipulate ignore `manipulations` (see supports_manipulation)."""
+        return self.embed(maps)
+
+    def attribute_query(self, maps: Maps, attribute: str) -> torch.Tensor:
+        """Query vector for "similar with respect to `attribute`" against the gallery vectors. Without an
+        attribute-specific model this is the plain embedding (the engine restricts candidates to items
+        with a known value of the attribute)."""
         return self.embed(maps)
 
     def attribute_embed(self, maps: Maps, attribute: str) -> torch.Tensor:

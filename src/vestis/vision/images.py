@@ -18,8 +18,12 @@ class ImageReadError(VestisError):
     pass
 
 
-def load_rgb(source: str | Path | bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """Decode an image file or bytes to RGB; raise ImageReadError for missing, corrupt, or oversized images."""
+def load_rgb(source: str | Path | bytes, max_pixels: int = MAX_PIXELS, draft: tuple[int, int] | None = None) -> Image.Image:
+    """Decode an image file or bytes to RGB; raise ImageReadError for missing, corrupt, or oversized images.
+
+    `draft=(w, h)`: JPEGs much larger than that are decoded at a reduced DCT scale (1/2, 1/4, 1/8) that
+    still keeps them at least w x h - several times faster, for callers that downscale anyway; the file's
+    own size is then in `im.info["original_size"]`."""
     name = "<upload>" if isinstance(source, bytes) else str(source)
     try:
         fp = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")
@@ -32,6 +36,10 @@ def load_rgb(source: str | Path | bytes, max_pixels: int = MAX_PIXELS) -> Image.
                 im = Image.open(fp)
                 if im.width * im.height > max_pixels:
                     raise ImageReadError(f"image {name} is {im.width}x{im.height} pixels, over the limit of {max_pixels}")
+                if draft is not None and im.format == "JPEG":
+                    size = im.size
+                    im.draft("RGB", draft)
+                    im.info["original_size"] = size  # survives convert(); the decoded size may be smaller
                 im.load()
         except ImageReadError:
             raise

@@ -39,5 +39,13 @@ def read_catalog(path: Path, format: str | None = None) -> Catalog:
     if len(cat) == 0:
         raise CatalogError(f"catalogue {path} ({fmt}) has no usable items"
                            + (f"; {report.total} rows skipped: " + "; ".join(report.warnings[:5]) if report.total else ""))
-    cat.source = fmt
+    cat.source, cat.path = fmt, path
     return cat
+
+
+def default_attributes(catalog: Catalog) -> list[str]:
+    """The attribute set a benchmark uses by default: the reader's own choice (e.g. PROTOCOLS.md's six for
+    fashion-product-images) when it declares one, else every attribute of the catalogue."""
+    mod = READERS.get(catalog.source)
+    chosen = getattr(mod, "DEFAULT_ATTRIBUTES", None)
+    return [a for a in chosen if a in catalog.schema] if chosen else catalog.schema.attributes

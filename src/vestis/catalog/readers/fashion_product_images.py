@@ -20,7 +20,7 @@ NAME = "fashion-product-images"
 REQUIRED = ("id", "gender", "masterCategory", "subCategory", "articleType", "baseColour", "season", "usage",
             "productDisplayName")
 ATTRIBUTES = ("gender", "masterCategory", "subCategory", "articleType", "baseColour", "season", "usage", "pattern")
-DEFAULT_BENCHMARK_ATTRIBUTES = ("gender", "articleType", "baseColour", "usage", "season", "pattern")
+DEFAULT_ATTRIBUTES = ("gender", "articleType", "baseColour", "usage", "season", "pattern")
 
 # Display-name keyword -> pattern value. Checked most specific first, so "Floral Print Top" is floral
 # and "Printed Striped Shirt" striped; a name with none of them leaves pattern unspecified.

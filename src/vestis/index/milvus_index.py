@@ -1,0 +1,535 @@
+"""Milvus backend, through pymilvus `MilvusClient`: Milvus Lite (embedded) by default, or a server.
+
+Optional dependency: ``pip install 'vestis[milvus]'`` (pymilvus + milvus-lite); both are imported
+lazily, so the rest of vestis works without them.
+
+Where the data lives:
+
+- default (``uri=None``): a Milvus Lite database ``milvus.db`` in a private working folder
+  (``work_dir=...``, or a temporary folder removed by `close()`); `save(index_dir)` flushes it,
+  stops its embedded server for a moment and copies it into the index directory
+  (``<index_dir>/data-*/milvus.db``, every file checksummed in the manifest); `load_index` copies it
+  back into a fresh working folder. Milvus Lite is single-process, and this keeps a saved index
+  immutable while a loaded copy is modified.
+- ``uri="path/to/file.db"``: a Milvus Lite database you manage; used in place, never deleted.
+- ``uri="http://host:19530"`` (+ ``token=...``, ``db_name=...``): a Milvus server or cluster - the
+  way to grow past one machine. The data stays on the server; `save` records the uri (without
+  credentials), database and collection, and `load_index` reconnects (pass ``token=`` or set
+  ``VESTIS_MILVUS_TOKEN``).
+
+Collection schema: ``id`` VARCHAR primary key (the item id, at most ``max_id_length`` bytes),
+``vector`` FLOAT_VECTOR(dim), ``attributes`` JSON holding the item's specified labels. One JSON
+field (rather than a VARCHAR field per attribute) keeps the schema independent of the catalogue's
+attribute set; on a Milvus 2.5.11+ server a JSON path index per attribute speeds filters up.
+Consistency level Strong: a search sees every completed add / remove.
+
+Filters become Milvus boolean expressions built here, never by pymilvus: every attribute name and
+value is a double-quoted string literal with backslash, quote and \\n \\r \\t escaped (other control
+characters are refused), e.g. ``{"colour": ["navy", 'say "hi"']}`` ->
+``(attributes["colour"] == "navy" or attributes["colour"] == "say \\"hi\\"")``; ``"unspecified"``
+becomes ``not (exists attributes["colour"])``. (`==`/`or` rather than `in [...]` because Milvus
+Lite does not accept `in` on JSON paths.) Deletes and id look-ups build ``id in ["..."]`` the same
+way (pymilvus's own `delete(ids=...)` / `get` / `query_iterator` do not escape string keys).
+
+Kinds -> Milvus index types: flat -> FLAT, hnsw -> HNSW (M, efConstruction; search ``ef``), ivfpq ->
+IVF_PQ (nlist, m, nbits; search ``nprobe``). Milvus Lite 3.2 builds FLAT, HNSW, HNSW_SQ, IVF_FLAT,
+IVF_SQ8 (and BRUTE_FORCE, AUTOINDEX) but no product quantisation - it accepts IVF_PQ and then
+silently falls back to a brute-force scan - so ``kind="ivfpq"`` on Milvus Lite is refused unless
+``index_type=`` names one it builds (e.g. ``"IVF_SQ8"``, the compressed IVF it has).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import tempfile
+import threading
+import weakref
+from collections.abc import Sequence
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import numpy as np
+
+from vestis.index.base import (
+    UNSPECIFIED,
+    IndexMeta,
+    SearchResult,
+    VectorIndex,
+    check_attributes,
+    check_ids,
+    check_k,
+    check_options,
+    check_vectors,
+    positive_int,
+)
+from vestis.index.errors import (
+    CorruptIndexError,
+    InvalidIdError,
+    MissingDependencyError,
+    UnknownIdError,
+    UnsupportedIndexError,
+    VectorIndexError,
+)
+from vestis.index.manifest import Manifest, write_index_dir
+
+ID_FIELD, VECTOR_FIELD, ATTR_FIELD = "id", "vector", "attributes"
+DB_NAME, DESCRIPTOR = "milvus.db", "milvus.json"
+DEFAULT_COLLECTION = "vestis_items"
+MAX_TOPK = 16384
+TOKEN_ENV = "VESTIS_MILVUS_TOKEN"
+INSTALL_HINT = "pip install 'vestis[milvus]'"
+
+KIND_INDEX_TYPE = {"flat": "FLAT", "hnsw": "HNSW", "ivfpq": "IVF_PQ"}
+LITE_INDEX_TYPES = ("FLAT", "BRUTE_FORCE", "HNSW", "HNSW_SQ", "IVF_FLAT", "IVF_SQ8", "AUTOINDEX")
+DEFAULTS: dict[str, dict] = {
+    "flat": {},
+    "hnsw": {"M": 32, "ef_construction": 80, "ef_search": 128},  # as the FAISS defaults
+    "ivfpq": {"nlist": 1024, "m": None, "nbits": 8, "nprobe": 64},  # per segment; not measured (no server here)
+}
+COMMON = {"uri": None, "token": None, "db_name": None, "collection": DEFAULT_COLLECTION, "index_type": None,
+          "work_dir": None, "max_id_length": 512, "overwrite": False, "batch_size": 1000}
+_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
+
+
+def _pymilvus():
+    try:
+        import pymilvus
+    except ImportError as e:
+        raise MissingDependencyError(f"the Milvus backend needs pymilvus: {INSTALL_HINT}") from e
+    return pymilvus
+
+
+def _is_local(uri: str | None) -> bool:
+    return uri is None or (str(uri).endswith(".db") and "://" not in str(uri))
+
+
+def _strip_credentials(uri: str) -> str:
+    parts = urlsplit(uri)
+    if parts.username or parts.password:
+        host = parts.hostname or ""
+        netloc = host + (f":{parts.port}" if parts.port else "")
+        parts = parts._replace(netloc=netloc)
+    return urlunsplit(parts)
+
+
+def quote(value: str) -> str:
+    """A Milvus expression string literal for `value` (double-quoted, escaped)."""
+    out = ['"']
+    for ch in value:
+        if ch == "\\":
+            out.append("\\\\")
+        elif ch == '"':
+            out.append('\\"')
+        elif ch == "\n":
+            out.append("\\n")
+        elif ch == "\r":
+            out.append("\\r")
+        elif ch == "\t":
+            out.append("\\t")
+        elif ord(ch) < 0x20 or ch == "\x7f":
+            raise UnsupportedIndexError(f"cannot express {value!r} in a Milvus filter: control character {ch!r}")
+        else:
+            out.append(ch)
+    out.append('"')
+    return "".join(out)
+
+
+def filter_expression(filters: dict[str, tuple[str, ...]] | None) -> str | None:
+    """Milvus expression for normalised filters; "" never matches nothing - None means no filter,
+    and a clause with no values makes the caller return no results (see `MilvusIndex.search`)."""
+    if not filters:
+        return None
+    clauses = []
+    for attr, values in filters.items():
+        path = f"{ATTR_FIELD}[{quote(attr)}]"
+        terms = [f"{path} == {quote(v)}" for v in values if v != UNSPECIFIED]
+        if UNSPECIFIED in values:
+            terms.append(f"not (exists {path})")
+        if not terms:
+            return "false"
+        clauses.append(terms[0] if len(terms) == 1 else "(" + " or ".join(terms) + ")")
+    return " and ".join(clauses)
+
+
+def _ids_expression(ids: Sequence[str]) -> str:
+    return f"{ID_FIELD} in [{', '.join(quote(i) for i in ids)}]"
+
+
+@contextlib.contextmanager
+def _milvus_errors(what: str):
+    try:
+        yield
+    except VectorIndexError:
+        raise
+    except Exception as e:
+        pymilvus = _pymilvus()
+        if isinstance(e, pymilvus.MilvusException):
+            msg = getattr(e, "message", None) or str(e)
+            raise VectorIndexError(f"Milvus could not {what}: {msg}") from e
+        raise
+
+
+def _release_lite(db_path: str | None) -> None:
+    if not db_path:
+        return
+    try:
+        from milvus_lite.server_manager import server_manager_instance
+    except ImportError:
+        return
+    server_manager_instance.release_server(db_path)
+
+
+def _cleanup(client, db_path, owned_dir) -> None:
+    with contextlib.suppress(Exception):
+        client.close()
+    with contextlib.suppress(Exception):
+        _release_lite(db_path)
+    if owned_dir:
+        shutil.rmtree(owned_dir, ignore_errors=True)
+
+
+class MilvusIndex(VectorIndex):
+    backend = "milvus"
+
+    def __init__(self, kind: str, dim: int, metric: str = "ip", *, run_id: str | None = None,
+                 schema_digest: str | None = None, attributes: Sequence[str] | None = None,
+                 _meta: IndexMeta | None = None, _open: str | None = None, **options):
+        meta = _meta or IndexMeta(kind=kind, dim=dim, metric=metric, run_id=run_id, schema_digest=schema_digest)
+        super().__init__(meta, attributes)
+        o = check_options(options, {**COMMON, **DEFAULTS[self.kind]}, f"milvus {self.kind} index")
+        self._opts = self._validate(o)
+        self._pm = _pymilvus()
+        self._lock = threading.RLock()
+        self._client = None
+        self._owned_dir: str | None = None
+        self._db_path: str | None = None
+        self._finalizer = None
+        self._collection = self._opts["collection"]
+        if self.local:
+            self._setup_local(existing_db=_open)
+        self._connect()
+        if _open is None:
+            self._create_collection()
+        else:
+            self._check_collection()
+
+    # --- configuration ----------------------------------------------------------------------
+    def _validate(self, o: dict) -> dict:
+        if not isinstance(o["collection"], str) or not _NAME_RE.match(o["collection"]):
+            raise UnsupportedIndexError(
+                f"collection name {o['collection']!r} is not valid for Milvus (letters, digits, _; not starting "
+                f"with a digit)")
+        o["max_id_length"] = positive_int("max_id_length", o["max_id_length"])
+        o["batch_size"] = positive_int("batch_size", o["batch_size"])
+        for n in ("M", "ef_construction", "ef_search", "nlist", "nbits", "nprobe"):
+            if n in o:
+                o[n] = positive_int(n, o[n])
+        if "m" in o:
+            o["m"] = positive_int("m", o["m"], allow_none=True)
+            if o["m"] is not None and self.dim % o["m"]:
+                raise UnsupportedIndexError(f"option m={o['m']} must divide the embedding size {self.dim}")
+        itype = o["index_type"] or KIND_INDEX_TYPE[self.kind]
+        if not isinstance(itype, str):
+            raise UnsupportedIndexError(f"index_type must be a string, got {itype!r}")
+        itype = itype.upper()
+        if _is_local(o["uri"]) and itype not in LITE_INDEX_TYPES:
+            raise UnsupportedIndexError(
+                f"Milvus Lite cannot build a {itype} index (it has no product quantisation and would silently "
+                f"scan everything); it builds {', '.join(LITE_INDEX_TYPES)}. Use kind='hnsw' or 'flat', pass "
+                f"index_type='IVF_SQ8' for a compressed IVF index, or connect to a Milvus server with uri=...")
+        o["index_type"] = itype
+        return o
+
+    @property
+    def local(self) -> bool:
+        """True for Milvus Lite (a local .db), False for a Milvus server."""
+        return _is_local(self._opts["uri"])
+
+    @property
+    def index_type(self) -> str:
+        return self._opts["index_type"]
+
+    def options(self) -> dict:
+        o = {k: v for k, v in self._opts.items() if k not in ("token", "work_dir", "overwrite")}
+        # a Lite database travels inside the index directory; a server uri is kept without credentials
+        o["uri"] = None if self.local else _strip_credentials(o["uri"])
+        return o
+
+    def _build_params(self) -> dict:
+        t = self.index_type
+        if t.startswith("HNSW"):
+            return {"M": self._opts.get("M", 32), "efConstruction": self._opts.get("ef_construction", 80)}
+        if t.startswith("IVF"):
+            p = {"nlist": self._opts.get("nlist", 1024)}
+            if t == "IVF_PQ":
+                from vestis.index.faiss_index import default_pq_m
+                p.update(m=self._opts.get("m") or default_pq_m(self.dim), nbits=self._opts.get("nbits", 8))
+            return p
+        return {}
+
+    def _search_params(self, k: int, params: dict) -> dict:
+        t = self.index_type
+        p: dict = {}
+        if t.startswith("HNSW"):
+            ef = positive_int("ef_search", params.get("ef_search", self._opts.get("ef_search", 128)))
+            p["ef"] = max(ef, k)
+        elif t.startswith("IVF"):
+            nprobe = positive_int("nprobe", params.get("nprobe", self._opts.get("nprobe", 64)))
+            p["nprobe"] = min(nprobe, self._opts.get("nlist", 1024))  # Milvus requires nprobe <= nlist
+        return {"metric_type": self.metric.upper(), "params": p}
+
+    # --- connection -------------------------------------------------------------------------
+    def _setup_local(self, existing_db: str | None) -> None:
+        try:
+            import milvus_lite  # noqa: F401
+        except ImportError as e:
+            raise MissingDependencyError(f"the embedded Milvus (Milvus Lite) needs milvus-lite: {INSTALL_HINT}") from e
+        uri = self._opts["uri"]
+        if uri is not None and existing_db is None:
+            self._db_path = str(Path(uri).resolve())
+            Path(self._db_path).parent.mkdir(parents=True, exist_ok=True)
+            return
+        work = self._opts["work_dir"]
+        if work is None:
+            work = self._owned_dir = tempfile.mkdtemp(prefix="vestis-milvus-")
+        else:
+            Path(work).mkdir(parents=True, exist_ok=True)
+        self._db_path = str((Path(work) / DB_NAME).resolve())
+        if existing_db is not None:
+            if Path(self._db_path).exists():
+                raise VectorIndexError(f"cannot open a saved Milvus index in {work}: it already holds {DB_NAME}")
+            shutil.copytree(existing_db, self._db_path, ignore=shutil.ignore_patterns("LOCK"))
+
+    def _connect(self) -> None:
+        kwargs: dict = {"uri": self._db_path if self.local else self._opts["uri"]}
+        token = self._opts["token"] or (None if self.local else os.environ.get(TOKEN_ENV))
+        if token:
+            kwargs["token"] = token
+        if self._opts["db_name"]:
+            kwargs["db_name"] = self._opts["db_name"]
+        with _milvus_errors(f"connect to {kwargs['uri']}"):
+            try:
+                self._client = self._pm.MilvusClient(**kwargs)
+            except self._pm.MilvusException:
+                raise
+            except Exception as e:  # e.g. Milvus Lite failing to start
+                raise VectorIndexError(f"could not start / reach Milvus at {kwargs['uri']}: {e}") from e
+        if self._finalizer is not None:
+            self._finalizer.detach()
+        self._finalizer = weakref.finalize(self, _cleanup, self._client, self._db_path if self.local else None,
+                                           self._owned_dir)
+
+    def _create_collection(self) -> None:
+        pm, c, name = self._pm, self._client, self._collection
+        with _milvus_errors(f"create collection {name!r}"):
+            if c.has_collection(name):
+                if not self._opts["overwrite"]:
+                    raise VectorIndexError(
+                        f"Milvus collection {name!r} already exists; choose another collection=... or pass "
+                        f"overwrite=True to replace it")
+                c.drop_collection(name)
+            schema = pm.MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+            schema.add_field(ID_FIELD, pm.DataType.VARCHAR, is_primary=True, max_length=self._opts["max_id_length"])
+            schema.add_field(VECTOR_FIELD, pm.DataType.FLOAT_VECTOR, dim=self.dim)
+            schema.add_field(ATTR_FIELD, pm.DataType.JSON)
+            ip = c.prepare_index_params()
+            ip.add_index(field_name=VECTOR_FIELD, index_type=self.index_type, metric_type=self.metric.upper(),
+                         params=self._build_params())
+            c.create_collection(name, schema=schema, index_params=ip, consistency_level="Strong")
+
+    def _check_collection(self) -> None:
+        name = self._collection
+        with _milvus_errors(f"open collection {name!r}"):
+            if not self._client.has_collection(name):
+                raise CorruptIndexError(f"Milvus collection {name!r} does not exist at "
+                                        f"{self._db_path if self.local else self._opts['uri']}")
+            desc = self._client.describe_collection(name)
+            self._client.load_collection(name)
+        vec = [f for f in desc["fields"] if f["name"] == VECTOR_FIELD]
+        dim = vec[0].get("params", {}).get("dim") if vec else None
+        if dim is None or int(dim) != self.dim:
+            raise CorruptIndexError(f"Milvus collection {name!r} holds vectors of size {dim}, the manifest says "
+                                    f"{self.dim}")
+
+    def close(self) -> None:
+        with self._lock:
+            if self._finalizer is not None:
+                self._finalizer()
+                self._finalizer = None
+            self._client = None
+
+    def _c(self):
+        if self._client is None:
+            raise VectorIndexError("this Milvus index is closed")
+        return self._client
+
+    # --- add / remove -----------------------------------------------------------------------
+    def add(self, ids, vectors, attributes=None) -> None:
+        x = check_vectors(vectors, self.dim)
+        ids = check_ids(ids, len(x))
+        attrs = check_attributes(attributes, len(x))
+        limit = self._opts["max_id_length"]
+        for i in ids:
+            if len(i.encode("utf-8")) > limit:
+                raise InvalidIdError(f"item id {i[:40]!r}... is longer than {limit} bytes (option max_id_length)")
+        if not ids:
+            return
+        with self._lock:
+            for a in attrs:
+                for k in a:
+                    self._declare_attribute(k)
+            per_batch = max(1, min(self._opts["batch_size"], (32 << 20) // (self.dim * 16 + 256)))
+            with _milvus_errors("add items"):
+                for s in range(0, len(ids), per_batch):
+                    rows = [{ID_FIELD: ids[j], VECTOR_FIELD: x[j].tolist(), ATTR_FIELD: attrs[j]}
+                            for j in range(s, min(s + per_batch, len(ids)))]
+                    self._c().upsert(self._collection, rows)
+
+    def _existing(self, ids: list[str]) -> set[str]:
+        found: set[str] = set()
+        for s in range(0, len(ids), 500):
+            chunk = ids[s: s + 500]
+            rows = self._c().query(self._collection, filter=_ids_expression(chunk), output_fields=[ID_FIELD],
+                                   limit=len(chunk))
+            found.update(r[ID_FIELD] for r in rows)
+        return found
+
+    def remove(self, ids, missing: str = "error") -> int:
+        if missing not in ("error", "ignore"):
+            raise UnsupportedIndexError(f"missing must be 'error' or 'ignore', got {missing!r}")
+        ids = check_ids(ids)
+        with self._lock, _milvus_errors("remove items"):
+            present = self._existing(ids)
+            unknown = [i for i in ids if i not in present]
+            if unknown and missing == "error":
+                raise UnknownIdError(unknown)
+            todo = [i for i in ids if i in present]
+            for s in range(0, len(todo), 500):
+                self._c().delete(self._collection, filter=_ids_expression(todo[s: s + 500]))
+            return len(todo)
+
+    # --- queries ----------------------------------------------------------------------------
+    def __len__(self) -> int:
+        with self._lock, _milvus_errors("count items"):
+            rows = self._c().query(self._collection, filter="", output_fields=["count(*)"],
+                                   consistency_level="Strong")
+        return int(rows[0]["count(*)"]) if rows else 0
+
+    def ids(self) -> list[str]:
+        """All ids, paged in primary-key order (``id > last`` with the server's iterator ordering)."""
+        out: list[str] = []
+        last = None
+        page = 4096
+        with self._lock, _milvus_errors("list ids"):
+            while True:
+                expr = f'{ID_FIELD} != ""' if last is None else f"{ID_FIELD} > {quote(last)}"
+                rows = self._c().query(self._collection, filter=expr, output_fields=[ID_FIELD], limit=page,
+                                       iterator="True", reduce_stop_for_best="True")
+                got = sorted(r[ID_FIELD] for r in rows)
+                out.extend(got)
+                if len(got) < page:
+                    return out
+                last = got[-1]
+
+    def __contains__(self, item_id: object) -> bool:
+        if not isinstance(item_id, str) or not item_id:
+            return False
+        with self._lock, _milvus_errors("look up an id"):
+            return bool(self._existing([item_id]))
+
+    def search(self, queries, k, filters=None, **params) -> SearchResult:
+        q = check_vectors(queries, self.dim, "queries", allow_1d=True)
+        k = check_k(k)
+        if k > MAX_TOPK:
+            raise UnsupportedIndexError(f"Milvus returns at most {MAX_TOPK} results per query, got k={k}")
+        filt = self._check_filters(filters)
+        valid = {"HNSW": ("ef_search",), "IVF": ("nprobe",)}
+        allowed = next((v for p, v in valid.items() if self.index_type.startswith(p)), ())
+        unknown = set(params) - set(allowed)
+        if unknown:
+            raise UnsupportedIndexError(
+                f"unknown search option(s) for a Milvus {self.index_type} index: {', '.join(sorted(unknown))}; "
+                f"valid: {', '.join(allowed) or 'none'}")
+        expr = filter_expression(filt)
+        if expr == "false" or len(q) == 0:
+            return SearchResult.empty(len(q), self.metric)
+        sp = self._search_params(k, params)
+        with self._lock, _milvus_errors("search"):
+            res = self._c().search(self._collection, data=q.tolist(), limit=k, filter=expr or "",
+                                   output_fields=[ID_FIELD], search_params=sp, anns_field=VECTOR_FIELD)
+        ids, scores = [], []
+        for hits in res:
+            ids.append([h[ID_FIELD] for h in hits])
+            d = np.array([h["distance"] for h in hits], dtype=np.float32)
+            scores.append(d if self.metric == "ip" else -d + np.float32(0))  # Milvus L2 = squared distance
+        return SearchResult(ids, scores, self.metric)
+
+    # --- persistence ------------------------------------------------------------------------
+    def _manifest(self, count: int) -> Manifest:
+        return Manifest(backend=self.backend, kind=self.kind, metric=self.metric, dim=self.dim, count=count,
+                        run_id=self.run_id, schema_digest=self.schema_digest, created_at=self.created_at,
+                        options=self.options(), attributes=self.attribute_names)
+
+    def save(self, index_dir) -> Path:
+        index_dir = Path(index_dir)
+        with self._lock:
+            with _milvus_errors("flush before saving"):
+                self._c().flush(self._collection)
+            count = len(self)
+            descriptor = {"collection": self._collection, "index_type": self.index_type,
+                          "mode": "lite" if self.local else "server"}
+            if not self.local:
+                descriptor.update(uri=_strip_credentials(self._opts["uri"]), db_name=self._opts["db_name"])
+
+            def write(folder: Path) -> dict:
+                (folder / DESCRIPTOR).write_text(json.dumps(descriptor, indent=1) + "\n", encoding="utf-8")
+                if self.local:
+                    # a consistent copy needs the embedded server stopped: close, copy, reopen
+                    _cleanup(self._client, self._db_path, None)
+                    self._client = None
+                    try:
+                        shutil.copytree(self._db_path, folder / DB_NAME, ignore=shutil.ignore_patterns("LOCK"))
+                    finally:
+                        self._connect()
+                        self._c().load_collection(self._collection)
+                return {"collection": self._collection, "index_type": self.index_type, "mode": descriptor["mode"]}
+
+            write_index_dir(index_dir, self._manifest(count), write)
+            return index_dir
+
+    @classmethod
+    def _load(cls, manifest: Manifest, index_dir: Path, **options) -> "MilvusIndex":
+        folder = manifest.data_path(index_dir)
+        try:
+            desc = json.loads((folder / DESCRIPTOR).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise CorruptIndexError(f"cannot read {folder / DESCRIPTOR}: {e}") from None
+        overridable = {"uri", "token", "db_name", "work_dir", "ef_search", "nprobe", "batch_size"}
+        bad = set(options) - overridable
+        if bad:
+            raise UnsupportedIndexError(
+                f"option(s) {', '.join(sorted(bad))} cannot change when loading; valid: {', '.join(sorted(overridable))}")
+        opts = {k: v for k, v in manifest.options.items() if k in set(COMMON) | set(DEFAULTS[manifest.kind])}
+        opts["collection"] = desc.get("collection", DEFAULT_COLLECTION)
+        opts["index_type"] = desc.get("index_type", opts.get("index_type"))
+        if desc.get("mode") == "lite":
+            if "uri" in options or "db_name" in options:
+                raise UnsupportedIndexError("a saved Milvus Lite index is opened in a working copy (work_dir=...); "
+                                            "uri / db_name apply to indexes kept on a Milvus server")
+            if not (folder / DB_NAME).is_dir():
+                raise CorruptIndexError(f"Milvus index at {index_dir} lacks its database {folder / DB_NAME}")
+            opts["uri"] = None
+            existing = str(folder / DB_NAME)
+        else:
+            opts["uri"] = desc.get("uri")
+            opts["db_name"] = desc.get("db_name")
+            existing = "server"
+        opts.update(options)
+        meta = IndexMeta(kind=manifest.kind, dim=manifest.dim, metric=manifest.metric, run_id=manifest.run_id,
+                         schema_digest=manifest.schema_digest, created_at=manifest.created_at)
+        return cls(manifest.kind, manifest.dim, manifest.metric, attributes=manifest.attributes, _meta=meta,
+                   _open=existing, **opts)

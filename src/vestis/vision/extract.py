@@ -1,0 +1,409 @@
+"""Batched feature extraction for a catalogue into the FeatureCache, with an ONNX Runtime fast path.
+
+Pipeline (`extract_catalog`):
+  1. hash every image file (sha256 of its bytes, thread pool) - items without a file are "missing";
+  2. verify the cached entries those hashes point at (crc32; corrupt ones are re-encoded);
+  3. decode + letterbox the images not cached yet in background threads, a few batches ahead of the trunk,
+     while the main thread runs the trunk on full batches (ONNX Runtime and PyTorch release the GIL, and
+     PIL releases it while decoding/resizing), and store float16 maps in shards of the cache.
+Identical images (same bytes) are encoded once. Undecodable images are counted ("unreadable"), never fatal.
+Interrupting (Ctrl-C) writes what was encoded; kill -9 loses at most one unwritten shard, and a rerun reuses
+everything already stored.
+
+Backends take uint8 NHWC batches (the letterbox output) and return float32 (s16, s32); the normalisation is
+part of the model, so ONNX Runtime does it too:
+  * "torch": eager PyTorch, inference_mode, channels_last (the NHWC input is channels_last already);
+  * "onnx": the same module exported once per spec to `<cache>/<spec.key>/trunk.onnx`, run by ONNX Runtime
+    (CPU provider, one intra-op thread per core, no spin-waiting so the decode threads get CPU). On export it
+    is checked against eager PyTorch on a fixed batch; the max abs difference is stored next to it;
+  * "auto": ONNX Runtime when it is installed, exports and matches PyTorch within ONNX_TOLERANCE (measured
+    6e-5; ~3x faster than eager at 160x128), otherwise torch.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import time
+import warnings
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from vestis.errors import VestisError
+from vestis.vision.cache import DEFAULT_SHARD_SIZE, FeatureCache, content_hash
+from vestis.vision.images import ImageReadError
+from vestis.vision.preprocess import load_letterboxed
+from vestis.vision.trunk import LEVELS, Trunk, TrunkSpec, build_trunk
+
+log = logging.getLogger(__name__)
+
+ONNX_TOLERANCE = 1e-3  # max abs diff vs eager PyTorch on the fp32 maps for ONNX to count as "the same"
+BACKENDS = ("auto", "onnx", "torch")
+
+
+def cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+# --- backends ---------------------------------------------------------------------------------------------
+class PreprocessedTrunk(nn.Module):
+    """uint8 NHWC batch -> normalised float NCHW -> trunk -> (s16, s32)."""
+
+    def __init__(self, trunk: Trunk):
+        super().__init__()
+        self.trunk = trunk
+        self.register_buffer("mean", torch.tensor(trunk.mean).view(1, 3, 1, 1) * 255.0, persistent=False)
+        self.register_buffer("std", torch.tensor(trunk.std).view(1, 3, 1, 1) * 255.0, persistent=False)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = (images.permute(0, 3, 1, 2).to(torch.float32) - self.mean) / self.std
+        return self.trunk(x)
+
+
+class TorchBackend:
+    """Eager PyTorch. channels_last=False is the plain reference path (NCHW contiguous)."""
+
+    def __init__(self, trunk: Trunk, channels_last: bool = True):
+        self.name = "torch" if channels_last else "torch-nchw"
+        self.channels_last = channels_last
+        if channels_last:  # on a copy: .to() converts parameters in place, and the trunk may be shared
+            trunk = copy.deepcopy(trunk).to(memory_format=torch.channels_last)
+        self.module = PreprocessedTrunk(trunk).eval()
+
+    def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        with torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(batch))
+            if not self.channels_last:
+                x = x.permute(0, 3, 1, 2).contiguous().permute(0, 2, 3, 1)  # NCHW storage, same values
+            s16, s32 = self.module(x)
+            return s16.contiguous().numpy(), s32.contiguous().numpy()
+
+
+class OnnxBackend:
+    name = "onnx"
+
+    def __init__(self, path: Path, threads: int | None = None):
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads or cpu_count()
+        so.inter_op_num_threads = 1
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Idle ORT threads would spin and steal the cores the decode threads need.
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.path = Path(path)
+        self.session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+
+    def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        s16, s32 = self.session.run(None, {self.input_name: np.ascontiguousarray(batch, dtype=np.uint8)})
+        return s16, s32
+
+
+def _probe_batch(spec: TrunkSpec, n: int = 4) -> np.ndarray:
+    """Deterministic, image-like uint8 batch (smooth colour fields + noise + a white margin)."""
+    h, w = spec.resolution
+    rng = np.random.default_rng(1234)
+    yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
+    out = np.empty((n, h, w, 3), np.uint8)
+    for i in range(n):
+        base = np.stack([np.sin((xx * rng.uniform(2, 9) + yy * rng.uniform(2, 9)) + rng.uniform(0, 6))
+                         for _ in range(3)], -1)
+        img = 128 + 90 * base + rng.normal(0, 20, (h, w, 3))
+        img[:, : w // 8] = 255
+        out[i] = np.clip(img, 0, 255).astype(np.uint8)
+    return out
+
+
+def max_abs_diff(a: tuple[np.ndarray, ...], b: tuple[np.ndarray, ...]) -> dict[str, float]:
+    return {lv: float(np.abs(x.astype(np.float32) - y.astype(np.float32)).max()) for lv, x, y in zip(LEVELS, a, b)}
+
+
+def export_onnx(trunk: Trunk, path: Path, *, opset: int = 17) -> Path:
+    """Export trunk + normalisation (uint8 NHWC input 'images', outputs 's16', 's32', dynamic batch) atomically."""
+    spec = trunk.spec or TrunkSpec()
+    h, w = spec.resolution
+    module = PreprocessedTrunk(trunk).eval()
+    example = torch.zeros(2, h, w, 3, dtype=torch.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (example,), str(tmp), dynamo=False, input_names=["images"],
+                          output_names=list(LEVELS), opset_version=opset,
+                          dynamic_axes={"images": {0: "n"}, "s16": {0: "n"}, "s32": {0: "n"}})
+    os.replace(tmp, path)
+    return path
+
+
+def onnx_path(cache_dir: Path, spec: TrunkSpec) -> Path:
+    return Path(cache_dir) / spec.key / "trunk.onnx"
+
+
+def ensure_onnx(spec: TrunkSpec, cache_dir: Path, trunk: Trunk | None = None) -> tuple[Path, dict]:
+    """The exported, verified ONNX trunk for this spec: (path, info with 'max_abs_diff' per level)."""
+    path = onnx_path(cache_dir, spec)
+    meta = path.with_name(path.name + ".json")
+    if path.is_file() and meta.is_file():
+        try:
+            info = json.loads(meta.read_text())
+            if info.get("spec") == spec.key and set(info["max_abs_diff"]) == set(LEVELS):
+                return path, info
+        except (ValueError, KeyError, TypeError, OSError) as e:
+            log.warning("re-exporting ONNX trunk %s: %s", path, e)
+    trunk = trunk or build_trunk(spec)
+    t0 = time.perf_counter()
+    export_onnx(trunk, path)
+    probe = _probe_batch(spec)
+    diff = max_abs_diff(OnnxBackend(path)(probe), TorchBackend(trunk, channels_last=False)(probe))
+    import onnxruntime as ort
+
+    info = {"spec": spec.key, "max_abs_diff": diff, "export_s": round(time.perf_counter() - t0, 2),
+            "torch": torch.__version__, "onnxruntime": ort.__version__}
+    tmp = meta.with_name(f".{meta.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(info, indent=1))
+    os.replace(tmp, meta)
+    return path, info
+
+
+@dataclass
+class BackendChoice:
+    backend: object
+    name: str
+    note: str = ""
+    max_abs_diff: dict | None = None
+
+
+def make_backend(spec: TrunkSpec, cache_dir: Path, backend: str = "auto", trunk: Trunk | None = None) -> BackendChoice:
+    if backend not in BACKENDS:
+        raise VestisError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
+    note = ""
+    if backend in ("auto", "onnx"):
+        try:
+            path, info = ensure_onnx(spec, cache_dir, trunk)
+            try:
+                session = OnnxBackend(path)
+            except Exception as e:  # noqa: BLE001 - a damaged .onnx file: export it again, once
+                log.warning("re-exporting damaged ONNX trunk %s: %s", path, e)
+                path.unlink(missing_ok=True)
+                path.with_name(path.name + ".json").unlink(missing_ok=True)
+                path, info = ensure_onnx(spec, cache_dir, trunk)
+                session = OnnxBackend(path)
+            worst = max(info["max_abs_diff"].values())
+            if worst <= ONNX_TOLERANCE:
+                return BackendChoice(session, "onnx", max_abs_diff=info["max_abs_diff"])
+            note = f"ONNX output differs from PyTorch by {worst:.2g} (> {ONNX_TOLERANCE})"
+        except ImportError as e:
+            note = f"onnxruntime unavailable ({e})"
+        except Exception as e:  # noqa: BLE001 - export problems fall back to torch under auto
+            note = f"ONNX export failed ({type(e).__name__}: {e})"
+        if backend == "onnx":
+            raise VestisError(f"backend onnx: {note}")
+        log.warning("using the PyTorch backend: %s", note)
+    return BackendChoice(TorchBackend(trunk or build_trunk(spec)), "torch", note=note)
+
+
+# --- extraction -------------------------------------------------------------------------------------------
+@dataclass
+class ExtractReport:
+    items: int = 0
+    encoded: int = 0  # images run through the trunk in this run
+    reused: int = 0  # items whose features were already cached
+    shared: int = 0  # items identical (same bytes) to another item encoded in this run
+    missing: int = 0
+    unreadable: int = 0
+    corrupt: int = 0  # cached entries that failed verification and were re-encoded
+    missing_ids: list[str] = field(default_factory=list)
+    unreadable_ids: list[str] = field(default_factory=list)
+    backend: str = ""
+    backend_note: str = ""
+    max_abs_diff: dict | None = None
+    prepare_s: float = 0.0  # hashing + verifying the cache + building the backend
+    encode_s: float = 0.0
+    wall_s: float = 0.0
+    cache_path: Path | None = None
+    cache_entries: int = 0
+    spec_key: str = ""
+    problems: list[str] = field(default_factory=list)
+    interrupted: bool = False
+
+    @property
+    def images_per_s(self) -> float:
+        return self.encoded / self.wall_s if self.wall_s > 0 else 0.0
+
+    @property
+    def encode_images_per_s(self) -> float:
+        return self.encoded / self.encode_s if self.encode_s > 0 else 0.0
+
+    def describe(self) -> str:
+        diff = ""
+        if self.max_abs_diff:
+            diff = ", max abs diff vs eager PyTorch " + ", ".join(f"{k} {v:.1e}" for k, v in self.max_abs_diff.items())
+        lines = [f"{'INTERRUPTED: ' if self.interrupted else ''}features for {self.items} items "
+                 f"({self.spec_key}; backend {self.backend or '-'}{diff})"]
+        if self.backend_note:
+            lines.append(f"  note: {self.backend_note}")
+        lines.append(f"  encoded {self.encoded}, reused from cache {self.reused}"
+                     + (f", identical to another item {self.shared}" if self.shared else "")
+                     + f", missing {self.missing}, unreadable {self.unreadable}"
+                     + (f", corrupt cache entries re-encoded {self.corrupt}" if self.corrupt else ""))
+        for label, ids, n in (("missing", self.missing_ids, self.missing), ("unreadable", self.unreadable_ids, self.unreadable)):
+            if ids:
+                lines.append(f"  {label}: {', '.join(ids)}" + (f" (+{n - len(ids)} more)" if n > len(ids) else ""))
+        if self.encoded:
+            lines.append(f"  {self.images_per_s:.1f} images/s ({self.encoded} encoded in {self.wall_s:.1f} s wall; "
+                         f"decode+trunk+write {self.encode_s:.1f} s = {self.encode_images_per_s:.1f} images/s, "
+                         f"hashing/verifying cache/model setup {self.prepare_s:.1f} s)")
+        else:
+            lines.append(f"  nothing to encode ({self.wall_s:.1f} s wall, hashing and verifying the cache)")
+        lines.append(f"  cache: {self.cache_path} ({self.cache_entries} entries)")
+        for p in self.problems[:5]:
+            lines.append(f"  broken cache shard moved to corrupt/ (its images count as not cached): {p}")
+        return "\n".join(lines)
+
+
+def _decode(path: Path, resolution: tuple[int, int]) -> np.ndarray:
+    return load_letterboxed(path, resolution)[0]
+
+
+def _hash(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        return content_hash(path)
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        return None
+    except OSError as e:  # e.g. permission denied: the file is there but cannot be read
+        return f"!{e.strerror or e}"
+
+
+def extract_catalog(catalog, spec: TrunkSpec, cache_dir: Path, batch_size: int = 32,
+                    backend: str | BackendChoice = "auto", limit: int | None = None, *, workers: int | None = None,
+                    shard_size: int = DEFAULT_SHARD_SIZE, progress: bool = True, max_listed: int = 10) -> ExtractReport:
+    """Encode every catalogue image not yet cached for `spec` into the feature cache under `cache_dir`.
+
+    backend: "auto" | "onnx" | "torch", or a ready `make_backend(...)` result (reused across calls, e.g. by
+    the benchmark). workers: decode threads (default min(2, cores)). Returns counts and timings."""
+    from tqdm import tqdm
+
+    if batch_size < 1:
+        raise VestisError(f"batch size must be at least 1, got {batch_size}")
+    if not isinstance(backend, BackendChoice) and backend not in BACKENDS:
+        raise VestisError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
+    t0 = time.perf_counter()
+    items = list(catalog)
+    if limit is not None:
+        items = items[: max(0, int(limit))]
+    rep = ExtractReport(items=len(items), spec_key=spec.key)
+    cache = FeatureCache(cache_dir, spec, shard_size=shard_size)
+    rep.cache_path = cache.path
+    cache.refresh()
+    rep.problems = list(cache.problems)
+    cache.quarantine()
+
+    def note(kind: str, iid: str) -> None:
+        setattr(rep, kind, getattr(rep, kind) + 1)
+        ids = getattr(rep, f"{kind}_ids")
+        if len(ids) < max_listed:
+            ids.append(iid)
+
+    # 1. hash, 2. verify what is cached
+    with ThreadPoolExecutor(max(4, cpu_count())) as pool:
+        hashes = list(pool.map(lambda it: _hash(it.image), items, chunksize=64))
+    present = {h for h in hashes if h and not h.startswith("!")}
+    _, corrupt = cache.verify(present)
+    todo: dict[str, Path] = {}  # hash -> first path, in catalogue order
+    shared: list[str] = []  # hashes of later items identical to an earlier one to encode
+    for it, h in zip(items, hashes):
+        if h is None:
+            note("missing", it.id)
+        elif h.startswith("!"):
+            note("unreadable", it.id)
+        elif cache.has(h):
+            rep.reused += 1
+        elif h in todo:
+            shared.append(h)
+        else:
+            todo[h] = it.image
+    rep.corrupt = len(corrupt & set(todo))
+    failed: set[str] = set()
+
+    if todo:
+        choice = backend if isinstance(backend, BackendChoice) else make_backend(spec, cache_dir, backend)
+        run = choice.backend
+        rep.backend, rep.backend_note, rep.max_abs_diff = choice.name, choice.note, choice.max_abs_diff
+    rep.prepare_s = time.perf_counter() - t0
+
+    t1 = time.perf_counter()
+    batch: list[np.ndarray] = []
+    batch_hashes: list[str] = []
+    bar = tqdm(total=len(todo), unit="img", desc="encoding", disable=not progress or not todo, smoothing=0.05,
+               dynamic_ncols=True)
+
+    def run_batch() -> None:
+        s16, s32 = run(np.stack(batch))
+        s16, s32 = s16.astype(np.float16), s32.astype(np.float16)
+        for i, h in enumerate(batch_hashes):
+            cache.put(h, {"s16": s16[i], "s32": s32[i]})
+        rep.encoded += len(batch_hashes)
+        bar.update(len(batch_hashes))
+        batch.clear()
+        batch_hashes.clear()
+
+    pool = ThreadPoolExecutor(workers or min(2, cpu_count()), thread_name_prefix="vestis-decode")
+    try:
+        window = 3 * batch_size
+        pending: deque = deque()
+        queue = iter(todo.items())
+
+        def top_up() -> None:
+            while len(pending) < window:
+                nxt = next(queue, None)
+                if nxt is None:
+                    return
+                pending.append((nxt[0], pool.submit(_decode, nxt[1], spec.resolution)))
+
+        top_up()
+        while pending:
+            h, fut = pending.popleft()
+            top_up()
+            try:
+                arr = fut.result()
+            except Exception as e:  # noqa: BLE001 - ImageReadError, or anything odd in one file: count it
+                log.info("unreadable image: %s", e if isinstance(e, ImageReadError) else f"{type(e).__name__}: {e}")
+                failed.add(h)
+                cache.put_unreadable(h)
+                continue
+            batch.append(arr)
+            batch_hashes.append(h)
+            if len(batch) == batch_size:
+                run_batch()
+        if batch:
+            run_batch()
+    except KeyboardInterrupt:
+        rep.interrupted = True
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        bar.close()
+        cache.flush()  # keep everything encoded so far, also on Ctrl-C
+        rep.encode_s = time.perf_counter() - t1
+        rep.wall_s = time.perf_counter() - t0
+        rep.shared = sum(1 for h in shared if h not in failed)
+        if failed:  # count every item (duplicates included) whose image could not be decoded
+            for it, h in zip(items, hashes):
+                if h in failed:
+                    note("unreadable", it.id)
+        rep.cache_entries = len(cache)
+    return rep

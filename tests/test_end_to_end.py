@@ -1,0 +1,86 @@
+"""One end-to-end run on a tiny synthetic catalogue, through the command line a user types:
+synth -> train -> index -> queries -> search -> eval, plus the engine API and its errors."""
+
+import json
+
+import pytest
+
+from vestis.cli import main
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e")
+    cache = root / "cache"
+    cat = root / "cat"
+    assert main(["synth", "-n", "160", "--seed", "5", "--out", str(cat), "--workers", "1"]) == 0
+    run = root / "run"
+    cfg = root / "cfg.json"
+    cfg.write_text(json.dumps({"epochs": 3, "hidden": 64, "batch_size": 32,
+                               "attributes": ["category", "colour", "pattern"]}))
+    assert main(["train", "--model", "attribute_baseline", "--catalog", str(cat), "--out", str(run),
+                 "--config", str(cfg), "--cache", str(cache)]) == 0
+    idx = root / "idx"
+    assert main(["index", "--run", str(run), "--catalog", str(cat), "--out", str(idx), "--split", "gallery",
+                 "--cache", str(cache)]) == 0
+    return root, cat, run, idx, cache
+
+
+def test_cli_pipeline_writes_rankings_and_report(pipeline, capsys):
+    root, cat, run, idx, cache = pipeline
+    q = root / "q.jsonl"
+    assert main(["queries", "--catalog", str(cat), "--protocol", "manipulation", "--out", str(q),
+                 "--attributes", "category,colour,pattern", "--per-attribute", "5"]) == 0
+    queries = [json.loads(line) for line in q.read_text().splitlines()]
+    assert queries and all(set(x["target"]) == {"category", "colour", "pattern"} for x in queries)
+    r = root / "r.jsonl"
+    assert main(["search", "--run", str(run), "--index", str(idx), "--queries", str(q), "--output", str(r),
+                 "--cache", str(cache)]) == 0
+    rows = [json.loads(line) for line in r.read_text().splitlines()]
+    assert [x["query_id"] for x in rows] == [x["query_id"] for x in queries]
+    for x, qq in zip(rows, queries):
+        assert qq["item_id"] not in x["ranked"]
+    assert main(["eval", "--queries", str(q), "--rankings", str(r), "--catalog", str(cat), "--run", str(run),
+                 "--no-curve", "--report", str(root / "rep")]) == 0
+    rep = json.loads((root / "rep" / "report.json").read_text())
+    assert rep["protocol"].startswith("vestis-manipulation/") and rep["n_scored"] == len(queries)
+    assert (root / "rep" / "top_k.png").is_file()
+
+
+def test_engine_search_modes_and_errors(pipeline):
+    from vestis.engine import Engine, EngineError
+    from vestis.errors import UnknownAttributeError, UnknownValueError
+
+    root, cat, run, idx, cache = pipeline
+    eng = Engine.load(run, idx, cache_dir=cache)
+    gallery = set(eng.spaces["main"].ids())
+    query = next(it for it in eng.catalog if it.id not in gallery and "colour" in it.attributes)
+    new = next(v for v in eng.model.schema.values("colour") if v != query.attributes["colour"])
+    hits = eng.search(item_id=query.id, manipulations={"colour": new}, k=5)
+    assert 0 < len(hits) <= 5 and all(h.id in gallery for h in hits)
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    by_image = eng.search(image=query.image, manipulations={"colour": new}, k=5)
+    assert [h.id for h in by_image] == [h.id for h in hits]  # cached features == freshly encoded
+    vis = eng.search(item_id=query.id, mode="visual", k=3)
+    assert len(vis) == 3
+    only = eng.search(item_id=query.id, k=5, filters={"colour": new})
+    assert all(h.attributes.get("colour") == new for h in only)
+    with pytest.raises(UnknownValueError, match="valid values"):
+        eng.search(item_id=query.id, manipulations={"colour": "navy"})
+    with pytest.raises(UnknownAttributeError):
+        eng.search(item_id=query.id, manipulations={"sleeves": "long"})
+    with pytest.raises(EngineError, match="mode"):
+        eng.search(item_id=query.id, mode="psychic")
+    with pytest.raises(EngineError, match="k must be"):
+        eng.search(item_id=query.id, k=0)
+
+
+def test_index_from_another_run_is_refused(pipeline, tmp_path):
+    from vestis.engine import Engine, EngineError
+
+    root, cat, run, idx, cache = pipeline
+    other = tmp_path / "other"
+    assert main(["train", "--model", "visual", "--catalog", str(cat), "--out", str(other), "--cache", str(cache)]) == 0
+    with pytest.raises(EngineError, match="was built with run"):
+        Engine.load(other, idx, cache_dir=cache)
+    assert main(["search", "--run", str(other), "--index", str(idx), "--item", "s000000", "--cache", str(cache)]) == 2

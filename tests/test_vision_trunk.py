@@ -1,0 +1,114 @@
+"""The trunk: packaged Lite0 weights map onto timm correctly (known answer), bad weights fail loudly,
+the spec key tracks weights and resolution, and the chosen normalisation is the one the weights expect."""
+
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from vestis.vision.preprocess import letterbox, normalize
+from vestis.vision.trunk import (LITE_MEAN, LITE_STD, TrunkSpec, WeightsError, build_trunk, load_weights,
+                                 map_lukemelas_state_dict, packaged_lite0_weights)
+
+skimage_data = pytest.importorskip("skimage.data")
+
+
+@pytest.fixture(scope="module")
+def trunk():
+    return build_trunk(TrunkSpec())
+
+
+@pytest.fixture(scope="module")
+def chelsea():
+    from PIL import Image
+
+    return Image.fromarray(skimage_data.chelsea())
+
+
+@pytest.mark.parametrize("resolution", [(160, 128), (224, 224)])
+def test_known_answer_chelsea_is_a_cat(trunk, chelsea, resolution):
+    x = normalize(letterbox(chelsea, resolution)[0], trunk.mean, trunk.std)
+    with torch.inference_mode():
+        p = trunk.logits(x).softmax(-1)[0]
+    assert 281 <= int(p.argmax()) <= 287  # ImageNet cat classes (tabby, tiger cat, Persian, ..., Egyptian cat)
+    assert float(p[281:288].sum()) > 0.9
+
+
+def test_levels_shapes(trunk):
+    with torch.inference_mode():
+        s16, s32 = trunk(torch.zeros(2, 3, 160, 128))
+    assert s16.shape == (2, 112, 10, 8) and s32.shape == (2, 1280, 5, 4)
+    assert trunk.channels == {"s16": 112, "s32": 1280}
+    assert float(s32.min()) >= 0 and float(s32.max()) <= 6  # after the head's BN + ReLU6
+
+
+def test_normalisation_matches_stem_batchnorm_statistics(trunk, chelsea):
+    """With x/127.5-1 the stem conv output has about the variance the stem BN was trained on; ImageNet
+    mean/std makes it several times too large."""
+    bn = trunk.model.bn1
+    live = bn.running_var > 1e-4
+
+    def var_ratio(mean, std):
+        x = normalize(letterbox(chelsea, (224, 224))[0], mean, std)
+        with torch.inference_mode():
+            y = trunk.model.conv_stem(x)[0].flatten(1)[live]
+        return float((y.var(1) / bn.running_var[live]).median())
+
+    ours = var_ratio(LITE_MEAN, LITE_STD)
+    imagenet = var_ratio((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    assert 0.4 < ours < 2.0
+    assert abs(np.log(ours)) < abs(np.log(imagenet))
+
+
+def test_mismatched_state_dict_fails_loudly(tmp_path):
+    sd = torch.load(packaged_lite0_weights(), weights_only=True)
+    import timm
+
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    # one tensor with a wrong shape
+    bad = OrderedDict(sd)
+    bad["_blocks.3._project_conv.weight"] = torch.zeros(41, 144, 1, 1)
+    with pytest.raises(WeightsError, match="_blocks.3._project_conv.weight"):
+        map_lukemelas_state_dict(bad, model.state_dict())
+    # one tensor missing: the count differs
+    short = OrderedDict(list(sd.items())[:-1])
+    with pytest.raises(WeightsError, match="295 tensors"):
+        load_weights(model, short)
+    # a different architecture's weights (Lite0 weights into Lite1)
+    lite1 = timm.create_model("tf_efficientnet_lite1", pretrained=False)
+    with pytest.raises(WeightsError):
+        load_weights(lite1, sd)
+    # a weights file with garbage / another trunk without weights
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(WeightsError, match="cannot read"):
+        build_trunk(TrunkSpec(weights=junk))
+    with pytest.raises(WeightsError, match="nothing is downloaded"):
+        build_trunk(TrunkSpec(name="resnet18"))
+
+
+def test_timm_format_weights_file_loads(tmp_path, trunk):
+    from safetensors.torch import save_file
+
+    f = tmp_path / "lite0.safetensors"
+    save_file({k: v.contiguous() for k, v in trunk.model.state_dict().items()}, str(f))
+    other = build_trunk(TrunkSpec(weights=f))
+    x = torch.randn(1, 3, 64, 64)
+    with torch.inference_mode():
+        assert torch.equal(other(x)[1], trunk(x)[1])
+
+
+def test_spec_key_tracks_weights_and_resolution(tmp_path):
+    a = TrunkSpec()
+    assert a.key == TrunkSpec().key and a.key.startswith("tf_efficientnet_lite0-w")
+    assert TrunkSpec(resolution=(224, 224)).key != a.key
+    copy = tmp_path / "copy.pth"
+    copy.write_bytes(Path(packaged_lite0_weights()).read_bytes())
+    assert TrunkSpec(weights=copy).key == a.key  # same bytes, same features
+    changed = tmp_path / "changed.pth"
+    changed.write_bytes(copy.read_bytes() + b"\0")
+    assert TrunkSpec(weights=changed).key != a.key
+    with pytest.raises(Exception, match="multiples of 32"):
+        TrunkSpec(resolution=(150, 128))
