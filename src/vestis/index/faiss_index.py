@@ -9,11 +9,17 @@ Filters run inside FAISS. A filter becomes a boolean mask over labels (per attri
 values is OR-ed, attributes are AND-ed, dead labels dropped), packed into a `faiss.IDSelectorBitmap`
 and passed as ``params=SearchParameters(sel=...)`` (`SearchParametersHNSW` / `SearchParametersIVF`
 with the kind's efSearch / nprobe) so FAISS skips non-matching items while it searches - no
-over-fetching. Graph and IVF searches can miss matches when very few items match (the graph walk
-or the probed lists hold none), so: when at most ``exact_filter_fraction`` of the items match, the
-search is an exact scan of the matching items (still a FAISS search with the same selector, on the
-flat vector storage); and any query that comes back with fewer than min(k, matching) results is
-re-run that way. So a filtered search returns min(k, number of matching items) results.
+over-fetching. A selective filter makes graph and IVF searches meet fewer matching items, so:
+
+- when a share s of the items matches, efSearch (HNSW) and nprobe (IVF) are divided by s (capped),
+  so the walk / the probed lists meet about as many matching items as an unfiltered search;
+- when s <= ``exact_filter_fraction`` (HNSW 0.2, IVF-PQ 0.05), the search is an exact scan of the
+  matching items instead (still a FAISS search with the same selector, on the flat vector storage):
+  measured on 200k x 128-d with a random attribute, the HNSW walk's recall@30 fell to 0.89-0.94 at
+  s <= 0.2 while the exact scan costs ~1 ms + 8 ms * s; IVF-PQ kept 0.93-0.99 down to s = 0.01;
+- any query that comes back with fewer than min(k, matching) results is re-run exactly.
+
+So a filtered search returns min(k, number of matching items) results.
 
 Kinds:
 
@@ -34,7 +40,7 @@ batched searches, and ``single_query_threads`` (default 1) for a single query: H
 parallelise over queries, so a second thread only adds fork/join overhead there (measured by
 `vestis.index.bench`).
 
-Not thread-safe for writes: one lock serialises all calls on an index object.
+Thread safety: one lock serialises every call on an index object, searches included.
 """
 
 from __future__ import annotations
