@@ -84,3 +84,14 @@ def test_index_from_another_run_is_refused(pipeline, tmp_path):
     with pytest.raises(EngineError, match="was built with run"):
         Engine.load(other, idx, cache_dir=cache)
     assert main(["search", "--run", str(other), "--index", str(idx), "--item", "s000000", "--cache", str(cache)]) == 2
+
+
+def test_demo_runs_and_second_run_reuses(tmp_path, capsys):
+    args = ["demo", "--workdir", str(tmp_path / "demo"), "-n", "120", "--cache", str(tmp_path / "cache")]
+    assert main(args) == 0
+    first = capsys.readouterr().out
+    assert "[5/5] search" in first and "training attribute_baseline" in first
+    assert main(args) == 0
+    second = capsys.readouterr().out
+    assert "synthetic catalogue: reusing" in second and "model: reusing" in second and "index: reusing" in second
+    assert "encoded 0" in second

@@ -96,6 +96,13 @@ def cmd_bench(args) -> int:
         print(bench_extract(catalog_path=args.catalog, n_images=args.n, batch_size=args.batch_size,
                             repeats=args.repeats, weights=args.weights))
         return 0
+    if args.what == "search":
+        from vestis.search_bench import bench_search
+
+        if not (args.run and args.index and args.queries):
+            raise VestisError("bench search needs --run, --index and --queries")
+        print(bench_search(args.run, args.index, args.queries, n=args.items, n_queries=args.n, cache_dir=args.cache))
+        return 0
     raise VestisError(f"unknown benchmark {args.what!r}")
 
 
@@ -215,7 +222,8 @@ def cmd_queries(args) -> int:
     digest = Q.write_queries(args.out, qs)
     print(f"wrote {len(qs)} {args.protocol} queries to {args.out} (sha256 {digest[:16]})")
     for a, c in counts.items():
-        print(f"  {a}: {c}" + ("   <- no valid query for this attribute" if c == 0 else ""))
+        flag = c == 0 and args.protocol != "same_item"
+        print(f"  {a}: {c}" + ("   <- no valid query for this attribute" if flag else ""))
     return 0
 
 
@@ -231,6 +239,14 @@ def cmd_eval(args) -> int:
     if args.run and (args.run / "run.json").is_file():
         report["run"].update({k: v for k, v in json.loads((args.run / "run.json").read_text()).items()
                               if k in ("run_id", "model", "config", "trunk")})
+    if args.classify:
+        from vestis.engine import category_scores
+        from vestis.eval import classification_report
+
+        if not args.run:
+            raise VestisError("--classify needs --run")
+        scores, labels, names = category_scores(args.run, cat, "query", args.cache)
+        report["classification"] = classification_report(scores, labels, names)
     report["machine"] = machine_info()
     if args.report:
         write_report(report, args.report)
@@ -295,12 +311,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_extract)
 
     s = sub.add_parser("bench", help="speed benchmarks")
-    s.add_argument("what", choices=["extract"])
+    s.add_argument("what", choices=["extract", "search"])
     s.add_argument("--catalog", type=Path, default=None, help="images to time (default: a fresh synthetic catalogue)")
     s.add_argument("--n", type=int, default=256, help="images per timed run")
     s.add_argument("--batch-size", type=int, default=32)
     s.add_argument("--repeats", type=int, default=5)
     s.add_argument("--weights", type=Path, default=None)
+    s.add_argument("--run", type=Path, default=None, help="search: the trained run")
+    s.add_argument("--index", type=Path, default=None, help="search: an index built from the run (its vectors are tiled)")
+    s.add_argument("--queries", type=Path, default=None, help="search: a manipulation query file")
+    s.add_argument("--items", type=int, default=200_000, help="search: gallery size to tile to")
+    s.add_argument("--cache", type=Path, default=default_cache_dir())
     s.set_defaults(func=cmd_bench)
 
     def catalog_option(s, required=True):
@@ -362,6 +383,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--gallery-split", default="gallery")
     s.add_argument("--no-curve", action="store_true", help="skip the gallery-size curve (needs long rankings)")
     s.add_argument("--views", default=None, help="same-item data: real multi-view / synthetic multi-view / augmented")
+    s.add_argument("--classify", action="store_true", help="also category top-1/3/5 of the run on the query split")
+    s.add_argument("--cache", type=Path, default=default_cache_dir())
     s.set_defaults(func=cmd_eval)
 
     s = sub.add_parser("compare", help="one table and plot from several eval reports")
@@ -370,7 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--names", nargs="*", default=None)
     s.set_defaults(func=cmd_compare)
 
-    s = sub.add_parser("demo", help="generate the synthetic catalogue (or use DATA), extract features, summarise")
+    s = sub.add_parser("demo", help="synthetic catalogue (or --data), features, training, index and a search")
     s.add_argument("--data", type=Path, default=None, help="a catalogue to use instead of the synthetic one")
     s.add_argument("--workdir", type=Path, default=Path("runs/demo"))
     s.add_argument("-n", type=int, default=2000)

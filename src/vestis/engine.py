@@ -90,6 +90,20 @@ def build_index(run_dir: Path, catalog: Catalog, out: Path, *, backend: str = "f
     return meta
 
 
+def category_scores(run_dir: Path, catalog: Catalog, split: str, cache_dir: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Category probabilities of a run that classifies (Park et al.'s OC path) for one split's items with a
+    known category: (scores (n, C), true class indices (n,), class names)."""
+    model, info = load_run(run_dir)
+    if not hasattr(model, "predict_category"):
+        raise EngineError(f"model {info.model} does not classify categories")
+    attr = model.config["category_attribute"]
+    part = catalog.split(split).filter(lambda it: it.attributes.get(attr) in model.schema.values(attr))
+    feats = catalogue_features(part, trunk_from_json(info.trunk), cache_dir, progress=False)
+    scores = _embed(model.predict_category, feats.maps)
+    labels = np.array([model.schema.index(attr, part[i].attributes[attr]) for i in feats.ids])
+    return scores, labels, list(model.schema.values(attr))
+
+
 @dataclass
 class Hit:
     id: str

@@ -10,6 +10,9 @@ breaking ties. Both parts live in one vector so any inner-product index ranks ex
 has exactly the target vector - what a hit requires - assuming attributes independent given the
 image; "soft" s = p, the expected number of agreeing attributes; "hard" s = one-hot of the argmax,
 an exact count of agreements (eps^2 < 1 then makes visual similarity a pure tie-breaker).
+The visual part is the pooled trunk feature projected on its top `visual_dim` principal components
+(fitted on the training images): a tie-breaker does not need 1280 dimensions, and a ~300-d vector
+keeps a 200k-item index small and fast.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ class AttributeBaseline(SearchModel):
     name = "attribute_baseline"
     supports_manipulation = True
     default_config = {"hidden": 512, "dropout": 0.3, "epochs": 15, "batch_size": 256, "lr": 2e-3,
-                      "weight_decay": 1e-4, "seed": 0, "visual_weight": 0.1, "scoring": "log"}
+                      "weight_decay": 1e-4, "seed": 0, "visual_weight": 0.1, "visual_dim": 64, "scoring": "log"}
 
     def __init__(self, schema, channels, config=None):
         super().__init__(schema, channels, config)
@@ -40,6 +43,9 @@ class AttributeBaseline(SearchModel):
         self.trunk_head = nn.Sequential(nn.Linear(c, h), nn.BatchNorm1d(h), nn.ReLU(), nn.Dropout(self.config["dropout"])) if h else nn.Identity()
         self.n_states = [len(schema.values(a)) + 1 for a in schema.attributes]
         self.classifiers = AttributeClassifiers(h or c, self.n_states)
+        d = self.config["visual_dim"] or c
+        self.register_buffer("visual_mean", torch.zeros(c))
+        self.register_buffer("visual_basis", torch.eye(c)[:, :d].clone())
 
     def logits(self, maps: Maps) -> list[torch.Tensor]:
         return self.logits_from_pooled(gap(maps["s32"].float()))
@@ -56,6 +62,11 @@ class AttributeBaseline(SearchModel):
                          weight_decay=self.config["weight_decay"], seed=self.config["seed"])
         labels = torch.from_numpy(data.labels.astype(np.int64))
         pooled = pooled_features(data, "s32")
+        if self.config["visual_dim"]:
+            self.visual_mean.copy_(pooled.mean(0))
+            sample = pooled[torch.randperm(len(pooled), generator=torch.Generator().manual_seed(0))[:20000]]
+            _, _, v = torch.linalg.svd(sample - self.visual_mean, full_matrices=False)
+            self.visual_basis.copy_(v[: self.config["visual_dim"]].T)
 
         def step(idx):
             return multi_attribute_ce(self.logits_from_pooled(pooled[idx]), labels[idx]), {}
@@ -63,7 +74,7 @@ class AttributeBaseline(SearchModel):
         return fit_loop(self.parameters(), data, step, cfg, desc="attribute_baseline", progress=progress, modules=[self])
 
     def _visual(self, maps: Maps) -> torch.Tensor:
-        return self.config["visual_weight"] * l2n(gap(maps["s32"].float()))
+        return self.config["visual_weight"] * l2n((gap(maps["s32"].float()) - self.visual_mean) @ self.visual_basis)
 
     @torch.no_grad()
     def embed(self, maps: Maps) -> torch.Tensor:

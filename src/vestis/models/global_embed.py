@@ -26,8 +26,8 @@ from vestis.train import LoopConfig, batch_maps, fit_loop, pk_batches
 @register
 class GlobalEmbed(SearchModel):
     name = "global_embed"
-    default_config = {"width": 512, "dim": 256, "dropout": 0.5, "margin": 0.2, "cls_weight": 1.0,
-                      "category_attribute": None, "epochs": 20, "p": 32, "k": 4, "batch_size": 128,
+    default_config = {"width": 256, "dim": 256, "dropout": 0.5, "margin": 0.2, "cls_weight": 1.0,
+                      "category_attribute": None, "epochs": 12, "p": 32, "k": 4, "batch_size": 128,
                       "lr": 1e-3, "weight_decay": 1e-4, "seed": 0}
 
     def __init__(self, schema, channels, config=None):
