@@ -261,8 +261,15 @@ def cmd_eval(args) -> int:
 
 def cmd_compare(args) -> int:
     from vestis.eval import compare_reports
+    from vestis.eval.report import read_report
 
-    compare_reports([d / "report.json" if d.is_dir() else d for d in args.reports], args.out, names=args.names)
+    reports = []
+    for d in args.reports:
+        f = d / "report.json" if d.is_dir() else d
+        if not f.is_file():
+            raise VestisError(f"no report at {f}")
+        reports.append(read_report(f))
+    compare_reports(reports, args.out, names=args.names)
     print((args.out / "comparison.md").read_text())
     return 0
 
