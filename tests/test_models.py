@@ -98,3 +98,19 @@ def test_run_round_trip_and_corruption(tmp_path):
         load_run(tmp_path / "run")
     with pytest.raises(RunError, match="not a trained run"):
         load_run(tmp_path / "nothing")
+
+
+def test_attribute_baseline_gallery_vectors_share_one_norm_and_keep_inner_products():
+    d = _data(200)
+    m = create_model("attribute_baseline", SCHEMA, CH, {"epochs": 2, "hidden": 16})
+    m.fit(d, progress=False)
+    m.eval()
+    g = m.embed(_t(d))
+    assert torch.allclose(g.norm(dim=1), torch.full((len(g),), m._norm_bound()), rtol=1e-4)
+    q = m.embed_query(_t(d, slice(0, 3)), [{"colour": "green"}] * 3)
+    assert q.shape[1] == g.shape[1] and torch.all(q[:, -1] == 0)
+    # the extra coordinate does not change any score: <q, g> == <q[:-1], g[:-1]>
+    assert torch.allclose(q @ g.T, q[:, :-1] @ g[:, :-1].T)
+    for scoring in ("soft", "hard"):
+        m.config["scoring"] = scoring
+        assert torch.allclose(m.embed(_t(d)).norm(dim=1), torch.full((len(g),), m._norm_bound()), rtol=1e-4)
