@@ -38,6 +38,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from vestis.index.errors import CorruptIndexError, IndexMismatchError, IndexNotFoundError, VectorIndexError
+from vestis.fsutil import fsync_dir
 
 FORMAT = "vestis-index"
 FORMAT_VERSION = 1
@@ -108,19 +109,6 @@ def _fsync_file(path: Path) -> None:
         os.fsync(f.fileno())
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # e.g. Windows cannot open directories
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _list_files(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file())
 
@@ -155,7 +143,7 @@ def write_index_dir(index_dir: str | Path, manifest: Manifest, write_data: Calla
         extra = write_data(tmp)
         for p in _list_files(tmp):
             _fsync_file(p)
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         final = index_dir / name
         os.rename(tmp, final)
     except BaseException:
@@ -180,7 +168,7 @@ def write_index_dir(index_dir: str | Path, manifest: Manifest, write_data: Calla
         tmp_manifest.unlink(missing_ok=True)
         shutil.rmtree(final, ignore_errors=True)
         raise
-    _fsync_dir(index_dir)
+    fsync_dir(index_dir)
     # the previous save's data and any leftovers of crashed saves are garbage now
     for p in index_dir.iterdir():
         if p.name != name and p.name != MANIFEST and p.name.startswith((DATA_PREFIX, TMP_PREFIX, ".manifest")):

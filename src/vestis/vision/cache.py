@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from vestis.vision.trunk import LEVELS, PREPROCESS_VERSION, TrunkSpec
+from vestis.fsutil import fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -453,7 +454,7 @@ class FeatureCache:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, final)
-        _fsync_dir(self.shard_dir)
+        fsync_dir(self.shard_dir)
         if self._index is not None:
             shard = _read_header(final)
             self._shards.insert(0, shard)
@@ -481,16 +482,3 @@ class FeatureCache:
 
     def __exit__(self, *exc) -> None:
         self.flush()
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
