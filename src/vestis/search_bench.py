@@ -57,6 +57,7 @@ def bench_search(run_dir: Path, index_dir: Path, queries_file: Path, n: int = 20
     truth = exact_neighbours(vectors, qvec, k, model.metric)
     ids = [str(i) for i in range(n)]
     rows = []
+    milvus_n = min(milvus_n, n)
     configs = [("faiss", kind, n) for kind in kinds] + ([("milvus", "hnsw", milvus_n)] if milvus_n else [])
     for backend, kind, size in configs:
         with tempfile.TemporaryDirectory(prefix="vestis-bench-") as tmp:
