@@ -104,9 +104,9 @@ def machine_info() -> str:
     except (OSError, StopIteration, ValueError):
         pass
     load = ", ".join(f"{v:.2f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
-    return (f"{cpu_count()} cores ({model}), {ram} RAM, load average {load} at start; Python {platform.python_version()}, "
+    return (f"{cpu_count()} cores ({model}), {ram} RAM; Python {platform.python_version()}, "
             f"torch {torch.__version__} ({torch.get_num_threads()} threads), onnxruntime {onnxruntime.__version__}, "
-            f"timm {timm.__version__}, numpy {np.__version__}, Pillow {PIL.__version__}")
+            f"timm {timm.__version__}, numpy {np.__version__}, Pillow {PIL.__version__}; load average {load} at start")
 
 
 # --- timing -----------------------------------------------------------------------------------------------
@@ -234,7 +234,9 @@ def bench_extract(catalog_path: Path | None = None, n_images: int = 256, batch_s
              "| --- | --- | --- | ---: | ---: | ---: |"]
     for res, group, name, ips, ratio, diff in rows:
         lines.append(f"| {res} | {group} | {name} | {ips:.1f} | {ratio:.2f}x | {diff:.1e} |")
-    lines += ["", f"Images: {source}.", f"Machine: {header}.",
+    load_end = ", ".join(f"{v:.2f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
+    lines += ["", f"Images: {source}.", f"Machine: {header}; load average {load_end} at the end "
+              "(other processes share the cores: compare ratios, not absolute images/s, across runs).",
               "trunk = on preprocessed uint8 batches (normalisation included); end to end = hash + JPEG decode + "
               "letterbox + trunk + float16 cache write into a fresh cache, model already built. "
               "Ratios are medians of per-repeat ratios to the reference row of the same stage and resolution; "
