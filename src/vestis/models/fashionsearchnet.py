@@ -1,0 +1,561 @@
+"""`fashionsearchnet`: FashionSearchNet (Ak, Kassim, Lim, Tham, CVPR 2018 "Learning attribute representations
+with localization for flexible fashion search"; ECCV-W 2018 "FashionSearchNet: fashion search with attribute
+manipulation"), and its ablation `fashionsearchnet_noloc` ("FashionSearchNet w/o Loc.").
+
+Pipeline on cached trunk maps (the trunk itself is frozen and cached, see DESIGN.md):
+
+1. Attribute activation maps (AAM). Two extra 3x3 conv layers (the paper adds two after conv5) on the
+   trunk map chosen by `level`, global average pooling, one linear classifier per attribute, trained with
+   the multi-attribute classification loss L_C (eq. 1, `losses.multi_attribute_ce`). The AAM of attribute a
+   is the class activation map M_ac = sum_k w_a(k, c) f_k of the class c with the highest confidence among
+   the attribute's known values (eq. 2; "unspecified" is a state, not a visual class, so its map would
+   localise nothing).
+   `level`: the stride-32 map is only 5 x 4 cells at 160 x 128, too coarse to localise a collar or a shoe, so
+   the default "fuse" reduces it with a 1x1 conv, upsamples it x2 and concatenates the stride-16 map (10 x 8,
+   112 channels): semantic channels at the stride-16 grid. "s16", "s32" and "s32up" are the alternatives
+   measured in the report.
+2. Localisation. The AAM is min-max normalised, cells above `threshold` (default 0.2, i.e. 20 % of the
+   maximum) are segmented and a box is fitted to the largest connected region (`layers.box_from_map`).
+3. Attribute-specific representations. ROI-align of the extra conv features inside each attribute's box
+   (`layers.roi_features`, a roi x roi grid) into that attribute's fully connected layer fc_10_a; the
+   representation r_a(x) is fc_10_a's output, L2-normalised. Trained with the soft-triplet ranking loss
+   (eqs. 3-5, `losses.soft_triplet`, on triplet_scale * r_a) over in-batch triplets - anchor and positive share
+   the attribute's state, the negative is a random batch item with another state - together with L_C on the
+   GAP classifiers and on a classifier per r_a. The boxes follow the current AAMs (recomputed every step,
+   not differentiated).
+   `localize=False` (the registered subclass `fashionsearchnet_noloc`) pools the whole map instead of the
+   AAM box: the same network and training, without localisation.
+4. Manipulation. After training, the prototype of each state of each attribute is the mean of r_a over the
+   training images with that state (buffer `prototypes`); a manipulation {a: v} replaces the query's block a
+   with the prototype of v, re-normalised to unit length; several attributes at once replace several blocks.
+5. Global representation (eq. 6) and ranking loss L_G (eq. 7). For a manipulated attribute a* the global
+   representation of a (manipulated) representation r = [r_1; ...; r_A] is
+        y_{a*}(r) = W_{a*} (Lambda_{a*} r),    Lambda_{a*} = diag(lambda_{1,a*} 1_D, ..., lambda_{A,a*} 1_D)
+   with learned importance weights lambda_{a,a*} > 0 (exp of a parameter, initialised to 1) and a learned
+   projection W_{a*} (A*D x A*D, initialised to the identity, weight decay pulling it back to it); one more
+   slot (a* = "none") serves queries without manipulation. L_G is the soft-triplet loss (eqs. 3-5) on the
+   dissimilarity -<y_{a*}(q~), y_{a*}(g)>, over triplets whose anchor q~ is a training item with a* changed
+   to another value (block replaced by the prototype), whose positive is a training item identical in ALL
+   attributes to that target, and whose negative is a random item that is not. It trains after step 4 on the
+   frozen training representations (seconds).
+
+Realising eq. 6 in ONE index (metric "ip"). The gallery vector must not depend on the query's a*, so
+    gallery  g = [r_1(x); ...; r_A(x)]                                              (A*D numbers)
+    query    q = Lambda_{a*} W_{a*}^T W_{a*} Lambda_{a*} q~      (q~: the query's blocks, manipulated ones replaced)
+    <q, g>   = <W_{a*} Lambda_{a*} q~, W_{a*} Lambda_{a*} g> = <y_{a*}(q~), y_{a*}(g)>
+exactly: the inner-product index ranks the gallery by the similarity of the eq.-6 global representations,
+and L_G trains that same similarity (training and search agree). Why not the paper's Euclidean distance:
+||y(q~) - y(g)||^2 = ||y(q~)||^2 - 2 <y(q~), y(g)> + ||W_{a*} Lambda_{a*} g||^2, and the last term depends on
+a*, so no single a*-independent gallery vector reproduces it. With W = I the two coincide: every block is
+unit length, so <q, g> = <Lambda q~, Lambda g> = sum_a lambda_a^2 (1 - ||q~_a - g_a||^2 / 2) ranks exactly as
+the paper's ||y(q~) - y(g)||^2 = sum_a lambda_a^2 ||q~_a - g_a||^2 (tested). Several manipulated attributes M at once: the
+similarity is the mean of the per-attribute ones, q = mean_{a* in M} Lambda_{a*} W^T_{a*} W_{a*} Lambda_{a*} q~
+(linear in g, so still exact in one index). `attribute_query(maps, a)` puts r_a alone in block a (zeros
+elsewhere): <q, g> = cos(r_a(query), r_a(item)), the attribute-specific similarity.
+
+Training schedule (`fit`): `epochs_cls` epochs of L_C alone (the AAMs must mean something before they
+place boxes), then `epochs` epochs of L_C + soft-triplet with AAM boxes, prototypes, then `global_epochs` of
+L_G. `explain(maps)` returns each attribute's AAM, predicted value and box in feature-map cells and in
+trunk-input pixels; `render_explanation` draws them over the original photo.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vestis.errors import VestisError
+from vestis.losses import multi_attribute_ce, soft_triplet
+from vestis.models.base import Maps, SearchModel, TrainData, register
+from vestis.models.layers import (AttributeClassifiers, boxes_from_maps, class_activation_maps, gap, l2n,
+                                  roi_features)
+from vestis.train import LoopConfig, batch_maps, fit_loop, seed_everything
+
+LEVELS = ("fuse", "s16", "s32up", "s32")
+EMBED_BATCH = 512
+
+
+def _conv_bn(cin: int, cout: int, k: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, k, padding=k // 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
+
+
+@register
+class FashionSearchNet(SearchModel):
+    name = "fashionsearchnet"
+    metric = "ip"
+    supports_manipulation = True
+    default_config = {
+        # architecture
+        "level": "fuse", "reduce": 128, "width": 128, "dim": 64, "roi": 3, "dropout": 0.2,
+        # localisation
+        "localize": True, "threshold": 0.2, "connectivity": 2,
+        # attribute representations (L_C + soft triplet)
+        "epochs_cls": 4, "epochs": 15, "batch_size": 128, "lr": 2e-3, "weight_decay": 1e-4,
+        "triplet_weight": 1.0, "triplet_scale": 4.0, "rep_cls_weight": 1.0, "finetune": False,
+        # global representation (eqs. 6-7)
+        "global_epochs": 4, "global_steps": 200, "global_batch": 512, "global_lr": 3e-3, "global_decay": 1e-2,
+        "global_hard": 0.5,
+        "seed": 0,
+    }
+
+    def __init__(self, schema, channels, config=None):
+        super().__init__(schema, channels, config)
+        c = self.config
+        if c["level"] not in LEVELS:
+            raise VestisError(f"model {self.name}: level must be one of {', '.join(LEVELS)}, got {c['level']!r}")
+        if not 0.0 <= float(c["threshold"]) < 1.0:
+            raise VestisError(f"model {self.name}: threshold must be in [0, 1), got {c['threshold']}")
+        self.attributes = list(schema.attributes)
+        self.n_states = [len(schema.values(a)) + 1 for a in self.attributes]  # + "unspecified"
+        A, D, K = len(self.attributes), c["dim"], c["width"]
+        if c["level"] == "s16":
+            cin = self.channels["s16"]
+            self.reduce32 = None
+        else:
+            self.reduce32 = _conv_bn(self.channels["s32"], c["reduce"], 1)
+            cin = c["reduce"] + (self.channels["s16"] if c["level"] == "fuse" else 0)
+        self.extra = nn.Sequential(_conv_bn(cin, K, 3), _conv_bn(K, K, 3))  # the two conv layers after "conv5"
+        self.classifiers = AttributeClassifiers(K, self.n_states)  # on GAP: L_C and the AAMs
+        self.drop = nn.Dropout(c["dropout"])
+        self.fc10 = nn.ModuleList(nn.Linear(K * c["roi"] ** 2, D) for _ in range(A))
+        self.rep_classifiers = nn.ModuleList(nn.Linear(D, n) for n in self.n_states)
+        offsets = np.concatenate([[0], np.cumsum(self.n_states)])
+        self.offsets = [int(o) for o in offsets]
+        self.register_buffer("prototypes", torch.zeros(int(offsets[-1]), D))  # mean r_a per state, all attributes
+        self.register_buffer("prototype_counts", torch.zeros(int(offsets[-1])))
+        # eq. 6: one slot per manipulated attribute a*, plus slot A for queries without manipulation
+        self.log_lambda = nn.Parameter(torch.zeros(A + 1, A))
+        self.global_delta = nn.Parameter(torch.zeros(A + 1, A * D, A * D))  # W_{a*} = I + delta
+
+    # --- network ------------------------------------------------------------------------------
+    @property
+    def stride(self) -> int:
+        """Input pixels per cell of the AAM / ROI grid (16 at every level but "s32")."""
+        return 32 if self.config["level"] == "s32" else 16
+
+    def features(self, maps: Maps) -> torch.Tensor:
+        """The extra conv layers' output (N, K, H, W): what the classifiers pool and the ROIs read."""
+        lv = self.config["level"]
+        if lv == "s16":
+            x = maps["s16"].float()
+        else:
+            x = self.reduce32(maps["s32"].float())
+            if lv in ("fuse", "s32up"):
+                s16 = maps["s16"]
+                x = F.interpolate(x, size=s16.shape[-2:], mode="bilinear", align_corners=False)
+                if lv == "fuse":
+                    x = torch.cat([x, s16.float()], dim=1)
+        return self.extra(x)
+
+    def logits(self, feats: torch.Tensor) -> list[torch.Tensor]:
+        return self.classifiers(gap(feats))
+
+    def aams(self, feats: torch.Tensor, logits: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Attribute activation maps (N, A, H, W) of each attribute's most confident known value, and those
+        value codes (N, A) (eq. 2)."""
+        maps, classes = [], []
+        for a, (head, lg) in enumerate(zip(self.classifiers.heads, logits)):
+            c = lg[:, :-1].argmax(-1)  # known values only: the last class is "unspecified"
+            maps.append(class_activation_maps(feats, head.weight, c))
+            classes.append(c)
+        return torch.stack(maps, 1), torch.stack(classes, 1)
+
+    def boxes(self, feats: torch.Tensor, logits: list[torch.Tensor]) -> torch.Tensor:
+        """(N, A, 4) boxes in cells: the AAM boxes, or the whole map when localisation is off."""
+        n, _, h, w = feats.shape
+        if not self.config["localize"]:
+            return torch.tensor([0.0, 0.0, w, h]).expand(n, len(self.attributes), 4).clone()
+        with torch.no_grad():
+            m, _ = self.aams(feats, logits)
+        return boxes_from_maps(m, self.config["threshold"], self.config["connectivity"])
+
+    def raw_representations(self, feats: torch.Tensor, boxes: torch.Tensor) -> list[torch.Tensor]:
+        """fc_10_a outputs (N, D) per attribute, from ROI-pooled features inside each attribute's box."""
+        out = []
+        for a, fc in enumerate(self.fc10):
+            pooled = roi_features(feats, boxes[:, a], self.config["roi"])
+            out.append(fc(self.drop(pooled.flatten(1))))
+        return out
+
+    def representations(self, maps: Maps) -> torch.Tensor:
+        """r_a for every attribute: (N, A, D), each block L2-normalised."""
+        feats = self.features(maps)
+        raw = self.raw_representations(feats, self.boxes(feats, self.logits(feats)))
+        return l2n(torch.stack(raw, 1))
+
+    # --- training -----------------------------------------------------------------------------
+    def _triplet_loss(self, reps: list[torch.Tensor], labels: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """Soft-triplet loss per attribute over in-batch triplets (anchor, same state, other state)."""
+        losses = []
+        s = self.config["triplet_scale"]
+        n = labels.shape[0]
+        eye = torch.eye(n, dtype=torch.bool)
+        for a, r in enumerate(reps):
+            y = labels[:, a]
+            same = (y[:, None] == y[None, :]) & ~eye
+            diff = y[:, None] != y[None, :]
+            ok = same.any(1) & diff.any(1)
+            if not ok.any():
+                continue
+            pos = torch.multinomial(same[ok].float(), 1, generator=gen).squeeze(1)
+            neg = torch.multinomial(diff[ok].float(), 1, generator=gen).squeeze(1)
+            e = s * l2n(r) if s else r
+            losses.append(soft_triplet(e[ok], e[pos], e[neg]))
+        return torch.stack(losses).mean() if losses else reps[0].sum() * 0
+
+    def fit(self, data: TrainData, progress: bool = True) -> dict:
+        c = self.config
+        labels = torch.from_numpy(data.labels.astype(np.int64))
+        levels = ("s16",) if c["level"] == "s16" else ("s32",) if c["level"] == "s32" else ("s16", "s32")
+        history: dict = {}
+        # stage 1: L_C alone, so the AAMs mean something before they place boxes
+        if c["epochs_cls"] > 0:
+            cfg = LoopConfig(epochs=c["epochs_cls"], batch_size=c["batch_size"], lr=c["lr"],
+                             weight_decay=c["weight_decay"], seed=c["seed"])
+            stage1 = [*([self.reduce32] if self.reduce32 is not None else []), self.extra, self.classifiers]
+
+            def step_cls(idx):
+                return multi_attribute_ce(self.logits(self.features(batch_maps(data, idx, levels))), labels[idx]), {}
+
+            h = fit_loop([p for m in stage1 for p in m.parameters()], data, step_cls, cfg, desc=f"{self.name} L_C",
+                         progress=progress, modules=[self])
+            history["cls_loss"] = h["loss"]
+            history["seconds_cls"] = h["seconds"]
+        # stage 2: L_C + soft-triplet on the attribute representations pooled inside the AAM boxes
+        gen = torch.Generator().manual_seed(c["seed"])
+        cfg = LoopConfig(epochs=c["epochs"], batch_size=c["batch_size"], lr=c["lr"], weight_decay=c["weight_decay"],
+                         seed=c["seed"] + 1)
+        rep_params = [p for n, p in self.named_parameters() if n not in ("log_lambda", "global_delta")]
+
+        def step_rep(idx):
+            y = labels[idx]
+            feats = self.features(batch_maps(data, idx, levels))
+            logits = self.logits(feats)
+            reps = self.raw_representations(feats, self.boxes(feats, logits))
+            lc = multi_attribute_ce(logits, y)
+            lr = multi_attribute_ce([h(r) for h, r in zip(self.rep_classifiers, reps)], y)
+            tri = self._triplet_loss(reps, y, gen)
+            return lc + c["rep_cls_weight"] * lr + c["triplet_weight"] * tri, {"L_C": lc, "L_C_rep": lr, "triplet": tri}
+
+        if c["epochs"] > 0 and c["finetune"]:
+            h = fit_loop(rep_params, data, step_rep, cfg, desc=f"{self.name} L_C+triplet", progress=progress,
+                         modules=[self])
+        elif c["epochs"] > 0:  # conv layers frozen after stage 1: cache their output and the boxes once
+            self.eval()
+            feats, boxes = self._train_features(data, levels)
+            head = [*self.fc10, *self.rep_classifiers]
+
+            def step_frozen(idx):
+                y = labels[idx]
+                reps = self.raw_representations(feats[idx].float(), boxes[idx])
+                lr = multi_attribute_ce([h(r) for h, r in zip(self.rep_classifiers, reps)], y)
+                tri = self._triplet_loss(reps, y, gen)
+                return c["rep_cls_weight"] * lr + c["triplet_weight"] * tri, {"L_C_rep": lr, "triplet": tri}
+
+            h = fit_loop([p for m in head for p in m.parameters()], data, step_frozen, cfg,
+                         desc=f"{self.name} triplet", progress=progress, modules=[self.drop, *head])
+            del feats
+        if c["epochs"] > 0:
+            history.update({k: v for k, v in h.items() if k != "seconds"})
+            history["seconds_rep"] = h["seconds"]
+        # prototypes: the mean representation of the training images of every state
+        self.eval()
+        reps = self._train_representations(data)
+        self.set_prototypes(reps, data.labels)
+        # stage 3: eq. 6 weights with the global ranking loss L_G (eq. 7) on the frozen representations
+        if c["global_epochs"] > 0:
+            h = self.fit_global(reps, data.labels, progress=progress)
+            history["L_G"] = h["loss"]
+            history["seconds_global"] = h["seconds"]
+        self.eval()
+        history["seconds"] = [sum(history.get(k, [0.0])[0] for k in ("seconds_cls", "seconds_rep", "seconds_global"))]
+        return history
+
+    @torch.no_grad()
+    def _train_features(self, data: TrainData, levels) -> tuple[torch.Tensor, torch.Tensor]:
+        feats, boxes = [], []
+        for i in range(0, len(data), EMBED_BATCH):
+            idx = np.arange(i, min(i + EMBED_BATCH, len(data)))
+            f = self.features(batch_maps(data, idx, levels))
+            boxes.append(self.boxes(f, self.logits(f)))
+            feats.append(f.half())
+        return torch.cat(feats), torch.cat(boxes)
+
+    @torch.no_grad()
+    def _train_representations(self, data: TrainData) -> torch.Tensor:
+        out = []
+        for i in range(0, len(data), EMBED_BATCH):
+            idx = np.arange(i, min(i + EMBED_BATCH, len(data)))
+            out.append(self.representations(batch_maps(data, idx, ("s16", "s32"))))
+        return torch.cat(out)
+
+    @torch.no_grad()
+    def set_prototypes(self, reps: torch.Tensor, labels: np.ndarray) -> None:
+        """prototype(a, state) = mean of r_a over the items with that state (zeros where there is none)."""
+        lab = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+        for a in range(len(self.attributes)):
+            o = self.offsets[a]
+            n = self.n_states[a]
+            sums = torch.zeros(n, reps.shape[-1]).index_add_(0, lab[:, a], reps[:, a].float())
+            counts = torch.bincount(lab[:, a], minlength=n).float()
+            self.prototypes[o:o + n] = sums / counts.clamp_min(1)[:, None]
+            self.prototype_counts[o:o + n] = counts
+
+    def prototype(self, attribute: str, value: str) -> torch.Tensor:
+        """The stored mean representation (D,) of `value` of `attribute` (schema errors for unknown ones)."""
+        self.schema.check_value(attribute, value)
+        a = self.attributes.index(attribute)
+        return self.prototypes[self.offsets[a] + self.schema.index(attribute, value)]
+
+    def global_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(lambda (A+1, A), W (A+1, A*D, A*D)); slot A is "no manipulation"."""
+        eye = torch.eye(self.global_delta.shape[-1], dtype=self.global_delta.dtype)
+        return self.log_lambda.exp(), eye + self.global_delta
+
+    def _expand_lambda(self, lam: torch.Tensor) -> torch.Tensor:
+        return lam.repeat_interleave(self.config["dim"], dim=-1)  # per-block scalars -> per-dimension
+
+    def global_query(self, q: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+        """Lambda_s W_s^T W_s Lambda_s q for each row's slot s: (N, A*D) query vectors whose inner product
+        with a gallery vector g is <y_s(q), y_s(g)> (eq. 6)."""
+        lam, W = self.global_weights()
+        out = torch.empty_like(q)
+        for s in slots.unique().tolist():
+            rows = slots == s
+            ls = self._expand_lambda(lam[s])
+            y = (q[rows] * ls) @ W[s].T
+            out[rows] = (y @ W[s]) * ls
+        return out
+
+    def fit_global(self, reps: torch.Tensor, labels: np.ndarray, progress: bool = True) -> dict:
+        """Train lambda and W (eq. 6) with L_G (eq. 7): soft-triplet on -<y(q~), y(g)>. The anchor is a training
+        item with one attribute a* changed (its block replaced by the new value's prototype; slot "none": no
+        change), the positive an item identical in every attribute to that target. The negative is an item
+        that is not: a random one, or with probability `global_hard` a near miss - identical to the target but
+        in one attribute (half the time the manipulated one, i.e. still its old value) - the confusions the
+        ranking has to resolve. Every step draws the slot a* uniformly, then an anchor valid for it."""
+        c = self.config
+        A = len(self.attributes)
+        labels = np.asarray(labels)
+        n = len(labels)
+        rng = seed_everything(c["seed"] + 2)
+        keys = [tuple(r) for r in labels.tolist()]
+        groups: dict[tuple, list[int]] = {}
+        for i, k in enumerate(keys):
+            groups.setdefault(k, []).append(i)
+        members = {k: np.array(v) for k, v in groups.items()}
+        # near[b][target without b] -> the items that agree with a target everywhere except (maybe) at b
+        near: list[dict[tuple, np.ndarray]] = []
+        for b in range(A):
+            d: dict[tuple, list[int]] = {}
+            for i, k in enumerate(keys):
+                d.setdefault(k[:b] + k[b + 1:], []).append(i)
+            near.append({k: np.array(v) for k, v in d.items()})
+        # candidate manipulations per slot: (anchor, new value) whose target vector exists among the items
+        slots_cand: list[np.ndarray] = []
+        for a in range(A):
+            unk = self.n_states[a] - 1
+            present: dict[tuple, set[int]] = {}
+            for k in members:
+                present.setdefault(k[:a] + k[a + 1:], set()).add(k[a])
+            cand = [(i, v) for i, k in enumerate(keys) if k[a] != unk
+                    for v in present.get(k[:a] + k[a + 1:], ()) if v != k[a] and v != unk]
+            slots_cand.append(np.array(cand, dtype=np.int64).reshape(-1, 2))
+        slots_cand.append(np.array([(i, -1) for i, k in enumerate(keys) if len(members[k]) > 1], np.int64).reshape(-1, 2))
+        usable = [s for s, cs in enumerate(slots_cand) if len(cs)]
+        if not usable:
+            return {"loss": [], "seconds": [0.0]}
+        protos = l2n(self.prototypes.detach().clone())
+        reps = reps.detach()
+        flat = reps.flatten(1)
+
+        def batches(r):
+            for _ in range(c["global_steps"]):
+                yield r.choice(usable, c["global_batch"])
+
+        def negative(t: np.ndarray, slot: int) -> int:
+            if rng.random() < c["global_hard"]:
+                b = slot if slot < A and rng.random() < 0.5 else int(rng.integers(0, A))
+                pool = near[b].get(tuple(t[:b].tolist()) + tuple(t[b + 1:].tolist()))
+                if pool is not None:
+                    pool = pool[labels[pool, b] != t[b]]
+                    if len(pool):
+                        return int(rng.choice(pool))
+            while True:
+                j = int(rng.integers(0, n))
+                if not (labels[j] == t).all():
+                    return j
+
+        def step(slots):
+            anchors = np.empty(len(slots), np.int64)
+            vals = np.empty(len(slots), np.int64)
+            for j, s in enumerate(slots):
+                anchors[j], vals[j] = slots_cand[s][rng.integers(0, len(slots_cand[s]))]
+            target = labels[anchors].copy()
+            manip = slots < A
+            target[manip, slots[manip]] = vals[manip]
+            pos = np.empty(len(slots), np.int64)
+            neg = np.empty(len(slots), np.int64)
+            for j, (t, i0) in enumerate(zip(target, anchors)):
+                m = members[tuple(t.tolist())]
+                p = int(rng.choice(m))
+                if p == i0 and len(m) > 1:  # slot "none": another item than the anchor itself
+                    p = int(m[(np.flatnonzero(m == i0)[0] + 1 + rng.integers(0, len(m) - 1)) % len(m)])
+                pos[j] = p
+                neg[j] = negative(t, int(slots[j]))
+            q = reps[anchors].clone()
+            for j in np.flatnonzero(manip):
+                q[j, slots[j]] = protos[self.offsets[slots[j]] + vals[j]]
+            qv = self.global_query(q.flatten(1), torch.from_numpy(slots))
+            sp = (qv * flat[pos]).sum(-1)
+            sn = (qv * flat[neg]).sum(-1)
+            # soft-triplet (eqs. 3-5) with d = -similarity: 2 softmax(d+, d-)[0]^2
+            loss = 2 * torch.sigmoid(sn - sp).pow(2).mean()
+            return loss, {"acc": (sp > sn).float().mean()}
+
+        cfg = LoopConfig(epochs=c["global_epochs"], lr=c["global_lr"], weight_decay=c["global_decay"], seed=c["seed"] + 2)
+        return fit_loop([self.log_lambda, self.global_delta], slots_cand, step, cfg, batches=batches,
+                        desc=f"{self.name} L_G", progress=progress)
+
+    # --- protocol -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def embed(self, maps: Maps) -> torch.Tensor:
+        """Gallery vectors: [r_1; ...; r_A], unit blocks (N, A*D)."""
+        return self.representations(maps).flatten(1)
+
+    def manipulate(self, reps: torch.Tensor, manipulations: Sequence[Mapping[str, str]]) -> torch.Tensor:
+        """Replace the blocks of the manipulated attributes with their values' prototypes (unit length)."""
+        out = reps.clone()
+        for i, m in enumerate(manipulations):
+            for attr, value in m.items():
+                out[i, self.attributes.index(attr)] = l2n(self.prototype(attr, value))
+        return out
+
+    @torch.no_grad()
+    def embed_query(self, maps: Maps, manipulations=None) -> torch.Tensor:
+        reps = self.representations(maps)
+        manipulations = self.check_manipulations(manipulations, reps.shape[0])
+        q = self.manipulate(reps, manipulations).flatten(1)
+        A = len(self.attributes)
+        out = torch.zeros_like(q)
+        slot_lists = [[self.attributes.index(a) for a in m] or [A] for m in manipulations]
+        for depth in range(max(len(s) for s in slot_lists)):
+            rows = torch.tensor([depth < len(s) for s in slot_lists])
+            slots = torch.tensor([s[depth] for s in slot_lists if depth < len(s)], dtype=torch.long)
+            out[rows] += self.global_query(q[rows], slots)
+        return out / torch.tensor([len(s) for s in slot_lists], dtype=q.dtype)[:, None]
+
+    @torch.no_grad()
+    def attribute_embed(self, maps: Maps, attribute: str) -> torch.Tensor:
+        self.schema.check_attribute(attribute)
+        return self.representations(maps)[:, self.attributes.index(attribute)]
+
+    @torch.no_grad()
+    def attribute_query(self, maps: Maps, attribute: str) -> torch.Tensor:
+        """r_a alone in block a: the inner product with a gallery vector is cos(r_a(query), r_a(item))."""
+        self.schema.check_attribute(attribute)
+        a = self.attributes.index(attribute)
+        reps = self.representations(maps)
+        out = torch.zeros_like(reps)
+        out[:, a] = reps[:, a]
+        return out.flatten(1)
+
+    @torch.no_grad()
+    def predict_attributes(self, maps: Maps) -> list[torch.Tensor]:
+        """Per attribute, (N, values + 1) probabilities from the GAP classifiers; the last is "unspecified"."""
+        return [F.softmax(lg, -1) for lg in self.logits(self.features(maps))]
+
+    @torch.no_grad()
+    def explain(self, maps: Maps) -> dict:
+        """Per item and attribute: the AAM (of the most confident known value), that value and its probability,
+        the box in feature-map cells and in trunk-input pixels (the letterboxed input; `render_explanation`
+        maps it onto the original photo), and the box actually pooled (the whole map without localisation)."""
+        feats = self.features(maps)
+        logits = self.logits(feats)
+        m, classes = self.aams(feats, logits)
+        n, A, h, w = m.shape
+        boxes = boxes_from_maps(m, self.config["threshold"], self.config["connectivity"])
+        probs = [F.softmax(lg, -1) for lg in logits]
+        s = self.stride
+        return {
+            "model": self.name,
+            "attributes": list(self.attributes),
+            "values": [[self.schema.values(a)[int(classes[i, j])] for j, a in enumerate(self.attributes)] for i in range(n)],
+            "confidence": torch.stack([probs[j][torch.arange(n), classes[:, j]] for j in range(A)], 1),
+            "aam": m,
+            "stride": s,
+            "map_size": (h, w),
+            "boxes": boxes,
+            "boxes_input": boxes * s,
+            "pooled_boxes": self.boxes(feats, logits),
+            "threshold": self.config["threshold"],
+        }
+
+
+@register
+class FashionSearchNetNoLoc(FashionSearchNet):
+    """The paper's "FashionSearchNet w/o Loc." ablation: the same network and training, but each attribute's
+    representation pools the whole feature map instead of its AAM box."""
+
+    name = "fashionsearchnet_noloc"
+    default_config = {**FashionSearchNet.default_config, "localize": False}
+
+
+# --- explanation picture ----------------------------------------------------------------------------
+def render_explanation(image_path: str | Path, explanation: Mapping, out_png: str | Path,
+                       resolution: tuple[int, int], index: int = 0, alpha: float = 0.5) -> Path:
+    """Draw each attribute's AAM as a heatmap over the original photo with its box, one panel per attribute,
+    to `out_png`. `explanation` is `model.explain(maps)` for a batch whose row `index` is this image;
+    `resolution` is the trunk's (HEIGHT, WIDTH) input, which fixes the letterbox between photo and maps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    from vestis.vision.images import load_rgb
+    from vestis.vision.preprocess import letterbox_geometry
+
+    img = load_rgb(image_path)
+    w0, h0 = img.info.get("original_size", img.size)
+    geo = letterbox_geometry(w0, h0, tuple(resolution))
+    stride = int(explanation["stride"])
+    attrs = list(explanation["attributes"])
+    aam = np.asarray(explanation["aam"][index], dtype=np.float64)
+    h, w = aam.shape[-2:]
+    extent_box = geo.feature_to_image((0.0, 0.0, float(w), float(h)), stride)  # the whole map, in photo pixels
+    boxes = np.asarray(explanation["boxes"][index], dtype=np.float64)
+    conf = np.asarray(explanation.get("confidence", np.ones((index + 1, len(attrs))))[index], dtype=np.float64)
+    cols = min(len(attrs), 3) or 1
+    rows = -(-len(attrs) // cols)
+    scale = 3.2 / max(w0, h0)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * max(w0, h0) * scale + 0.2, rows * (max(w0, h0) * scale + 0.5)),
+                             squeeze=False)
+    for j, ax in enumerate(axes.ravel()):
+        ax.axis("off")
+        if j >= len(attrs):
+            continue
+        m = aam[j]
+        m = (m - m.min()) / (m.max() - m.min()) if m.max() > m.min() else np.zeros_like(m)
+        ax.imshow(img, extent=(0, w0, h0, 0))
+        ax.imshow(m, cmap="jet", alpha=alpha, interpolation="bilinear",
+                  extent=(extent_box[0], extent_box[2], extent_box[3], extent_box[1]), vmin=0, vmax=1)
+        x0, y0, x1, y1 = geo.feature_to_image(tuple(boxes[j]), stride)
+        x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, w0), min(y1, h0)
+        ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="white", linewidth=2.5))
+        ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="black", linewidth=1, linestyle="--"))
+        ax.set_xlim(0, w0)
+        ax.set_ylim(h0, 0)
+        value = explanation["values"][index][j] if "values" in explanation else ""
+        ax.set_title(f"{attrs[j]}: {value} ({conf[j]:.2f})", fontsize=8)
+    fig.tight_layout()
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
+    return out_png

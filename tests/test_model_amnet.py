@@ -1,0 +1,273 @@
+"""AMNet (models/amnet.py): memory block, indicator, manipulator, losses, triplet mining, ablations."""
+
+import numpy as np
+import pytest
+import torch
+
+from vestis.catalog import AttributeSchema
+from vestis.errors import UnknownAttributeError, UnknownValueError, VestisError
+from vestis.models import TrainData, create_model, load_run, save_run
+from vestis.models.amnet import ManipulationMiner, normalise_indicator, prototype_means
+
+SCHEMA = AttributeSchema({"colour": ["red", "blue", "green"], "sleeve": ["short", "long"]})
+CH = {"s16": 8, "s32": 16}
+SMALL = {"hidden": 32, "dim": 16, "batch_size": 32, "pre_epochs": 4, "epochs": 8}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny matrices: one thread is several times faster than two on a busy 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _data(n=600, seed=0, colours=3):
+    """Maps whose channels encode the labels (colour in channels 0-2, sleeve in 3-4), plus noise.
+    sleeve code 2 = unspecified; `colours`=2 leaves green (code 2) out of the data entirely."""
+    rng = np.random.default_rng(seed)
+    labels = np.stack([rng.integers(0, colours, n), rng.integers(0, 3, n)], 1)
+    s32 = rng.normal(0, 0.3, (n, 16, 2, 2)).astype(np.float32)
+    s32[np.arange(n), labels[:, 0]] += 2.0
+    s32[np.arange(n), 3 + labels[:, 1]] += 2.0
+    maps = {"s16": rng.normal(0, 1, (n, 8, 4, 4)).astype(np.float16), "s32": s32.astype(np.float16)}
+    return TrainData([str(i) for i in range(n)], maps, labels, -np.ones(n, np.int64), SCHEMA)
+
+
+def _t(data, idx=slice(None)):
+    return {k: torch.from_numpy(v[idx].astype(np.float32)) for k, v in data.maps.items()}
+
+
+@pytest.fixture(scope="module")
+def trained():
+    torch.set_num_threads(1)
+    m = create_model("amnet", SCHEMA, CH, SMALL)
+    hist = m.fit(_data(600), progress=False)
+    return m, hist
+
+
+def test_shapes():
+    m = create_model("amnet", SCHEMA, CH, {"hidden": 32, "dim": 16})
+    m.eval()
+    x = _t(_data(7))
+    assert m.metric == "l2" and m.supports_manipulation
+    assert m.embed(x).shape == (7, 16)
+    assert m.embed_query(x, [{"colour": "blue", "sleeve": "long"}] * 7).shape == (7, 16)
+    assert m.memory.memory.shape == (5, 16)  # C = 3 colours + 2 sleeves ("unspecified" has no row)
+    assert m.manipulator.in_features == 32 and m.manipulator.out_features == 16
+    assert [p.shape[1] for p in m.predict_attributes(x)] == [4, 3]  # values + unspecified
+    assert m.indicator(torch.zeros(7, 2, dtype=torch.long), -torch.ones(7, 2, dtype=torch.long)).shape == (7, 5)
+
+
+def test_gradient_reaches_every_parameter():
+    d = _data(64)
+    m = create_model("amnet", SCHEMA, CH, {"hidden": 32, "dim": 16})
+    with torch.no_grad():
+        m.memory.memory.normal_()
+    m.train()
+    rows = torch.from_numpy(ManipulationMiner(d.labels, m.n_values).sample(32, np.random.default_rng(0)))
+    loss, logs = m.training_loss(m._pooled(d), rows, torch.from_numpy(d.labels))
+    loss.backward()
+    assert set(logs) == {"cls", "triplet"}
+    for name, p in m.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_memory_update_touches_only_addressed_rows():
+    d = _data(64)
+    m = create_model("amnet", SCHEMA, CH, {"hidden": 32, "dim": 16})
+    with torch.no_grad():
+        m.memory.memory.normal_()
+    before = m.memory.memory.detach().clone()
+    x = m._pooled(d)
+    # every reference is red with short sleeves, manipulated to blue: rows red (0) and blue (1) are addressed
+    rows = torch.tensor([[0, 1, 2, 1, -1]] * 4)
+    labels = torch.from_numpy(d.labels).clone()
+    labels[0] = torch.tensor([0, 0])
+    opt = torch.optim.SGD([m.memory.memory], lr=0.1)
+    loss, _ = m.training_loss(x, rows, labels)
+    loss.backward()
+    g = m.memory.memory.grad.abs().sum(1)
+    assert (g[[0, 1]] > 0).all() and (g[[2, 3, 4]] == 0).all()
+    opt.step()
+    changed = (m.memory.memory.detach() != before).any(1)
+    assert changed.tolist() == [True, True, False, False, False]
+
+
+def test_memory_rows_never_addressed_stay_put_through_fit():
+    """Through the whole training loop (momentum, weight decay): green never occurs, so its row - zero at
+    initialisation, as no item has it - is never addressed and never moves."""
+    d = _data(300, colours=2)
+    m = create_model("amnet", SCHEMA, CH, {**SMALL, "epochs": 3, "pre_epochs": 2})
+    m.fit(d, progress=False)
+    assert torch.equal(m.memory.memory[2], torch.zeros(16))
+    assert (m.memory.memory[[0, 1, 3, 4]].abs().sum(1) > 0).all()
+
+
+def test_prototype_means_known_answer():
+    reps = torch.tensor([[1.0, 0.0], [3.0, 2.0], [0.0, 4.0], [5.0, 5.0]])
+    labels = torch.tensor([[0, 0], [0, 2], [1, 1], [1, 0]])  # sleeve 2 = unspecified
+    m = prototype_means(reps, labels, [3, 2])
+    expected = torch.tensor([[2.0, 1.0],    # red: items 0, 1
+                             [2.5, 4.5],    # blue: items 2, 3
+                             [0.0, 0.0],    # green: no item
+                             [3.0, 2.5],    # short: items 0, 3
+                             [0.0, 4.0]])   # long: item 2 (item 1 unspecified has no row)
+    assert torch.allclose(m, expected)
+
+
+def test_fit_initialises_memory_with_the_classifiers_mean_representations():
+    d = _data(200)
+    m = create_model("amnet", SCHEMA, CH, {**SMALL, "pre_epochs": 2, "epochs": 0})
+    m.fit(d, progress=False)
+    r = m.embed(_t(d))  # normalize=False: the gallery vector is r itself
+    for a, n_vals in enumerate([3, 2]):
+        for v in range(n_vals):
+            row = [0, 3][a] + v
+            assert torch.allclose(m.memory.memory[row], r[d.labels[:, a] == v].mean(0), atol=1e-5)
+
+
+def test_indicator_and_normalisation_with_several_attributes():
+    m = create_model("amnet", SCHEMA, CH, {"hidden": 8, "dim": 4})
+    current = torch.tensor([[0, 0], [0, 2], [1, 1]])  # red/short, red/unspecified, blue/long
+    new = torch.tensor([[1, 1], [2, 1], [1, -1]])      # blue+long, green+long, blue (already blue)
+    h = m.indicator(current, new)
+    assert h.tolist() == [[-1, 1, 0, -1, 1], [-1, 0, 1, 0, 1], [0, 0, 0, 0, 0]]
+    hn = normalise_indicator(h)
+    assert torch.allclose(hn[0], torch.tensor([-0.25, 0.25, 0, -0.25, 0.25]))
+    assert torch.allclose(hn[1], torch.tensor([-1, 0, 1, 0, 1]) / 3)
+    assert torch.equal(hn[2], torch.zeros(5))
+    assert torch.allclose(hn.abs().sum(1), torch.tensor([1.0, 1.0, 0.0]))
+    # the read of eq. 1 is the normalised, signed sum of the addressed prototypes
+    with torch.no_grad():
+        m.memory.memory.copy_(torch.arange(20.0).reshape(5, 4))
+    M = m.memory.memory
+    assert torch.allclose(m.memory(hn)[0], 0.25 * (M[1] - M[0] + M[4] - M[3]))
+    assert torch.allclose(normalise_indicator(h, "l2")[0].norm(), torch.tensor(1.0))
+
+
+def test_embed_query_without_manipulation_is_the_manipulator_with_zero_read(trained):
+    m, _ = trained
+    x = _t(_data(5, seed=3))
+    r = m.represent(x)
+    expected = m.manipulator(torch.cat([r, torch.zeros_like(r)], 1))  # h = 0 -> t = 0 -> r' = W [r, 0] + b
+    assert torch.allclose(m.embed_query(x), expected, atol=1e-6)
+    assert torch.allclose(m.embed_query(x, [{}] * 5), expected, atol=1e-6)
+
+
+def test_current_value_comes_from_the_classifier(trained):
+    m, _ = trained
+    d = _data(200, seed=4)
+    cur = m.current_values(m.represent(_t(d)))
+    assert (cur[:, 0].numpy() == d.labels[:, 0]).mean() > 0.95
+    assert (cur[:, 1] < 2).all()  # a known value, never "unspecified"
+
+
+def test_training_makes_manipulated_queries_find_the_target(trained):
+    m, hist = trained
+    assert hist["triplet"][-1] < hist["triplet"][0] and hist["cls"][-1] < hist["cls"][0]
+    test = _data(400, seed=1)
+    q_idx = np.flatnonzero(test.labels[:, 1] < 2)[:60]
+    new_colour = (test.labels[q_idx, 0] + 1) % 3
+    mans = [{"colour": SCHEMA.values("colour")[c]} for c in new_colour]
+    target = np.stack([new_colour, test.labels[q_idx, 1]], 1)
+    g = m.embed(_t(test))
+
+    def hit_rate(q, k=10):
+        top = torch.cdist(q, g).topk(k, largest=False).indices.numpy()
+        return (test.labels[top] == target[:, None, :]).all(-1).any(1).mean()
+
+    manipulated = hit_rate(m.embed_query(_t(test, q_idx), mans))
+    plain = hit_rate(m.embed_query(_t(test, q_idx)))
+    assert manipulated > 0.9 and manipulated > plain + 0.5
+    # two attributes at once
+    new_sleeve = 1 - test.labels[q_idx, 1]
+    mans2 = [{**mm, "sleeve": SCHEMA.values("sleeve")[s]} for mm, s in zip(mans, new_sleeve)]
+    target = np.stack([new_colour, new_sleeve], 1)
+    assert hit_rate(m.embed_query(_t(test, q_idx), mans2)) > 0.8
+
+
+def test_unknown_attribute_or_value_raises_the_schema_error(trained):
+    m, _ = trained
+    x = _t(_data(1))
+    with pytest.raises(UnknownValueError, match="valid values: red, blue, green"):
+        m.embed_query(x, [{"colour": "navy"}])
+    with pytest.raises(UnknownAttributeError, match="valid attributes: colour, sleeve"):
+        m.embed_query(x, [{"fabric": "silk"}])
+    with pytest.raises(UnknownValueError):  # never manipulated to "unspecified"
+        m.embed_query(x, [{"sleeve": "unspecified"}])
+
+
+def test_run_round_trip_gives_identical_vectors(trained, tmp_path):
+    m, _ = trained
+    save_run(m, tmp_path / "run", trunk={"name": "t"})
+    m2, info = load_run(tmp_path / "run")
+    assert info.model == "amnet" and type(m2) is type(m)
+    x = _t(_data(9, seed=5))
+    mans = [{"colour": "green"}, {}, {"sleeve": "long", "colour": "red"}] * 3
+    assert torch.equal(m.embed(x), m2.embed(x))
+    assert torch.equal(m.embed_query(x, mans), m2.embed_query(x, mans))
+    m3 = create_model("amnet_no_memory", SCHEMA, CH, {"hidden": 8, "dim": 4})
+    m3.eval()
+    save_run(m3, tmp_path / "run3", trunk={"name": "t"})
+    m4, _ = load_run(tmp_path / "run3")
+    assert torch.equal(m3.embed_query(x, mans), m4.embed_query(x, mans))
+
+
+def test_ablation_switches():
+    full = create_model("amnet", SCHEMA, CH, {"hidden": 8, "dim": 4})
+    no_mem = create_model("amnet_no_memory", SCHEMA, CH, {"hidden": 8, "dim": 4})
+    no_rank = create_model("amnet_no_ranking", SCHEMA, CH, {"hidden": 8, "dim": 4})
+    # w/o memory: no M; the manipulator reads [r, h'] (Q + C inputs) instead of [r, t] (2Q)
+    assert no_mem.memory is None and not any(n.startswith("memory.") for n, _ in no_mem.named_parameters())
+    assert no_mem.manipulator.in_features == 4 + 5 and full.manipulator.in_features == 4 + 4
+    x, h = torch.randn(3, 4), torch.tensor([[-1.0, 1, 0, 0, 0]] * 3)
+    assert torch.allclose(no_mem.manipulate(x, h), no_mem.manipulator(torch.cat([x, normalise_indicator(h)], 1)))
+    # w/o ranking: lam = 1, the loss is the classification loss alone
+    assert no_rank.config["lam"] == 1.0 and full.config["lam"] == 0.2 and no_rank.memory is not None
+    d = _data(64)
+    rows = torch.from_numpy(ManipulationMiner(d.labels, [3, 2]).sample(16, np.random.default_rng(0)))
+    labels = torch.from_numpy(d.labels)
+    loss, logs = no_rank.training_loss(no_rank._pooled(d), rows, labels)
+    assert "triplet" not in logs and torch.equal(loss, logs["cls"])
+    _, logs = full.training_loss(full._pooled(d), rows, labels)
+    assert "triplet" in logs
+    # the variants fix their switch
+    with pytest.raises(VestisError, match="fixes lam"):
+        create_model("amnet_no_ranking", SCHEMA, CH, {"lam": 0.2})
+    with pytest.raises(VestisError, match="fixes memory"):
+        create_model("amnet_no_memory", SCHEMA, CH, {"memory": True})
+    with pytest.raises(VestisError, match="unknown config"):
+        create_model("amnet", SCHEMA, CH, {"lambda": 0.5})
+
+
+def test_no_memory_ablation_trains():
+    m = create_model("amnet_no_memory", SCHEMA, CH, {**SMALL, "epochs": 4})
+    hist = m.fit(_data(300), progress=False)
+    assert hist["triplet"][-1] < hist["triplet"][0]
+
+
+def test_miner_rows_are_valid_manipulations():
+    d = _data(500, seed=2)
+    labels = d.labels
+    miner = ManipulationMiner(labels, [3, 2], p_identity=0.2, p_two=0.3)
+    rows = miner.sample(2000, np.random.default_rng(1))
+    ref, pos, neg, new = rows[:, 0], rows[:, 1], rows[:, 2], rows[:, 3:]
+    n_values = np.array([3, 2])
+    manipulated = new >= 0
+    target = np.where(manipulated, new, labels[ref])
+    assert (labels[pos] == target).all()                                   # pos has exactly the target vector
+    assert ((labels[neg] != target).any(1)).all()                          # neg does not
+    cur = labels[ref]
+    assert ((cur < n_values) & (new < n_values) & (new != cur))[manipulated].all()  # known -> other known value
+    k = manipulated.sum(1)
+    assert set(np.unique(k)) == {0, 1, 2}
+    assert 0.1 < (k == 0).mean() < 0.3 and 0.2 < (k == 2).mean() < 0.4
+    assert (pos[k == 0] != ref[k == 0]).all()                              # identity: another item, same vector
+    # single-attribute draws are balanced over attributes
+    one = manipulated[k == 1].argmax(1)
+    assert abs((one == 0).mean() - 0.5) < 0.08
+    # batches for fit_loop
+    bs = list(miner.batches(100, 32, np.random.default_rng(0)))
+    assert len(bs) == 3 and all(b.shape == (32, 5) for b in bs)

@@ -1,0 +1,303 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vestis.catalog import AttributeSchema
+from vestis.errors import UnknownAttributeError, UnknownValueError, VestisError
+from vestis.models import TrainData, create_model, load_run, save_run
+from vestis.models.fashionsearchnet import FashionSearchNet, render_explanation
+from vestis.models.layers import box_from_map, boxes_from_maps, class_activation_maps, roi_features
+
+SCHEMA = AttributeSchema({"colour": ["red", "blue", "green"], "sleeve": ["short", "long"]})
+CH = {"s16": 8, "s32": 16}
+SMALL = {"width": 16, "reduce": 8, "dim": 8, "roi": 2, "batch_size": 64, "epochs_cls": 1, "epochs": 2,
+         "global_epochs": 1, "global_steps": 10, "global_batch": 64}
+
+
+def _data(n=400, seed=0):
+    """Maps whose cells encode the labels where the 'garment part' is: colour in channels 0-2 of the top
+    rows of the stride-16 map, sleeve in channels 3-4 of its bottom rows (sleeve code 2 = unspecified)."""
+    rng = np.random.default_rng(seed)
+    labels = np.stack([rng.integers(0, 3, n), rng.integers(0, 3, n)], 1)
+    s16 = rng.normal(0, 0.3, (n, 8, 4, 4)).astype(np.float32)
+    s16[np.arange(n), labels[:, 0], :2, :] += 2.0
+    s16[np.arange(n), 3 + labels[:, 1], 2:, :] += 2.0
+    s32 = rng.normal(0, 0.3, (n, 16, 2, 2)).astype(np.float32)
+    s32[np.arange(n), labels[:, 0], 0, :] += 2.0
+    s32[np.arange(n), 3 + labels[:, 1], 1, :] += 2.0
+    maps = {"s16": s16.astype(np.float16), "s32": s32.astype(np.float16)}
+    return TrainData([str(i) for i in range(n)], maps, labels, -np.ones(n, np.int64), SCHEMA)
+
+
+def _t(data, idx=slice(None)):
+    return {k: torch.from_numpy(v[idx].astype(np.float32)) for k, v in data.maps.items()}
+
+
+@pytest.fixture(scope="module")
+def trained():
+    torch.manual_seed(0)
+    d = _data(400)
+    m = create_model("fashionsearchnet", SCHEMA, CH, {**SMALL, "epochs_cls": 3, "epochs": 5, "global_epochs": 2})
+    hist = m.fit(d, progress=False)
+    m.eval()
+    return m, d, hist
+
+
+def _random_global(m, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        m.log_lambda.copy_(torch.randn(m.log_lambda.shape, generator=g) * 0.5)
+        m.global_delta.copy_(torch.randn(m.global_delta.shape, generator=g) * 0.2)
+
+
+# --- shared layers -----------------------------------------------------------------------------------
+def test_cam_formula_on_a_known_case():
+    f = torch.tensor([[[[1.0, 0.0], [0.0, 2.0]], [[0.0, 3.0], [1.0, 0.0]]]])  # (1, K=2, 2, 2)
+    w = torch.tensor([[1.0, 0.0], [0.5, -1.0], [0.0, 2.0]])  # 3 classes x 2 channels
+    got = class_activation_maps(f, w, torch.tensor([1]))
+    assert torch.allclose(got[0], 0.5 * f[0, 0] - 1.0 * f[0, 1])
+    # the model's AAM is the CAM of the most confident KNOWN value with the GAP classifier's weights
+    m = create_model("fashionsearchnet", SCHEMA, CH, SMALL)
+    feats = torch.rand(3, 16, 4, 4)
+    logits = m.logits(feats)
+    logits[0] = torch.tensor([[0.0, 5.0, 1.0, 9.0]] * 3)  # "unspecified" (last) is the most confident: skipped
+    aam, classes = m.aams(feats, logits)
+    assert classes[0, 0] == 1 and aam.shape == (3, 2, 4, 4)
+    for i in range(3):
+        for a, head in enumerate(m.classifiers.heads):
+            c = int(classes[i, a])
+            assert c == int(logits[a][i, :-1].argmax())
+            manual = (head.weight[c][:, None, None] * feats[i]).sum(0)
+            assert torch.allclose(aam[i, a], manual, atol=1e-5)
+
+
+def test_box_from_map_threshold_and_largest_component():
+    m = np.zeros((6, 5))
+    m[0:2, 0:2] = 10.0  # 4 cells, holds the maximum
+    m[3:6, 2:5] = 3.0  # 9 cells above 20 % of the max: the largest region
+    assert box_from_map(m, 0.2) == (2, 3, 5, 6)
+    assert box_from_map(m, 0.35) == (0, 0, 2, 2)  # the 9-cell region (0.3 of max) is no longer segmented
+    m[4, 0:2] = 1.5  # 0.15 of the max: joins the big region only at a lower threshold
+    assert box_from_map(m, 0.2) == (2, 3, 5, 6)
+    assert box_from_map(m, 0.1) == (0, 3, 5, 6)
+    # diagonal neighbours: one region with 8-connectivity, two with 4-connectivity
+    d = np.zeros((4, 4))
+    d[0, 0] = d[1, 1] = d[2, 2] = 1.0
+    d[3, 0] = 0.9
+    assert box_from_map(d, 0.2, connectivity=2) == (0, 0, 3, 3)
+    assert box_from_map(d, 0.2, connectivity=1) == (0, 0, 1, 1)  # 1-cell tie: the one with the highest cell
+    # min-max normalised (negative maps), constant maps -> whole map; batched version agrees
+    assert box_from_map(m - 100.0, 0.2) == box_from_map(m, 0.2)
+    assert box_from_map(np.full((3, 4), 7.0)) == (0, 0, 4, 3)
+    maps = torch.from_numpy(np.stack([m, d[:3, :3].repeat(2, 0).repeat(2, 1)[:6, :5]])).float()
+    assert boxes_from_maps(maps[None], 0.2).shape == (1, 2, 4)
+    assert tuple(boxes_from_maps(maps, 0.2)[0].tolist()) == box_from_map(m, 0.2)
+
+
+def test_roi_features_read_only_inside_the_box():
+    f = torch.full((1, 2, 10, 8), -100.0)
+    inside = torch.arange(18.0).reshape(2, 3, 3) + 1
+    f[0, :, 2:5, 3:6] = inside  # rows 2-4, cols 3-5 = box (3, 2, 6, 5)
+    out = roi_features(f, torch.tensor([[3.0, 2.0, 6.0, 5.0]]), 3)
+    assert out.shape == (1, 2, 3, 3)
+    assert out.min() >= 1 and out.max() <= 18  # never a value from outside the box
+    assert torch.allclose(roi_features(f, torch.tensor([[3.0, 2.0, 6.0, 5.0]]), 2)[0, 0],
+                          torch.tensor([[3.0, 4.0], [6.0, 7.0]]))  # 2x2 bins: means over the quadrants
+    one = roi_features(f, torch.tensor([[4.0, 3.0, 5.0, 4.0]]), 2)
+    assert torch.allclose(one, inside[:, 1, 1][None, :, None, None].expand(1, 2, 2, 2))
+    g = f.clone()
+    g[0, :, 0, 0] = 1e6
+    assert torch.equal(roi_features(g, torch.tensor([[3.0, 2.0, 6.0, 5.0]]), 3), out)
+
+
+# --- the model ---------------------------------------------------------------------------------------
+def test_shapes_and_unit_blocks():
+    m = create_model("fashionsearchnet", SCHEMA, CH, SMALL).eval()
+    x = _t(_data(5))
+    g = m.embed(x)
+    assert g.shape == (5, 2 * 8) and m.metric == "ip" and m.supports_manipulation
+    assert torch.allclose(g.view(5, 2, 8).norm(dim=-1), torch.ones(5, 2), atol=1e-5)
+    assert m.embed_query(x, [{"colour": "blue"}] * 5).shape == (5, 16)
+    assert m.attribute_embed(x, "sleeve").shape == (5, 8)
+    ex = m.explain(x)
+    assert ex["aam"].shape == (5, 2, 4, 4) and ex["boxes"].shape == (5, 2, 4)
+    assert torch.equal(ex["boxes_input"], ex["boxes"] * 16) and ex["stride"] == 16
+    assert len(ex["values"]) == 5 and ex["values"][0][0] in SCHEMA.values("colour")
+    with pytest.raises(VestisError, match="level"):
+        create_model("fashionsearchnet", SCHEMA, CH, {"level": "s8"})
+    for level, hw in (("s16", (4, 4)), ("s32", (2, 2)), ("s32up", (4, 4))):
+        mm = create_model("fashionsearchnet", SCHEMA, CH, {**SMALL, "level": level}).eval()
+        assert mm.embed(x).shape == (5, 16) and mm.explain(x)["aam"].shape[-2:] == hw
+
+
+def test_gradients_reach_every_parameter():
+    m = create_model("fashionsearchnet", SCHEMA, CH, SMALL)
+    m.train()
+    d = _data(32)
+    y = torch.from_numpy(d.labels)
+    feats = m.features(_t(d))
+    logits = m.logits(feats)
+    reps = m.raw_representations(feats, m.boxes(feats, logits))
+    loss = sum(lg.logsumexp(-1).mean() for lg in logits)
+    loss = loss + sum(h(r).sum() for h, r in zip(m.rep_classifiers, reps))
+    loss = loss + m._triplet_loss(reps, y, torch.Generator().manual_seed(0))
+    q = torch.stack(reps, 1).flatten(1)
+    loss = loss + m.global_query(q, torch.tensor([0, 1, 2] * 10 + [0, 1])).pow(2).mean()
+    loss.backward()
+    missing = [n for n, p in m.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not missing
+
+
+def test_prototypes_are_per_value_means(trained):
+    m, d, _ = trained
+    reps = m._train_representations(d)
+    for a, attr in enumerate(SCHEMA.attributes):
+        for v in SCHEMA.values(attr):
+            code = SCHEMA.index(attr, v)
+            mean = reps[d.labels[:, a] == code, a].mean(0)
+            assert torch.allclose(m.prototype(attr, v), mean, atol=1e-5)
+    r = torch.randn(6, 2, 8)
+    lab = np.array([[0, 2], [0, 1], [1, 1], [2, 0], [2, 0], [2, 1]])
+    m2 = create_model("fashionsearchnet", SCHEMA, CH, SMALL)
+    m2.set_prototypes(r, lab)
+    assert torch.allclose(m2.prototype("colour", "green"), r[3:6, 0].mean(0))
+    assert torch.allclose(m2.prototype("sleeve", "long"), r[[1, 2, 5], 1].mean(0))
+    assert torch.equal(m2.prototype("colour", "blue"), r[2, 0])
+
+
+def test_manipulation_replaces_exactly_the_manipulated_blocks(trained):
+    m, d, _ = trained
+    x = _t(d, slice(0, 4))
+    g = m.embed(x).view(4, 2, 8)
+    man = [{"colour": "blue"}, {"sleeve": "long"}, {"colour": "green", "sleeve": "short"}, {}]
+    q = m.manipulate(g, man)
+    p = lambda a, v: torch.nn.functional.normalize(m.prototype(a, v), dim=0)  # noqa: E731
+    assert torch.equal(q[0, 0], p("colour", "blue")) and torch.equal(q[0, 1], g[0, 1])
+    assert torch.equal(q[1, 0], g[1, 0]) and torch.equal(q[1, 1], p("sleeve", "long"))
+    assert torch.equal(q[2, 0], p("colour", "green")) and torch.equal(q[2, 1], p("sleeve", "short"))
+    assert torch.equal(q[3], g[3])
+    # with eq. 6 at its identity (lambda = 1, W = I) the query vector IS the manipulated concatenation
+    m2 = create_model("fashionsearchnet", SCHEMA, CH, SMALL).eval()
+    m2.load_state_dict(m.state_dict())
+    with torch.no_grad():
+        m2.log_lambda.zero_()
+        m2.global_delta.zero_()
+    assert torch.allclose(m2.embed_query(x, man), q.flatten(1), atol=1e-6)
+
+
+def test_eq6_weighting_realised_by_the_index_equals_the_direct_formula(trained):
+    m0, d, _ = trained
+    m = create_model("fashionsearchnet", SCHEMA, CH, SMALL).eval()
+    m.load_state_dict(m0.state_dict())
+    _random_global(m)
+    xq, xg = _t(d, slice(0, 3)), _t(d, slice(10, 30))
+    g = m.embed(xg)
+    lam, W = m.global_weights()
+
+    def y(slot, r):  # eq. 6: y_{a*}(r) = W_{a*} (Lambda_{a*} r)
+        return (r * lam[slot].repeat_interleave(8)) @ W[slot].T
+
+    man = [{"colour": "red"}, {"colour": "blue", "sleeve": "long"}, {}]
+    q = m.embed_query(xq, man)
+    qt = m.manipulate(m.embed(xq).view(3, 2, 8), man).flatten(1)
+    direct0 = y(0, qt[0:1]) @ y(0, g).T
+    direct1 = (y(0, qt[1:2]) @ y(0, g).T + y(1, qt[1:2]) @ y(1, g).T) / 2
+    direct2 = y(2, qt[2:3]) @ y(2, g).T  # slot A = no manipulation
+    assert torch.allclose(q @ g.T, torch.cat([direct0, direct1, direct2]), atol=1e-4)
+    assert not torch.allclose(direct0, qt[0:1] @ g.T, atol=1e-2)  # the weights do matter
+
+
+def test_with_identity_projection_the_index_ranks_by_euclidean_distance_of_eq6(trained):
+    """W = I: <q, g> ranks the gallery exactly as ||y(q~) - y(g)||^2 = sum_a lambda_a^2 ||q~_a - g_a||^2."""
+    m0, d, _ = trained
+    m = create_model("fashionsearchnet", SCHEMA, CH, SMALL).eval()
+    m.load_state_dict(m0.state_dict())
+    with torch.no_grad():
+        m.log_lambda.copy_(torch.tensor([[0.7, -0.4], [0.1, 0.9], [0.0, 0.3]]))
+        m.global_delta.zero_()  # W = I
+    g = m.embed(_t(d, slice(10, 40))).view(30, 2, 8)
+    q = m.embed_query(_t(d, slice(0, 1)), [{"sleeve": "short"}])
+    qt = m.manipulate(m.embed(_t(d, slice(0, 1))).view(1, 2, 8), [{"sleeve": "short"}])
+    lam = m.log_lambda.exp()[1].detach()
+    dist = (lam[:, None] * (qt - g)).flatten(1).pow(2).sum(-1)
+    assert torch.equal(torch.argsort(q[0] @ g.flatten(1).T, descending=True), torch.argsort(dist))
+    assert torch.allclose(q[0] @ g.flatten(1).T, (lam.pow(2).sum() - dist / 2), atol=1e-5)
+
+
+def test_noloc_switch_disables_localisation():
+    nl = create_model("fashionsearchnet_noloc", SCHEMA, CH, SMALL).eval()
+    assert isinstance(nl, FashionSearchNet) and nl.config["localize"] is False
+    loc = create_model("fashionsearchnet", SCHEMA, CH, SMALL).eval()
+    assert loc.config["localize"] is True
+    x = _t(_data(6))
+    f = nl.features(x)
+    assert torch.equal(nl.boxes(f, nl.logits(f)), torch.tensor([0.0, 0.0, 4.0, 4.0]).expand(6, 2, 4))
+    ex = nl.explain(x)  # still explains with AAM boxes, but pools the whole map
+    assert torch.equal(ex["pooled_boxes"], torch.tensor([0.0, 0.0, 4.0, 4.0]).expand(6, 2, 4))
+    # with identical weights, the ablation's representations equal the localised model's on whole-map boxes
+    loc.load_state_dict(nl.state_dict())
+    whole = torch.stack(loc.raw_representations(f, torch.tensor([0.0, 0.0, 4.0, 4.0]).expand(6, 2, 4)), 1)
+    assert torch.allclose(nl.embed(x), torch.nn.functional.normalize(whole, dim=-1).flatten(1), atol=1e-6)
+
+
+def test_training_makes_manipulated_queries_find_the_target(trained):
+    m, _, hist = trained
+    assert hist["cls_loss"][-1] < hist["cls_loss"][0] and hist["triplet"][-1] < hist["triplet"][0]
+    test = _data(300, seed=1)
+    g = m.embed(_t(test))
+    rng = np.random.default_rng(0)
+    qi = rng.choice(len(test.labels), 40, replace=False)
+    man_scores, plain_scores = [], []
+    for i in qi:
+        for new in SCHEMA.values("colour"):
+            if SCHEMA.index("colour", new) == test.labels[i, 0]:
+                continue
+            target = np.array([SCHEMA.index("colour", new), test.labels[i, 1]])
+            x = _t(test, slice(int(i), int(i) + 1))
+            for manip, scores in (([{"colour": new}], man_scores), (None, plain_scores)):
+                s = m.embed_query(x, manip)[0] @ g.T
+                s[i] = -1e9
+                top = torch.topk(s, 10).indices.numpy()
+                scores.append((test.labels[top] == target).all(1).mean())
+    assert np.mean(man_scores) > 0.8 and np.mean(man_scores) > np.mean(plain_scores) + 0.5
+
+
+def test_unknown_attribute_or_value_raises_the_schema_error(trained):
+    m, d, _ = trained
+    x = _t(d, slice(0, 1))
+    with pytest.raises(UnknownValueError, match="valid values: red, blue, green"):
+        m.embed_query(x, [{"colour": "navy"}])
+    with pytest.raises(UnknownAttributeError, match="size"):
+        m.embed_query(x, [{"size": "XL"}])
+    with pytest.raises(UnknownValueError):
+        m.embed_query(x, [{"sleeve": "unspecified"}])  # never manipulated to "unspecified"
+    with pytest.raises(UnknownAttributeError):
+        m.attribute_query(x, "size")
+
+
+def test_save_load_round_trip_gives_identical_vectors(trained, tmp_path):
+    m, d, hist = trained
+    save_run(m, tmp_path / "run", trunk={"name": "t"}, history=hist)
+    m2, info = load_run(tmp_path / "run")
+    assert info.model == "fashionsearchnet" and type(m2) is FashionSearchNet
+    x = _t(d, slice(0, 8))
+    man = [{"colour": "green"}, {"sleeve": "long", "colour": "red"}] * 4
+    assert torch.equal(m.embed(x), m2.embed(x))
+    assert torch.equal(m.embed_query(x, man), m2.embed_query(x, man))
+    assert torch.equal(m.attribute_query(x, "colour"), m2.attribute_query(x, "colour"))
+    nl = create_model("fashionsearchnet_noloc", SCHEMA, CH, SMALL).eval()
+    save_run(nl, tmp_path / "nl", trunk={"name": "t"})
+    nl2, _ = load_run(tmp_path / "nl")
+    assert nl2.name == "fashionsearchnet_noloc" and nl2.config["localize"] is False
+    assert torch.equal(nl.embed(x), nl2.embed(x))
+
+
+def test_render_explanation_writes_a_png(trained, tmp_path):
+    m, d, _ = trained
+    img = Image.new("RGB", (60, 80), "white")
+    img.paste((200, 30, 30), (10, 10, 50, 40))
+    img.save(tmp_path / "x.jpg")
+    ex = m.explain(_t(d, slice(0, 2)))
+    out = render_explanation(tmp_path / "x.jpg", ex, tmp_path / "ex.png", resolution=(64, 64), index=1)
+    assert out.is_file() and Image.open(out).size[0] > 100
