@@ -145,6 +145,21 @@ def test_indicator_and_normalisation_with_several_attributes():
     M = m.memory.memory
     assert torch.allclose(m.memory(hn)[0], 0.25 * (M[1] - M[0] + M[4] - M[3]))
     assert torch.allclose(normalise_indicator(h, "l2")[0].norm(), torch.tensor(1.0))
+    assert torch.equal(normalise_indicator(h, "none"), h)
+
+
+@pytest.mark.parametrize("norm", ["l1", "l2", "none"])
+def test_manipulator_starts_as_prototype_arithmetic(norm):
+    """init_identity: before phase 2, one manipulation gives r' = r + M(new) - M(old) whatever the norm."""
+    m = create_model("amnet", SCHEMA, CH, {"hidden": 8, "dim": 4, "indicator_norm": norm})
+    with torch.no_grad():
+        m.memory.memory.normal_()
+    r = torch.randn(3, 4)
+    h = m.indicator(torch.tensor([[0, 0]] * 3), torch.tensor([[2, -1]] * 3))  # red -> green
+    M = m.memory.memory
+    assert torch.allclose(m.manipulate(r, h), r + M[2] - M[0], atol=1e-5)
+    m = create_model("amnet", SCHEMA, CH, {"hidden": 8, "dim": 4, "indicator_norm": norm, "init_gain": 5.0})
+    assert torch.allclose(m.manipulator.weight[:, 4:], 5 * torch.eye(4))
 
 
 def test_embed_query_without_manipulation_is_the_manipulator_with_zero_read(trained):

@@ -286,7 +286,7 @@ class AMNet(SearchModel):
         "levels": ["s32", "s16"], "pool": "avg", "hidden": 1024, "dim": 512, "dropout": 0.2,
         # the paper's switches (the ablations flip `memory` and `lam`)
         "memory": True, "lam": 0.2, "margin": 0.5, "squared": True, "indicator_norm": "l1",
-        "normalize": False, "cls_all": True, "cls_scale": 0.0, "batch_hard": False, "init_identity": True,
+        "normalize": False, "cls_all": True, "init_identity": True,
         "init_gain": 0.0,
         # phase 1 (section 3.4): the multi-attribute classifier whose representations initialise M
         "pre_epochs": 8, "pre_lr": 0.05,
@@ -364,11 +364,8 @@ class AMNet(SearchModel):
         return self.manipulator(torch.cat([r, cond], dim=-1))
 
     def classify(self, r: torch.Tensor) -> list[torch.Tensor]:
-        """The M attribute classification branches (values + unspecified). With `cls_scale` > 0 they read
-        cls_scale * r / |r|, the direction the retrieval compares when `normalize` is on, so the branches
-        pull items with equal values together in the space the index searches."""
-        s = self.config["cls_scale"]
-        return self.classifiers(s * l2n(r) if s else r)
+        """The M attribute classification branches: per attribute, logits over its values + unspecified."""
+        return self.classifiers(r)
 
     def current_values(self, r: torch.Tensor) -> torch.Tensor:
         """(N, A) predicted codes among each attribute's known values (the classification branches on r)."""
@@ -437,13 +434,6 @@ class AMNet(SearchModel):
         if lam < 1:
             out = self._out(torch.cat([r_m, r[b:]]))
             anchor, positive, negative = out[:b], out[b:2 * b], out[2 * b:]
-            if cfg["batch_hard"]:  # the closest in-batch item whose vector differs from the target
-                cand = torch.cat([self._out(r[:b]), positive, negative])
-                cand_labels = labels[idx]
-                differs = (cand_labels[None, :, :] != target[:, None, :]).any(-1)
-                d = torch.cdist(anchor.detach(), cand.detach()).masked_fill(~differs, float("inf"))
-                hardest = d.argmin(1)
-                negative = torch.where(differs.any(1)[:, None], cand[hardest], negative)
             l_t = triplet_margin(anchor, positive, negative, cfg["margin"], squared=cfg["squared"])
             loss = loss + (1 - lam) * l_t
             logs["triplet"] = l_t
