@@ -11,7 +11,7 @@ from vestis.models.amnet import ManipulationMiner, normalise_indicator, prototyp
 
 SCHEMA = AttributeSchema({"colour": ["red", "blue", "green"], "sleeve": ["short", "long"]})
 CH = {"s16": 8, "s32": 16}
-SMALL = {"hidden": 32, "dim": 16, "batch_size": 32, "pre_epochs": 4, "epochs": 8}
+SMALL = {"hidden": 32, "dim": 16, "batch_size": 32, "pre_epochs": 4, "pre_lr": 0.05, "epochs": 8, "lr": 0.02}
 
 
 @pytest.fixture(autouse=True)
@@ -179,8 +179,17 @@ def test_current_value_comes_from_the_classifier(trained):
     assert (cur[:, 1] < 2).all()  # a known value, never "unspecified"
 
 
-def test_training_makes_manipulated_queries_find_the_target(trained):
-    m, hist = trained
+@pytest.fixture(scope="module")
+def trained_benchmark_config():
+    """The settings the benchmark passes (normalised vectors, un-normalised indicator)."""
+    torch.set_num_threads(1)
+    m = create_model("amnet", SCHEMA, CH, {**SMALL, "normalize": True, "indicator_norm": "none"})
+    return m, m.fit(_data(600), progress=False)
+
+
+@pytest.mark.parametrize("fixture", ["trained", "trained_benchmark_config"])
+def test_training_makes_manipulated_queries_find_the_target(fixture, request):
+    m, hist = request.getfixturevalue(fixture)
     assert hist["triplet"][-1] < hist["triplet"][0] and hist["cls"][-1] < hist["cls"][0]
     test = _data(400, seed=1)
     q_idx = np.flatnonzero(test.labels[:, 1] < 2)[:60]

@@ -71,6 +71,7 @@ trunk-input pixels; `render_explanation` draws them over the original photo.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -84,10 +85,17 @@ from vestis.losses import multi_attribute_ce, soft_triplet
 from vestis.models.base import Maps, SearchModel, TrainData, register
 from vestis.models.layers import (AttributeClassifiers, boxes_from_maps, class_activation_maps, gap, l2n,
                                   roi_features)
-from vestis.train import LoopConfig, batch_maps, fit_loop, seed_everything
+from vestis.train import LoopConfig, batch_maps, fit_loop, random_batches, seed_everything
 
 LEVELS = ("fuse", "s16", "s32up", "s32")
 EMBED_BATCH = 512
+
+
+def holdout_mask(ids: Sequence[str], share: float) -> np.ndarray:
+    """A stable pseudo-random `share` of the items (crc32 of the id), True where held out."""
+    if share <= 0:
+        return np.zeros(len(ids), bool)
+    return np.array([zlib.crc32(f"fsn-holdout:{i}".encode()) % 10000 < share * 10000 for i in ids], bool)
 
 
 def _conv_bn(cin: int, cout: int, k: int) -> nn.Sequential:
@@ -109,7 +117,7 @@ class FashionSearchNet(SearchModel):
         "triplet_weight": 1.0, "triplet_scale": 4.0, "rep_cls_weight": 1.0, "finetune": True,
         # global representation (eqs. 6-7)
         "global_epochs": 4, "global_steps": 200, "global_batch": 512, "global_lr": 3e-3, "global_decay": 1e-2,
-        "global_hard": 0.5,
+        "global_hard": 0.5, "global_holdout": 0.0, "global_projection": True,
         "seed": 0,
     }
 
@@ -223,6 +231,13 @@ class FashionSearchNet(SearchModel):
         labels = torch.from_numpy(data.labels.astype(np.int64))
         levels = ("s16",) if c["level"] == "s16" else ("s32",) if c["level"] == "s32" else ("s16", "s32")
         history: dict = {}
+        # items held out of stages 1-2 for L_G (whose weights must fit representations of unseen images)
+        held = holdout_mask(data.ids, c["global_holdout"] if c["global_epochs"] > 0 else 0.0)
+        fit_rows = np.flatnonzero(~held)
+
+        def batches(r):
+            for b in random_batches(len(fit_rows), c["batch_size"], r):
+                yield fit_rows[b]
         # stage 1: L_C alone, so the AAMs mean something before they place boxes
         if c["epochs_cls"] > 0:
             cfg = LoopConfig(epochs=c["epochs_cls"], batch_size=c["batch_size"], lr=c["lr"],
@@ -233,7 +248,7 @@ class FashionSearchNet(SearchModel):
                 return multi_attribute_ce(self.logits(self.features(batch_maps(data, idx, levels))), labels[idx]), {}
 
             h = fit_loop([p for m in stage1 for p in m.parameters()], data, step_cls, cfg, desc=f"{self.name} L_C",
-                         progress=progress, modules=[self])
+                         progress=progress, modules=[self], batches=batches)
             history["cls_loss"] = h["loss"]
             history["seconds_cls"] = h["seconds"]
         # stage 2: L_C + soft-triplet on the attribute representations pooled inside the AAM boxes
@@ -254,7 +269,7 @@ class FashionSearchNet(SearchModel):
 
         if c["epochs"] > 0 and c["finetune"]:
             h = fit_loop(rep_params, data, step_rep, cfg, desc=f"{self.name} L_C+triplet", progress=progress,
-                         modules=[self])
+                         modules=[self], batches=batches)
         elif c["epochs"] > 0:  # conv layers frozen after stage 1: cache their output and the boxes once
             self.eval()
             feats, boxes = self._train_features(data, levels)
@@ -267,7 +282,7 @@ class FashionSearchNet(SearchModel):
                 tri = self._triplet_loss(reps, y, gen)
                 return c["rep_cls_weight"] * lr + c["triplet_weight"] * tri, {"L_C_rep": lr, "triplet": tri}
 
-            h = fit_loop([p for m in head for p in m.parameters()], data, step_frozen, cfg,
+            h = fit_loop([p for m in head for p in m.parameters()], data, step_frozen, cfg, batches=batches,
                          desc=f"{self.name} triplet", progress=progress, modules=[self.drop, *head])
             del feats
         if c["epochs"] > 0:
@@ -279,7 +294,8 @@ class FashionSearchNet(SearchModel):
         self.set_prototypes(reps, data.labels)
         # stage 3: eq. 6 weights with the global ranking loss L_G (eq. 7) on the frozen representations
         if c["global_epochs"] > 0:
-            h = self.fit_global(reps, data.labels, progress=progress)
+            rows = np.flatnonzero(held) if held.any() else np.arange(len(data))
+            h = self.fit_global(reps[rows], data.labels[rows], progress=progress)
             history["L_G"] = h["loss"]
             history["seconds_global"] = h["seconds"]
         self.eval()
@@ -429,7 +445,8 @@ class FashionSearchNet(SearchModel):
             return loss, {"acc": (sp > sn).float().mean()}
 
         cfg = LoopConfig(epochs=c["global_epochs"], lr=c["global_lr"], weight_decay=c["global_decay"], seed=c["seed"] + 2)
-        return fit_loop([self.log_lambda, self.global_delta], slots_cand, step, cfg, batches=batches,
+        params = [self.log_lambda, self.global_delta] if c["global_projection"] else [self.log_lambda]
+        return fit_loop(params, slots_cand, step, cfg, batches=batches,
                         desc=f"{self.name} L_G", progress=progress)
 
     # --- protocol -----------------------------------------------------------------------------
