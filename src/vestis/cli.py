@@ -275,6 +275,36 @@ def cmd_compare(args) -> int:
 
 
 # --- demo -----------------------------------------------------------------------------------------
+def cmd_localisation(args) -> int:
+    from vestis.eval import machine_info
+    from vestis.eval.localisation import localisation_report, report_markdown
+
+    cat = _load_catalog(args)
+    report = localisation_report(args.run, cat, split=None if args.split == "all" else args.split,
+                                 threshold=args.threshold, cache_dir=args.cache)
+    report["catalog"] = str(args.catalog)
+    report["machine"] = machine_info()
+    text = report_markdown(report)
+    print(text)
+    if args.report:
+        args.report.mkdir(parents=True, exist_ok=True)
+        (args.report / "localisation.json").write_text(json.dumps(report, indent=1))
+        (args.report / "localisation.md").write_text(text)
+        print(f"report written to {args.report}")
+    return 0
+
+
+def cmd_explain(args) -> int:
+    from vestis.explain import explain_images
+
+    for e in explain_images(args.run, args.images, args.out, threshold=args.threshold, cache_dir=args.cache):
+        print(f"{e.image} -> {e.png}")
+        for a, v in e.values.items():
+            x0, y0, x1, y1 = e.boxes[a]
+            print(f"  {a:<16} {v:<24} {e.confidence[a]:.2f}  box ({x0:.0f}, {y0:.0f}, {x1:.0f}, {y1:.0f})")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from vestis.demo import run_demo
 
@@ -399,6 +429,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", type=Path, required=True)
     s.add_argument("--names", nargs="*", default=None)
     s.set_defaults(func=cmd_compare)
+
+    s = sub.add_parser("explain", help="draw where a run looks for each attribute (heatmap + box) over photos")
+    s.add_argument("images", type=Path, nargs="+", help="image files")
+    s.add_argument("--run", type=Path, required=True, help="a trained run of a model that localises attributes")
+    s.add_argument("--out", type=Path, default=Path("explain"), help="folder for the PNGs (or one .png for one image)")
+    s.add_argument("--threshold", type=float, default=None, help="box threshold as a share of the map's maximum")
+    s.add_argument("--cache", type=Path, default=default_cache_dir())
+    s.set_defaults(func=cmd_explain)
+
+    s = sub.add_parser("localisation", help="score a run's attribute boxes against a catalogue's labelled regions")
+    s.add_argument("--run", type=Path, required=True)
+    s.add_argument("--catalog", type=Path, required=True, help="a catalogue with attribute regions (e.g. synthetic)")
+    s.add_argument("--format", default=None)
+    s.add_argument("--split", default="query", help="train, gallery, query or all (default query)")
+    s.add_argument("--threshold", type=float, default=None, help="box threshold (default: the run's)")
+    s.add_argument("--report", type=Path, default=None, help="folder for localisation.json / .md")
+    s.add_argument("--cache", type=Path, default=default_cache_dir())
+    s.set_defaults(func=cmd_localisation)
 
     s = sub.add_parser("demo", help="synthetic catalogue (or --data), features, training, index and a search")
     s.add_argument("--data", type=Path, default=None, help="a catalogue to use instead of the synthetic one")

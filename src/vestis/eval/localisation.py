@@ -1,0 +1,120 @@
+"""How well a run's attribute boxes sit on the region that carries each attribute (FashionSearchNet's
+attribute activation maps; the issue's synthetic check).
+
+For every held-out item with labelled attribute regions (the synthetic catalogue draws them: sleeve,
+neckline and length on their part of the garment; category, colour, pattern and fit on the whole garment),
+the run's box for that attribute is mapped from feature-map cells onto the photo through the same letterbox
+the trunk saw, and compared with the labelled region:
+  - IoU, and the share of boxes with IoU >= 0.5 (the PASCAL criterion);
+  - coverage: the share of the region inside the box, and the share of boxes covering >= 50 % of it;
+  - precision: the share of the box inside the region (a whole-image box covers everything and is imprecise).
+The same figures for the whole picture as the box (what "w/o Loc." pools) are reported beside them, so a
+number means something only where it beats that floor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from vestis.errors import VestisError
+
+Box = Sequence[float]
+
+
+def box_area(b: Box) -> float:
+    return max(0.0, b[2] - b[0]) * max(0.0, b[3] - b[1])
+
+
+def intersection(a: Box, b: Box) -> float:
+    return box_area((max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])))
+
+
+def box_iou(a: Box, b: Box) -> float:
+    inter = intersection(a, b)
+    union = box_area(a) + box_area(b) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def box_scores(box: Box, region: Box) -> dict[str, float]:
+    inter = intersection(box, region)
+    return {"iou": box_iou(box, region),
+            "coverage": inter / box_area(region) if box_area(region) > 0 else 0.0,
+            "precision": inter / box_area(box) if box_area(box) > 0 else 0.0}
+
+
+def summarise(rows: list[dict[str, float]]) -> dict[str, float]:
+    if not rows:
+        return {"n": 0}
+    iou = np.array([r["iou"] for r in rows])
+    cov = np.array([r["coverage"] for r in rows])
+    prec = np.array([r["precision"] for r in rows])
+    return {"n": len(rows), "mean_iou": float(iou.mean()), "iou_0.5": float((iou >= 0.5).mean()),
+            "mean_coverage": float(cov.mean()), "coverage_0.5": float((cov >= 0.5).mean()),
+            "mean_precision": float(prec.mean())}
+
+
+def localisation_report(run_dir: Path, catalog, split: str | None = "query", threshold: float | None = None,
+                        cache_dir: Path | None = None, batch: int = 256, progress: bool = True) -> dict:
+    """Per attribute with labelled regions: the run's boxes vs the regions, and the whole-image floor."""
+    from vestis.explain import _has_explain
+    from vestis.models.base import load_run
+    from vestis.paths import default_cache_dir
+    from vestis.train import catalogue_features, trunk_from_json
+    from vestis.vision.preprocess import letterbox_geometry
+
+    model, info = load_run(Path(run_dir))
+    if not _has_explain(model):
+        raise VestisError(f"run {run_dir} ({model.name}) has no attribute boxes to evaluate")
+    cat = catalog.split(split) if split else catalog
+    cat = cat.filter(lambda it: bool(it.regions) and it.image is not None and Path(it.image).is_file())
+    attrs = [a for a in model.schema.attributes if any(a in it.regions for it in cat)]
+    if not attrs:
+        raise VestisError(f"no item of {catalog.name or 'the catalogue'}{f' (split {split})' if split else ''} has "
+                          f"labelled regions for the run's attributes ({', '.join(model.schema.attributes)})")
+    spec = trunk_from_json(info.trunk)
+    feats = catalogue_features(cat, spec, Path(cache_dir or default_cache_dir()), progress=progress)
+    order = {a: j for j, a in enumerate(model.schema.attributes)}
+    per = {a: [] for a in attrs}
+    floor = {a: [] for a in attrs}
+    for start in range(0, len(feats.ids), batch):
+        ids = feats.ids[start:start + batch]
+        maps = {lv: torch.from_numpy(np.asarray(v[start:start + batch], np.float32)) for lv, v in feats.maps.items()}
+        with torch.inference_mode():
+            exp = model.explain(maps) if threshold is None else model.explain(maps, threshold=threshold)
+        stride = int(exp["stride"])
+        h, w = exp["map_size"]
+        boxes = np.asarray(exp["boxes"], np.float64)
+        for i, iid in enumerate(ids):
+            it = cat[iid]
+            with Image.open(it.image) as im:
+                geo = letterbox_geometry(*im.size, spec.resolution)
+            whole = geo.feature_to_image((0.0, 0.0, float(w), float(h)), stride)
+            whole = (max(whole[0], 0.0), max(whole[1], 0.0), min(whole[2], geo.src_w), min(whole[3], geo.src_h))
+            for a in attrs:
+                region = it.regions.get(a)
+                if region is None:
+                    continue
+                b = geo.feature_to_image(tuple(boxes[i, order[a]]), stride)
+                b = (max(b[0], 0.0), max(b[1], 0.0), min(b[2], geo.src_w), min(b[3], geo.src_h))
+                per[a].append(box_scores(b, region))
+                floor[a].append(box_scores(whole, region))
+    return {"run": info.run_id, "model": model.name, "split": split, "n_items": len(feats.ids),
+            "threshold": float(exp["threshold"]),
+            "attributes": {a: {"boxes": summarise(per[a]), "whole_image": summarise(floor[a])} for a in attrs}}
+
+
+def report_markdown(report: dict) -> str:
+    lines = [f"Attribute boxes of run `{report['run']}` ({report['model']}, threshold {report['threshold']:g}) vs "
+             f"labelled regions, split `{report['split']}`, {report['n_items']} items.", "",
+             "| attribute | n | IoU>=0.5 | mean IoU | covers>=50% | mean precision | whole image: IoU>=0.5 | mean IoU | mean precision |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for a, r in report["attributes"].items():
+        b, f = r["boxes"], r["whole_image"]
+        lines.append(f"| {a} | {b['n']} | {b['iou_0.5']:.1%} | {b['mean_iou']:.3f} | {b['coverage_0.5']:.1%} | "
+                     f"{b['mean_precision']:.3f} | {f['iou_0.5']:.1%} | {f['mean_iou']:.3f} | {f['mean_precision']:.3f} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,78 @@
+"""Box scores (known answers), `vestis localisation` and `vestis explain` on a tiny synthetic catalogue."""
+
+import json
+
+import pytest
+from PIL import Image
+
+from vestis.cli import main
+from vestis.eval.localisation import box_iou, box_scores, summarise
+
+
+def test_box_scores_known_answers():
+    assert box_iou((0, 0, 2, 2), (1, 1, 3, 3)) == pytest.approx(1 / 7)
+    assert box_iou((0, 0, 2, 2), (0, 0, 2, 2)) == 1.0
+    assert box_iou((0, 0, 1, 1), (2, 2, 3, 3)) == 0.0
+    s = box_scores((0, 0, 4, 4), (1, 1, 3, 3))  # the box contains the region: full coverage, 1/4 precise
+    assert s == {"iou": pytest.approx(0.25), "coverage": pytest.approx(1.0), "precision": pytest.approx(0.25)}
+    assert box_scores((0, 0, 0, 0), (0, 0, 1, 1))["precision"] == 0.0  # an empty box, no division by zero
+    summary = summarise([{"iou": 0.6, "coverage": 1.0, "precision": 0.6}, {"iou": 0.2, "coverage": 0.4, "precision": 0.5}])
+    assert summary["n"] == 2 and summary["iou_0.5"] == 0.5 and summary["coverage_0.5"] == 0.5
+    assert summary["mean_iou"] == pytest.approx(0.4) and summary["mean_precision"] == pytest.approx(0.55)
+
+
+@pytest.fixture(scope="module")
+def fsn_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("loc")
+    cache, cat, run = root / "cache", root / "cat", root / "run"
+    assert main(["synth", "-n", "120", "--seed", "3", "--out", str(cat), "--workers", "1"]) == 0
+    cfg = root / "cfg.json"
+    cfg.write_text(json.dumps({"width": 16, "reduce": 8, "dim": 8, "roi": 2, "batch_size": 32, "epochs_cls": 1,
+                               "epochs": 1, "global_epochs": 1, "global_steps": 5, "global_batch": 32,
+                               "attributes": ["category", "colour", "sleeve", "neckline"]}))
+    assert main(["train", "--model", "fashionsearchnet", "--catalog", str(cat), "--out", str(run),
+                 "--config", str(cfg), "--cache", str(cache)]) == 0
+    return root, cat, run, cache
+
+
+def test_localisation_scores_every_labelled_region_against_the_whole_image_floor(fsn_run, capsys):
+    root, cat, run, cache = fsn_run
+    assert main(["localisation", "--run", str(run), "--catalog", str(cat), "--split", "all",
+                 "--report", str(root / "loc"), "--cache", str(cache)]) == 0
+    rep = json.loads((root / "loc" / "localisation.json").read_text())
+    items = [json.loads(line) for line in (cat / "catalog.jsonl").read_text().splitlines()]
+    assert rep["n_items"] == sum(bool(it.get("regions")) for it in items) > 0 and set(rep["attributes"]) == {"category", "colour", "sleeve", "neckline"}
+    n_sleeve = sum("sleeve" in it.get("regions", {}) for it in items)
+    assert rep["attributes"]["sleeve"]["boxes"]["n"] == n_sleeve > 0
+    for r in rep["attributes"].values():
+        for part in ("boxes", "whole_image"):
+            assert 0.0 <= r[part]["mean_iou"] <= 1.0 and 0.0 <= r[part]["mean_precision"] <= 1.0
+        # the whole picture covers every region entirely
+        assert r["whole_image"]["coverage_0.5"] == 1.0
+    assert "| sleeve |" in (root / "loc" / "localisation.md").read_text()
+
+
+def test_explain_writes_an_overlay_per_image_and_rejects_bad_input(fsn_run, capsys, tmp_path):
+    root, cat, run, cache = fsn_run
+    images = sorted((cat / "images").glob("*.jpg"))[:2]
+    assert main(["explain", *map(str, images), "--run", str(run), "--out", str(tmp_path / "ex"),
+                 "--cache", str(cache)]) == 0
+    out = capsys.readouterr().out
+    for im in images:
+        png = tmp_path / "ex" / f"{im.stem}-explain.png"
+        assert png.is_file() and Image.open(png).size[0] > 100
+        assert str(png) in out
+    assert "colour" in out and "box (" in out
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not an image")
+    assert main(["explain", str(bad), "--run", str(run), "--out", str(tmp_path / "ex2"), "--cache", str(cache)]) == 2
+    assert "bad.jpg" in capsys.readouterr().err and not (tmp_path / "ex2").exists()
+    # a model without explanation maps says so
+    base = root / "base"
+    cfg = root / "b.json"
+    cfg.write_text(json.dumps({"epochs": 1, "attributes": ["category", "colour"]}))
+    assert main(["train", "--model", "attribute_baseline", "--catalog", str(cat), "--out", str(base),
+                 "--config", str(cfg), "--cache", str(cache)]) == 0
+    capsys.readouterr()
+    assert main(["explain", str(images[0]), "--run", str(base), "--cache", str(cache)]) == 2
+    assert "no explanation maps" in capsys.readouterr().err
