@@ -41,10 +41,11 @@ def test_localisation_scores_every_labelled_region_against_the_whole_image_floor
                  "--report", str(root / "loc"), "--cache", str(cache)]) == 0
     rep = json.loads((root / "loc" / "localisation.json").read_text())
     items = [json.loads(line) for line in (cat / "catalog.jsonl").read_text().splitlines()]
-    assert rep["n_items"] == sum(bool(it.get("regions")) for it in items) > 0 and set(rep["attributes"]) == {"category", "colour", "sleeve", "neckline"}
+    assert rep["n_items"] == len(items) and set(rep["attributes"]) == {"category", "colour", "sleeve", "neckline"}
     n_sleeve = sum("sleeve" in it.get("regions", {}) for it in items)
     assert rep["attributes"]["sleeve"]["boxes"]["n"] == n_sleeve > 0
     for r in rep["attributes"].values():
+        assert 0.0 < r["area_share"] <= 1.0 + 1e-9
         for part in ("boxes", "whole_image"):
             assert 0.0 <= r[part]["mean_iou"] <= 1.0 and 0.0 <= r[part]["mean_precision"] <= 1.0
         # the whole picture covers every region entirely

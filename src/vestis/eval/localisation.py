@@ -9,7 +9,9 @@ the trunk saw, and compared with the labelled region:
   - coverage: the share of the region inside the box, and the share of boxes covering >= 50 % of it;
   - precision: the share of the box inside the region (a whole-image box covers everything and is imprecise).
 The same figures for the whole picture as the box (what "w/o Loc." pools) are reported beside them, so a
-number means something only where it beats that floor.
+number means something only where it beats that floor. For every attribute, with or without labelled
+regions (e.g. real product photos), the report also gives the boxes' mean area as a share of the picture:
+a share near 1 means the boxes pool (almost) what the whole-image ablation pools.
 """
 
 from __future__ import annotations
@@ -71,16 +73,17 @@ def localisation_report(run_dir: Path, catalog, split: str | None = "query", thr
     if not _has_explain(model):
         raise VestisError(f"run {run_dir} ({model.name}) has no attribute boxes to evaluate")
     cat = catalog.split(split) if split else catalog
-    cat = cat.filter(lambda it: bool(it.regions) and it.image is not None and Path(it.image).is_file())
-    attrs = [a for a in model.schema.attributes if any(a in it.regions for it in cat)]
-    if not attrs:
-        raise VestisError(f"no item of {catalog.name or 'the catalogue'}{f' (split {split})' if split else ''} has "
-                          f"labelled regions for the run's attributes ({', '.join(model.schema.attributes)})")
+    cat = cat.filter(lambda it: it.image is not None and Path(it.image).is_file())
+    if not len(cat):
+        raise VestisError(f"no item of {catalog.name or 'the catalogue'}{f' (split {split})' if split else ''} "
+                          f"has an image file")
+    attrs = list(model.schema.attributes)
     spec = trunk_from_json(info.trunk)
     feats = catalogue_features(cat, spec, Path(cache_dir or default_cache_dir()), progress=progress)
     order = {a: j for j, a in enumerate(model.schema.attributes)}
     per = {a: [] for a in attrs}
     floor = {a: [] for a in attrs}
+    area = {a: [] for a in attrs}
     for start in range(0, len(feats.ids), batch):
         ids = feats.ids[start:start + batch]
         maps = {lv: torch.from_numpy(np.asarray(v[start:start + batch], np.float32)) for lv, v in feats.maps.items()}
@@ -96,25 +99,32 @@ def localisation_report(run_dir: Path, catalog, split: str | None = "query", thr
             whole = geo.feature_to_image((0.0, 0.0, float(w), float(h)), stride)
             whole = (max(whole[0], 0.0), max(whole[1], 0.0), min(whole[2], geo.src_w), min(whole[3], geo.src_h))
             for a in attrs:
-                region = it.regions.get(a)
-                if region is None:
-                    continue
                 b = geo.feature_to_image(tuple(boxes[i, order[a]]), stride)
                 b = (max(b[0], 0.0), max(b[1], 0.0), min(b[2], geo.src_w), min(b[3], geo.src_h))
+                area[a].append(box_area(b) / max(box_area(whole), 1e-9))
+                region = (it.regions or {}).get(a)
+                if region is None:
+                    continue
                 per[a].append(box_scores(b, region))
                 floor[a].append(box_scores(whole, region))
     return {"run": info.run_id, "model": model.name, "split": split, "n_items": len(feats.ids),
             "threshold": float(exp["threshold"]),
-            "attributes": {a: {"boxes": summarise(per[a]), "whole_image": summarise(floor[a])} for a in attrs}}
+            "attributes": {a: {"area_share": float(np.mean(area[a])), "boxes": summarise(per[a]),
+                               "whole_image": summarise(floor[a])} for a in attrs}}
 
 
 def report_markdown(report: dict) -> str:
     lines = [f"Attribute boxes of run `{report['run']}` ({report['model']}, threshold {report['threshold']:g}) vs "
              f"labelled regions, split `{report['split']}`, {report['n_items']} items.", "",
-             "| attribute | n | IoU>=0.5 | mean IoU | covers>=50% | mean precision | whole image: IoU>=0.5 | mean IoU | mean precision |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| attribute | box area / picture | regions | IoU>=0.5 | mean IoU | covers>=50% | mean precision "
+             "| whole image: IoU>=0.5 | mean IoU | mean precision |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for a, r in report["attributes"].items():
         b, f = r["boxes"], r["whole_image"]
-        lines.append(f"| {a} | {b['n']} | {b['iou_0.5']:.1%} | {b['mean_iou']:.3f} | {b['coverage_0.5']:.1%} | "
-                     f"{b['mean_precision']:.3f} | {f['iou_0.5']:.1%} | {f['mean_iou']:.3f} | {f['mean_precision']:.3f} |")
+        if not b["n"]:
+            lines.append(f"| {a} | {r['area_share']:.2f} | 0 | - | - | - | - | - | - | - |")
+            continue
+        lines.append(f"| {a} | {r['area_share']:.2f} | {b['n']} | {b['iou_0.5']:.1%} | {b['mean_iou']:.3f} | "
+                     f"{b['coverage_0.5']:.1%} | {b['mean_precision']:.3f} | {f['iou_0.5']:.1%} | {f['mean_iou']:.3f} | "
+                     f"{f['mean_precision']:.3f} |")
     return "\n".join(lines) + "\n"
