@@ -95,3 +95,17 @@ def test_demo_runs_and_second_run_reuses(tmp_path, capsys):
     second = capsys.readouterr().out
     assert "synthetic catalogue: reusing" in second and "model: reusing" in second and "index: reusing" in second
     assert "encoded 0" in second
+
+
+def test_bench_query_times_manipulation_plus_search(pipeline, capsys):
+    root, cat, run, idx, cache = pipeline
+    q = root / "qb.jsonl"
+    assert main(["queries", "--catalog", str(cat), "--protocol", "manipulation", "--out", str(q),
+                 "--attributes", "category,colour,pattern", "--per-attribute", "3"]) == 0
+    capsys.readouterr()
+    assert main(["bench", "query", "--run", str(run), "--index", str(idx), "--queries", str(q), "--n", "5",
+                 "--repeats", "2", "--cache", str(cache)]) == 0
+    r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert r["queries"] == min(5, len(q.read_text().splitlines())) and r["repeats"] == 2 and r["k"] == 30
+    assert 0 < r["manipulation_p50_ms"] and 0 < r["search_p50_ms"] and r["p50_ms"] <= r["p99_ms"]
+    assert r["gallery_size"] > 0 and r["index"].endswith("flat")

@@ -103,6 +103,15 @@ def cmd_bench(args) -> int:
             raise VestisError("bench search needs --run, --index and --queries")
         print(bench_search(args.run, args.index, args.queries, n=args.items, n_queries=args.n, cache_dir=args.cache))
         return 0
+    if args.what == "query":
+        from vestis.query_bench import bench_query, describe
+
+        if not (args.run and args.index and args.queries):
+            raise VestisError("bench query needs --run, --index and --queries")
+        r = bench_query(args.run, args.index, args.queries, n_queries=args.n, repeats=args.repeats, cache_dir=args.cache)
+        print(describe(r))
+        print(json.dumps(r))
+        return 0
     raise VestisError(f"unknown benchmark {args.what!r}")
 
 
@@ -348,7 +357,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_extract)
 
     s = sub.add_parser("bench", help="speed benchmarks")
-    s.add_argument("what", choices=["extract", "search"])
+    s.add_argument("what", choices=["extract", "search", "query"],
+                   help="extract: trunk throughput; search: index scaling (tiled vectors); query: one manipulation "
+                        "query through the engine on a built index")
     s.add_argument("--catalog", type=Path, default=None, help="images to time (default: a fresh synthetic catalogue)")
     s.add_argument("--n", type=int, default=256, help="images per timed run")
     s.add_argument("--batch-size", type=int, default=32)
