@@ -310,7 +310,8 @@ def cmd_explain(args) -> int:
         print(f"{e.image} -> {e.png}")
         for a, v in e.values.items():
             x0, y0, x1, y1 = e.boxes[a]
-            print(f"  {a:<16} {v:<24} {e.confidence[a]:.2f}  box ({x0:.0f}, {y0:.0f}, {x1:.0f}, {y1:.0f})")
+            note = f"  (unspecified {e.unspecified[a]:.2f})" if e.unspecified[a] > e.confidence[a] else ""
+            print(f"  {a:<16} {v:<24} {e.confidence[a]:.2f}  box ({x0:.0f}, {y0:.0f}, {x1:.0f}, {y1:.0f}){note}")
     return 0
 
 

@@ -27,6 +27,7 @@ class Explained:
     png: Path
     values: dict[str, str]          # attribute -> predicted value
     confidence: dict[str, float]    # attribute -> probability of that value
+    unspecified: dict[str, float]   # attribute -> probability that it is not labelled / not visible
     boxes: dict[str, tuple[float, float, float, float]]  # attribute -> box in trunk-input pixels (x0, y0, x1, y1)
 
 
@@ -72,6 +73,7 @@ def explain_images(run_dir: Path, images: Sequence[Path], out: Path, threshold: 
             image=image, png=png,
             values={a: exp["values"][i][j] for j, a in enumerate(attrs)},
             confidence={a: float(exp["confidence"][i, j]) for j, a in enumerate(attrs)},
+            unspecified={a: float(exp["unspecified"][i, j]) if "unspecified" in exp else 0.0 for j, a in enumerate(attrs)},
             boxes={a: tuple(float(v) for v in exp["boxes_input"][i, j]) for j, a in enumerate(attrs)},
         ))
     return results

@@ -517,6 +517,7 @@ class FashionSearchNet(SearchModel):
             "attributes": list(self.attributes),
             "values": [[self.schema.values(a)[int(classes[i, j])] for j, a in enumerate(self.attributes)] for i in range(n)],
             "confidence": torch.stack([probs[j][torch.arange(n), classes[:, j]] for j in range(A)], 1),
+            "unspecified": torch.stack([probs[j][:, -1] for j in range(A)], 1),  # P("unspecified"), no map of its own
             "aam": m,
             "stride": s,
             "map_size": (h, w),
@@ -561,6 +562,7 @@ def render_explanation(image_path: str | Path, explanation: Mapping, out_png: st
     extent_box = geo.feature_to_image((0.0, 0.0, float(w), float(h)), stride)  # the whole map, in photo pixels
     boxes = np.asarray(explanation["boxes"][index], dtype=np.float64)
     conf = np.asarray(explanation.get("confidence", np.ones((index + 1, len(attrs))))[index], dtype=np.float64)
+    unspec = np.asarray(explanation["unspecified"][index], dtype=np.float64) if "unspecified" in explanation else None
     cols = min(len(attrs), 3) or 1
     rows = -(-len(attrs) // cols)
     scale = 3.2 / max(w0, h0)
@@ -582,7 +584,10 @@ def render_explanation(image_path: str | Path, explanation: Mapping, out_png: st
         ax.set_xlim(0, w0)
         ax.set_ylim(h0, 0)
         value = explanation["values"][index][j] if "values" in explanation else ""
-        ax.set_title(f"{attrs[j]}: {value} ({conf[j]:.2f})", fontsize=8)
+        title = f"{attrs[j]}: {value} ({conf[j]:.2f})"
+        if unspec is not None and unspec[j] > conf[j]:  # most likely unlabelled: say so, the map is the best value's
+            title = f"{attrs[j]}: unspecified ({unspec[j]:.2f}); map: {value}"
+        ax.set_title(title, fontsize=8)
     fig.tight_layout()
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
