@@ -145,7 +145,10 @@ def cmd_train(args) -> int:
     cat = _load_catalog(args, attributes)
     print(f"training {args.model} on {cat.name} ({len(cat.split('train'))} train items; attributes: "
           f"{', '.join(cat.schema.attributes)})")
-    info = train_run(args.model, cat, args.out, _trunk_spec(args), args.cache, config=config)
+    finetune = None
+    if args.finetune_trunk:
+        finetune = {"epochs": args.finetune_epochs, "blocks": args.finetune_blocks, "lr": args.finetune_lr}
+    info = train_run(args.model, cat, args.out, _trunk_spec(args), args.cache, config=config, finetune=finetune)
     secs = info.history.get("seconds", [0])[0]
     print(f"run {info.run_id} saved to {args.out} ({info.history.get('train_items', 0)} items, {secs:.0f} s training)")
     return 0
@@ -384,6 +387,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--config", type=Path, default=None, help="JSON: the model's options, optionally 'attributes'")
     s.add_argument("--attributes", default=None, help="comma-separated attribute set (default: the benchmark's)")
     trunk_options(s)
+    s.add_argument("--finetune-trunk", action="store_true",
+                   help="first fine-tune the trunk's last stages on the training images (slow on CPU; see vestis.finetune)")
+    s.add_argument("--finetune-epochs", type=int, default=2)
+    s.add_argument("--finetune-blocks", type=int, default=2, help="trunk stages to unfreeze, counted from the end")
+    s.add_argument("--finetune-lr", type=float, default=1e-4)
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("index", help="embed a catalogue with a trained run into a searchable index")

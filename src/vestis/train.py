@@ -168,14 +168,27 @@ def train_data(catalog, features) -> TrainData:
 
 
 def train_run(model_name: str, catalog, out, spec, cache_dir, config: dict | None = None, split: str = "train",
-              progress: bool = True):
-    """Train `model_name` on the catalogue's `split` and save the run (weights, config, schema) to `out`."""
+              progress: bool = True, finetune: dict | None = None):
+    """Train `model_name` on the catalogue's `split` and save the run (weights, config, schema) to `out`.
+    `finetune` (options of `vestis.finetune.finetune_trunk`) first fine-tunes the trunk on that split and
+    trains the head on maps from the fine-tuned trunk, which the run then carries."""
+    from pathlib import Path
+
     from vestis.errors import VestisError
     from vestis.models import create_model, save_run
 
     part = catalog.split(split)
     if len(part) == 0:
         raise VestisError(f"the catalogue has no {split!r} items to train on")
+    trunk_record, finetune_history = None, None
+    if finetune is not None:
+        from vestis.finetune import TRUNK_FILE, finetune_trunk
+        from vestis.vision.trunk import TrunkSpec
+
+        weights = Path(out) / TRUNK_FILE
+        finetune_history = finetune_trunk(part, spec, weights, progress=progress, **finetune)
+        spec = TrunkSpec(name=spec.name, weights=weights, resolution=spec.resolution)
+        trunk_record = {**trunk_json(spec), "weights": TRUNK_FILE, "in_run": True}
     feats = catalogue_features(part, spec, cache_dir, progress=progress)
     if len(feats) == 0:
         raise VestisError(f"none of the {len(part)} {split} items has features ({feats.describe()})")
@@ -185,4 +198,6 @@ def train_run(model_name: str, catalog, out, spec, cache_dir, config: dict | Non
     history = model.fit(data, progress=progress)
     model.eval()
     history["train_items"] = len(data)
-    return save_run(model, out, trunk=trunk_json(spec), history=history, catalog=catalog.name)
+    if finetune_history is not None:
+        history["finetune_trunk"] = finetune_history
+    return save_run(model, out, trunk=trunk_record or trunk_json(spec), history=history, catalog=catalog.name)

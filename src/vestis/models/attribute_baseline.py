@@ -76,7 +76,9 @@ class AttributeBaseline(SearchModel):
             self.visual_mean.copy_(pooled.mean(0))
             sample = pooled[torch.randperm(len(pooled), generator=torch.Generator().manual_seed(0))[:20000]]
             _, _, v = torch.linalg.svd(sample - self.visual_mean, full_matrices=False)
-            self.visual_basis.copy_(v[: self.config["visual_dim"]].T)
+            r = min(self.config["visual_dim"], len(v))  # fewer training items than dimensions: pad with zeros
+            self.visual_basis.zero_()
+            self.visual_basis[:, :r].copy_(v[:r].T)
 
         def step(idx):
             return multi_attribute_ce(self.logits_from_pooled(pooled[idx]), labels[idx]), {}

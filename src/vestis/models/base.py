@@ -155,6 +155,11 @@ def load_run(run_dir: Path) -> tuple[SearchModel, RunInfo]:
         info = RunInfo(**json.loads((run_dir / "run.json").read_text()))
     except (ValueError, TypeError) as e:
         raise RunError(f"{run_dir / 'run.json'} is corrupt: {e}") from None
+    if info.trunk.get("in_run"):  # a fine-tuned trunk saved inside the run: resolve it wherever the run now is
+        weights = run_dir / info.trunk["weights"]
+        if not weights.is_file():
+            raise RunError(f"{run_dir} was trained with a fine-tuned trunk, but {weights} is missing")
+        info.trunk = {**info.trunk, "weights": str(weights)}
     schema = AttributeSchema.load(run_dir / "schema.json")
     if schema.digest() != info.schema_digest:
         raise RunError(f"{run_dir}: schema.json does not match the schema the run was trained on")
