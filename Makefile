@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-EXTRAS ?= dev,milvus
+EXTRAS ?= dev,milvus,serve
 DATA ?=
 
 .PHONY: install demo test test-all bench clean-venv
@@ -16,8 +16,9 @@ $(BIN)/.installed: pyproject.toml
 install: $(BIN)/.installed
 
 # The demo on the built-in synthetic catalogue; DATA=path/to/catalogue runs it on real photos instead.
+# It ends by serving the web page (Ctrl+C stops); NO_SERVE=1 stops after the example search.
 demo: install
-	$(BIN)/vestis demo $(if $(DATA),--data $(DATA))
+	$(BIN)/vestis demo $(if $(DATA),--data $(DATA)) $(if $(NO_SERVE),--no-serve) $(if $(PORT),--port $(PORT))
 
 # The default test suite (fast; skips what needs ../shared data when it is absent). Exit 5 = no tests collected.
 test: install

@@ -74,10 +74,11 @@ def test_index_from_another_run_is_refused(pipeline, tmp_path):
 
 
 def test_demo_runs_and_second_run_reuses(tmp_path, capsys):
-    args = ["demo", "--workdir", str(tmp_path / "demo"), "-n", "120", "--cache", str(tmp_path / "cache")]
+    args = ["demo", "--workdir", str(tmp_path / "demo"), "-n", "120", "--cache", str(tmp_path / "cache"), "--no-serve"]
     assert main(args) == 0
     first = capsys.readouterr().out
     assert "[5/5] search" in first and "training attribute_baseline" in first
+    assert "vestis serve --run" in first  # --no-serve: says how to serve instead of serving
     assert main(args) == 0
     second = capsys.readouterr().out
     assert "synthetic catalogue: reusing" in second and "model: reusing" in second and "index: reusing" in second

@@ -166,9 +166,11 @@ class Service:
         try:
             with Image.open(io.BytesIO(data)) as im:
                 fmt, (w, h) = im.format, im.size
+        except Image.DecompressionBombError as e:
+            raise HTTPException(413, f"image is over the pixel limit of {self.max_pixels}: {e}") from None
         except UnidentifiedImageError:
             raise HTTPException(422, "the upload is not an image vestis can read; send JPEG, PNG, WebP, GIF or BMP") from None
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        except (OSError, ValueError, SyntaxError) as e:
             raise HTTPException(422, f"the uploaded image is corrupt: {e}") from None
         if fmt not in IMAGE_FORMATS:
             raise HTTPException(422, f"image format {fmt} is not accepted; send JPEG, PNG, WebP, GIF or BMP")
