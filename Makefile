@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 EXTRAS ?= dev,milvus,serve
 DATA ?=
 
-.PHONY: install demo test test-all bench clean-venv
+.PHONY: install demo test test-all bench browser clean-venv
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,12 @@ test: install
 # Everything, including the slow tests.
 test-all: install
 	$(BIN)/pytest -q -p no:cacheprovider -m '' || [ $$? -eq 5 ]
+
+# Debian's Chromium for the web page's browser test (tests/test_serve_browser.py installs it the same way when
+# it runs as root; elsewhere that test is skipped with the reason).
+browser:
+	test -x /usr/bin/chromium || (apt-get install -y -q --no-install-recommends chromium || \
+		(apt-get update -q && apt-get install -y -q --no-install-recommends chromium))
 
 # Speed benchmarks (minutes; not part of the test suite).
 bench: install

@@ -427,7 +427,8 @@ def create_app(engine, *, max_upload_bytes: int = MAX_UPLOAD_BYTES, max_pixels: 
             req = SearchRequest.model_validate(fields)
         except ValidationError as e:
             return _error(422, _describe(e.errors()), errors=json.loads(json.dumps(e.errors(), default=str)))
-        return await run_in_threadpool(svc.search, req, image)
+        # plain JSON types only: skip FastAPI's jsonable_encoder, which costs more than the search itself
+        return JSONResponse(await run_in_threadpool(svc.search, req, image))
 
     return app
 

@@ -228,7 +228,7 @@ async function runSearch(label = null, {record = true} = {}) {
   if (record) {
     const changes = Object.entries(response.manipulations).map(([a, v]) => `${a} → ${v}`).join(", ");
     state.history.push({query: {...q}, manipulations: {...response.manipulations}, mode, k, response,
-                        label: label || (changes ? changes : modeLabel(mode)), text: response.understood ? response.understood.text : ""});
+                        label: label || changes || (mode === "manipulate" ? "search, no change" : modeLabel(mode)), text: response.understood ? response.understood.text : ""});
     renderHistory();
   }
 }
