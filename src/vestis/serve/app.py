@@ -122,7 +122,7 @@ class Service:
         self.text = TextInterpreter(self.schema)
         self.max_upload_bytes, self.max_pixels = max_upload_bytes, max_pixels
         self.indexed = set(engine.spaces["main"].ids())
-        self.browsable = [it for it in engine.catalog if it.image is not None]
+        self.browsable = [it for it in engine.catalog if it.image is not None and Path(it.image).is_file()]
         if image_roots is None:
             p = engine.catalog.path
             image_roots = [Path(p) if Path(p).is_dir() else Path(p).parent] if p else []

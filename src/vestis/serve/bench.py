@@ -2,7 +2,7 @@
 
 The server runs as its own process (`vestis serve`, uvicorn, one worker), exactly as a user starts it; the
 clients are threads in this process, each with its own keep-alive connection (httpx), sending item-id
-queries: catalogue items with images (the query split first) and, per request, one manipulation of a
+queries: catalogue items whose image file exists (the query split first) and, per request, one manipulation of a
 seeded random attribute to another value (mode manipulate, k 30). After a warm-up, each repeat sends
 `n_requests` requests from `concurrency` clients and records every latency (request sent -> response
 read) and every non-200 answer. Reported: the median over repeats of p50, p99 and requests/s, and the
@@ -35,7 +35,10 @@ def _free_port() -> int:
 
 def _queries(catalog, schema, n: int, seed: int = 0) -> list[dict]:
     rng = np.random.default_rng(seed)
-    items = [it for it in catalog.split("query") if it.image is not None] or [it for it in catalog if it.image is not None]
+    def ok(it):
+        return it.image is not None and Path(it.image).is_file()
+
+    items = [it for it in catalog.split("query") if ok(it)] or [it for it in catalog if ok(it)]
     if not items:
         raise VestisError("the catalogue has no item with an image to query with")
     attrs = schema.attributes
