@@ -355,3 +355,44 @@ def test_concurrent_requests_all_answer(client, query):
     for t in threads:
         t.join(timeout=60)
     assert statuses == [200] * 16
+
+
+# --- the command line ----------------------------------------------------------------------------
+def test_vestis_serve_command(tiny_pipeline, capsys):
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    root, cat, run, idx, cache = tiny_pipeline
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        args = ["serve", "--run", str(run), "--index", str(idx), "--catalog", str(cat), "--port", str(port),
+                "--cache", str(cache)]
+        assert main(args) == 2
+        assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH")) if p)}
+    proc = subprocess.Popen([sys.executable, "-m", "vestis.cli", *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        first = proc.stdout.readline()
+        assert f"http://127.0.0.1:{port}/" in first, first
+        deadline = time.time() + 60
+        while True:
+            try:
+                r = httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)
+                break
+            except httpx.HTTPError:
+                assert time.time() < deadline and proc.poll() is None, "vestis serve did not come up"
+                time.sleep(0.2)
+        assert r.json()["status"] == "ok"
+        assert "vestis" in httpx.get(f"http://127.0.0.1:{port}/").text
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)

@@ -17,10 +17,18 @@ def load_engine(run: Path, index: Path, catalog: Path | None = None, format: str
 
 def serve(engine, host: str = "127.0.0.1", port: int = 8000, log_level: str = "warning", **app_options) -> None:
     """Serve the API and the web page until interrupted; prints the URL first."""
+    import socket
+
     import uvicorn
 
+    from vestis.errors import VestisError
     from vestis.serve.app import create_app
 
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise VestisError(f"cannot listen on {host}:{port} ({e.strerror}); choose another --port") from None
     app = create_app(engine, **app_options)
     shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
     print(f"vestis: serving run {engine.info.run_id} ({engine.model.name}, {len(app.state.service.indexed)} items "
