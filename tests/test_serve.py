@@ -317,6 +317,18 @@ def test_explain_overlay(client, query):
     assert client.get(f"/items/{it.id}/explain").content == r.content  # cached, deterministic
 
 
+def test_explain_an_upload(client, query):
+    it, _ = query
+    r = client.post("/explain", files={"image": ("q.jpg", Path(it.image).read_bytes(), "image/jpeg")})
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    assert Image.open(io.BytesIO(r.content)).size == Image.open(io.BytesIO(client.get(f"/items/{it.id}/explain").content)).size
+    r = client.post("/explain", files={"image": ("x.txt", b"not an image", "text/plain")})
+    assert r.status_code == 422 and "not an image" in r.json()["detail"]
+    r = client.post("/explain", files={"image": ("bomb.png", _png_claiming(6000, 6000), "image/png")})
+    assert r.status_code == 413
+    assert client.post("/explain", json={"item_id": it.id}).status_code == 415
+
+
 @pytest.fixture(scope="module")
 def visual_client(tiny_pipeline):
     root, cat, run, idx, cache = tiny_pipeline
@@ -333,6 +345,8 @@ def test_a_run_without_classifiers_or_explanations(visual_client, query):
     s = visual_client.get("/schema").json()
     assert "manipulate" not in s["modes"] and not s["explains"] and not s["predicts_attributes"]
     r = visual_client.get(f"/items/{it.id}/explain")
+    assert r.status_code == 400 and "has no explanation maps" in r.json()["detail"]
+    r = visual_client.post("/explain", files={"image": ("q.jpg", Path(it.image).read_bytes(), "image/jpeg")})
     assert r.status_code == 400 and "has no explanation maps" in r.json()["detail"]
     r = visual_client.post("/search", json={"item_id": it.id, "manipulations": {"colour": "red"}})
     assert r.status_code == 400 and "cannot apply manipulations" in r.json()["detail"]

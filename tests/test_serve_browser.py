@@ -167,6 +167,10 @@ def test_page_end_to_end(browser, server, tmp_path):
     page.wait_for_function("document.querySelectorAll('#history-list li').length === 5")
     assert page.locator("#results .card").count() == 12
     assert "%" in page.inner_text("#query-attrs")
+    page.click("#query-explain")  # the uploaded photo's own activation maps (POST /explain)
+    page.wait_for_function("document.querySelector('#explain-img').naturalWidth > 0")
+    assert "uploaded photo" in page.inner_text("#explain-title")
+    page.click("#explain-dialog .close")
 
     # bad input shows the server's message, not a broken page
     page.fill("#text", "something for my grandmother")

@@ -6,6 +6,7 @@
     GET  /items/{id}             one item: catalogue attributes and the model's predicted attributes
     GET  /items/{id}/image       its photo
     GET  /items/{id}/explain     activation-map overlay PNG (models with explanation maps)
+    POST /explain                the same for an uploaded photo (multipart `image`)
     GET  /understand?text=...    how a free-text request maps onto the attributes (no search)
     GET  /health                 liveness and what is loaded
     GET  /docs, /openapi.json    API documentation (Swagger UI served locally, no CDN)
@@ -128,6 +129,7 @@ class Service:
             image_roots = [Path(p) if Path(p).is_dir() else Path(p).parent] if p else []
         self.image_roots = [Path(r).resolve() for r in image_roots]
         self._explained: OrderedDict[str, bytes] = OrderedDict()
+        self._cache_lock = threading.Lock()
 
     # --- items -----------------------------------------------------------------------------------
     def item(self, item_id: str):
@@ -267,20 +269,33 @@ class Service:
             out = {a: out[a]} if a in out else {}
         return out
 
-    def explain_png(self, item) -> bytes:
-        if item.id in self._explained:
-            self._explained.move_to_end(item.id)
-            return self._explained[item.id]
+    def explain_png(self, item=None, image: bytes | None = None) -> bytes:
+        """The activation-map overlay of a catalogue item (cached) or of an uploaded photo, as PNG bytes."""
         from vestis.serve.overlay import render_overlay
 
-        path = self.image_path(item)
+        model = self.engine.model
+        if not model.explains:
+            raise HTTPException(400, f"this run's model ({model.name}) has no explanation maps; FashionSearchNet runs "
+                                     f"(attribute activation maps) and attribute_baseline runs (class activation "
+                                     f"maps) have them")
+        if item is not None:
+            with self._cache_lock:
+                if item.id in self._explained:
+                    self._explained.move_to_end(item.id)
+                    return self._explained[item.id]
+            source = self.image_path(item)
+        else:
+            self.check_image(image)
+            source = image
         with self.lock:
-            maps = self.engine.item_maps([item.id])
-            expl = self.engine.model.explain(maps)
-        png = render_overlay(path, expl, self.engine.spec.resolution)
-        self._explained[item.id] = png
-        while len(self._explained) > EXPLAIN_CACHE:
-            self._explained.popitem(last=False)
+            maps = self.engine.item_maps([item.id]) if item is not None else self.engine.encode_images([image])
+            expl = model.explain(maps)
+        png = render_overlay(source, expl, self.engine.spec.resolution)
+        if item is not None:
+            with self._cache_lock:
+                self._explained[item.id] = png
+                while len(self._explained) > EXPLAIN_CACHE:
+                    self._explained.popitem(last=False)
         return png
 
 
@@ -382,12 +397,20 @@ def create_app(engine, *, max_upload_bytes: int = MAX_UPLOAD_BYTES, max_pixels: 
 
     @app.get("/items/{item_id:path}/explain", responses={200: {"content": {"image/png": {}}}})
     async def item_explain(item_id: str):
-        item = svc.item(item_id)
-        if not engine.model.explains:
-            raise HTTPException(400, f"this run's model ({engine.model.name}) has no explanation maps; "
-                                     f"FashionSearchNet runs (attribute activation maps) and attribute_baseline "
-                                     f"runs (class activation maps) have them")
-        png = await run_in_threadpool(svc.explain_png, item)
+        png = await run_in_threadpool(svc.explain_png, svc.item(item_id))
+        return Response(png, media_type="image/png")
+
+    @app.post("/explain", responses={200: {"content": {"image/png": {}}}}, openapi_extra={"requestBody": {
+        "required": True, "content": {"multipart/form-data": {"schema": {
+            "type": "object", "required": ["image"], "properties": {"image": {"type": "string", "format": "binary"}}}}}}})
+    async def explain_upload(request: Request):
+        """The activation-map overlay of an uploaded photo (multipart field `image`)."""
+        if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+            raise HTTPException(415, "send the photo as multipart/form-data with a field `image`")
+        fields, image = await _read_form(request, svc.max_upload_bytes)
+        if fields or image is None:
+            raise HTTPException(422, "POST /explain takes one multipart field: `image`")
+        png = await run_in_threadpool(svc.explain_png, None, image)
         return Response(png, media_type="image/png")
 
     @app.get("/items/{item_id:path}")

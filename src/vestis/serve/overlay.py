@@ -35,6 +35,31 @@ def _font(size: int):
         return ImageFont.load_default()
 
 
+def render_panel(photo: Image.Image, aam: np.ndarray, box, geo, stride: int, scale: float,
+                 alpha: float = 0.5) -> Image.Image:
+    """One attribute's panel: `photo` (the original scaled by `scale`) blended with the min-max normalised map
+    `aam` (H, W) placed where the trunk saw it (letterbox `geo`, `stride` input pixels per cell), and the box
+    (x0, y0, x1, y1 in cells) outlined in white over black."""
+    pw, ph = photo.size
+    m = np.asarray(aam, dtype=np.float64)
+    h, w = m.shape[-2:]
+    m = (m - m.min()) / (m.max() - m.min()) if m.max() > m.min() else np.zeros_like(m)
+    # the whole map in photo pixels (it extends over the letterbox padding, beyond the photo's edges)
+    mx0, my0, mx1, my1 = geo.feature_to_image((0.0, 0.0, float(w), float(h)), stride)
+    heat = Image.fromarray(colourise(m))
+    hw, hh = max(1, round((mx1 - mx0) * scale)), max(1, round((my1 - my0) * scale))
+    heat = heat.resize((hw, hh), Image.Resampling.BILINEAR)
+    layer = Image.new("RGB", (pw, ph))
+    layer.paste(heat, (round(mx0 * scale), round(my0 * scale)))
+    panel = Image.blend(photo, layer, alpha)
+    pd = ImageDraw.Draw(panel)
+    bx0, by0, bx1, by1 = (np.asarray(geo.feature_to_image(tuple(float(v) for v in box), stride)) * scale).tolist()
+    bx0, by0, bx1, by1 = max(bx0, 0), max(by0, 0), min(bx1, pw - 1), min(by1, ph - 1)
+    pd.rectangle((bx0, by0, bx1, by1), outline=(255, 255, 255), width=3)
+    pd.rectangle((bx0, by0, bx1, by1), outline=(0, 0, 0), width=1)
+    return panel
+
+
 def render_overlay(image: str | Path | bytes, explanation: Mapping, resolution: tuple[int, int], index: int = 0,
                    alpha: float = 0.5) -> bytes:
     """PNG bytes: per attribute, the photo with its (min-max normalised) activation map laid over the part of
@@ -49,9 +74,6 @@ def render_overlay(image: str | Path | bytes, explanation: Mapping, resolution: 
     boxes = np.asarray(explanation["boxes"][index], dtype=np.float64)
     conf = np.asarray(explanation["confidence"][index], dtype=np.float64) if "confidence" in explanation else None
     values = explanation["values"][index] if "values" in explanation else [""] * len(attrs)
-    h, w = aam.shape[-2:]
-    # the whole map in photo pixels (it extends over the letterbox padding, beyond the photo's edges)
-    mx0, my0, mx1, my1 = geo.feature_to_image((0.0, 0.0, float(w), float(h)), stride)
     scale = PANEL / max(w0, h0)
     pw, ph = max(1, round(w0 * scale)), max(1, round(h0 * scale))
     photo = img.resize((pw, ph), Image.Resampling.BILINEAR)
@@ -64,22 +86,8 @@ def render_overlay(image: str | Path | bytes, explanation: Mapping, resolution: 
     cw = max([pw, *(round(measure.textlength(t, font=font)) + 4 for t in labels)])  # a column fits its titles
     sheet = Image.new("RGB", (cols * (cw + pad) + pad, rows * (ph + TITLE + pad) + pad), (255, 255, 255))
     draw = ImageDraw.Draw(sheet)
-    for j, attr in enumerate(attrs):
-        m = aam[j]
-        m = (m - m.min()) / (m.max() - m.min()) if m.max() > m.min() else np.zeros_like(m)
-        heat = Image.fromarray(colourise(m))
-        # place the map over [mx0, mx1] x [my0, my1] (photo pixels), then crop to the photo
-        hx0, hy0 = mx0 * scale, my0 * scale
-        hw, hh = max(1, round((mx1 - mx0) * scale)), max(1, round((my1 - my0) * scale))
-        heat = heat.resize((hw, hh), Image.Resampling.BILINEAR)
-        layer = Image.new("RGB", (pw, ph))
-        layer.paste(heat, (round(hx0), round(hy0)))
-        panel = Image.blend(photo, layer, alpha)
-        pd = ImageDraw.Draw(panel)
-        bx0, by0, bx1, by1 = (np.asarray(geo.feature_to_image(tuple(boxes[j]), stride)) * scale).tolist()
-        bx0, by0, bx1, by1 = max(bx0, 0), max(by0, 0), min(bx1, pw - 1), min(by1, ph - 1)
-        pd.rectangle((bx0, by0, bx1, by1), outline=(255, 255, 255), width=3)
-        pd.rectangle((bx0, by0, bx1, by1), outline=(0, 0, 0), width=1)
+    for j in range(len(attrs)):
+        panel = render_panel(photo, aam[j], boxes[j], geo, stride, scale, alpha)
         r, c = divmod(j, cols)
         x, y = pad + c * (cw + pad), pad + r * (ph + TITLE + pad)
         draw.text((x, y + 8), labels[j], fill=(20, 20, 20), font=font)

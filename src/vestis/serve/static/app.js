@@ -157,6 +157,10 @@ function renderQuery() {
   $("#query-title").append(q.kind === "item"
     ? el("span", {}, el("b", {text: q.item.id}), el("span", {class: "muted", text: ` ${q.item.split}`}))
     : el("span", {}, el("b", {text: "uploaded photo"}), el("span", {class: "muted", text: ` ${q.name}`})));
+  if (state.schema.explains) {
+    $("#query-title").append(el("button", {type: "button", class: "explain", id: "query-explain",
+      text: "why? (activation maps)", onclick: explainQuery}));
+  }
   const t = $("#query-attrs");
   t.innerHTML = "";
   t.append(el("tr", {}, el("th", {text: "attribute"}), el("th", {text: "catalogue"}), el("th", {text: "predicted"})));
@@ -318,14 +322,27 @@ function undo() {
 
 // --- explanation overlay -------------------------------------------------------------------------
 async function openExplain(h) {
+  return showExplanation(h.id, () => fetch(h.explain_url));
+}
+
+function explainQuery() {
+  const q = state.query;
+  if (!q) return;
+  if (q.kind === "item") return showExplanation(q.item.id, () => fetch(q.item.explain_url));
+  const form = new FormData();
+  form.append("image", q.file, q.name);
+  return showExplanation("uploaded photo", () => fetch("/explain", {method: "POST", body: form}));
+}
+
+async function showExplanation(name, request) {
   const dlg = $("#explain-dialog");
-  $("#explain-title").textContent = `${h.id}: where the model looked`;
+  $("#explain-title").textContent = `${name}: where the model looked`;
   $("#explain-note").textContent = "loading…";
   const img = $("#explain-img");
   img.removeAttribute("src");
   dlg.showModal();
   try {
-    const r = await fetch(h.explain_url);
+    const r = await request();
     if (!r.ok) throw new Error((await r.json()).detail || r.statusText);
     img.src = URL.createObjectURL(await r.blob());
     $("#explain-note").textContent = "per attribute: the activation map of the predicted value and the box fitted to it";
