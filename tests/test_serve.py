@@ -67,6 +67,7 @@ def test_health_and_schema(client, engine):
     assert s["attributes"][1]["values"] == list(engine.model.schema.values("colour"))
     assert s["modes"] == ["manipulate", "same_item", "visual", "attribute:category", "attribute:colour", "attribute:pattern"]
     assert "diverse" in s["unavailable_modes"] and s["predicts_attributes"] and s["explains"]
+    assert client.app.state.service.warm_up() is None
 
 
 def test_openapi_and_docs_need_no_cdn(client):

@@ -134,6 +134,14 @@ def test_page_end_to_end(browser, server, tmp_path):
     assert badges == ["1" if engine.catalog[i].attributes.get("colour") == colour else "0" for i in after]
     page.screenshot(path=str(tmp_path / "after-change.png"), full_page=True)
 
+    # strict: only items with the requested colour
+    page.check("#strict")
+    page.click("#search-btn")
+    page.wait_for_function(f"document.querySelector('#status').textContent.includes('only colour = {colour}')")
+    strict = _cards(page)
+    assert strict and all(engine.catalog[i].attributes.get("colour") == colour for i in strict)
+    page.uncheck("#strict")
+
     # a typed request: understood words are shown and applied
     other = next(c for c in engine.model.schema.values("colour") if c not in (colour, item.attributes["colour"]))
     page.fill("#text", f"same but {other} please, for women")
@@ -147,10 +155,10 @@ def test_page_end_to_end(browser, server, tmp_path):
     first = _cards(page)[0]
     page.click(f"#results .card[data-id='{first}'] img")
     page.wait_for_function(f"document.querySelector('#query-title').textContent.startsWith('{first}')")
-    page.wait_for_function("document.querySelectorAll('#history-list li').length === 5")
+    page.wait_for_function("document.querySelectorAll('#history-list li').length === 6")
     assert "picked " + first in page.inner_text("#history-list")
     page.click("#undo-btn")
-    page.wait_for_function("document.querySelectorAll('#history-list li').length === 4")
+    page.wait_for_function("document.querySelectorAll('#history-list li').length === 5")
     assert page.inner_text("#query-title").startswith(item.id)
     assert page.input_value("select[data-attr='colour']") == other
 
@@ -164,7 +172,7 @@ def test_page_end_to_end(browser, server, tmp_path):
     page.click(".tab[data-tab='upload']")
     page.set_input_files("#upload", str(item.image))
     page.wait_for_function("document.querySelector('#query-title').textContent.startsWith('uploaded photo')")
-    page.wait_for_function("document.querySelectorAll('#history-list li').length === 5")
+    page.wait_for_function("document.querySelectorAll('#history-list li').length === 6")
     assert page.locator("#results .card").count() == 12
     assert "%" in page.inner_text("#query-attrs")
     page.click("#query-explain")  # the uploaded photo's own activation maps (POST /explain)

@@ -30,6 +30,9 @@ def serve(engine, host: str = "127.0.0.1", port: int = 8000, log_level: str = "w
         except OSError as e:
             raise VestisError(f"cannot listen on {host}:{port} ({e.strerror}); choose another --port") from None
     app = create_app(engine, **app_options)
+    problem = app.state.service.warm_up()
+    if problem:
+        print(f"vestis: warning: a first search failed: {problem}", flush=True)
     shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
     print(f"vestis: serving run {engine.info.run_id} ({engine.model.name}, {len(app.state.service.indexed)} items "
           f"indexed) at http://{shown}:{port}/  (API docs: /docs; Ctrl+C stops)", flush=True)

@@ -131,6 +131,18 @@ class Service:
         self._explained: OrderedDict[str, bytes] = OrderedDict()
         self._cache_lock = threading.Lock()
 
+    def warm_up(self) -> str | None:
+        """Answer one search so the first user does not wait for the feature cache's index to load; returns
+        what went wrong, if anything (the server still starts)."""
+        ids = [it.id for it in self.browsable[:1]]
+        if not ids:
+            return "the catalogue has no item with an image file"
+        try:
+            self.search(SearchRequest(item_id=ids[0], k=1, mode=self.engine.modes()[0]), None)
+        except (HTTPException, VestisError) as e:
+            return str(getattr(e, "detail", e))
+        return None
+
     # --- items -----------------------------------------------------------------------------------
     def item(self, item_id: str):
         it = self.engine.catalog.by_id.get(item_id)

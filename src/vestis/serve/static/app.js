@@ -200,8 +200,11 @@ async function runSearch(label = null, {record = true} = {}) {
       setManipulations({...manipulations(), ...u.manipulations});
     }
     const manip = mode === "manipulate" ? manipulations() : {};
+    const filterable = new Set(state.schema.filters.map((f) => f.name));
+    const filters = $("#strict").checked
+      ? Object.fromEntries(Object.entries(manip).filter(([a]) => filterable.has(a))) : {};
     if (q.kind === "item") {
-      const body = {item_id: q.item.id, manipulations: manip, mode, k};
+      const body = {item_id: q.item.id, manipulations: manip, mode, k, filters};
       if (text) body.text = text;
       response = await api("/search", {method: "POST", headers: {"Content-Type": "application/json"},
                                        body: JSON.stringify(body)});
@@ -211,6 +214,7 @@ async function runSearch(label = null, {record = true} = {}) {
       form.append("manipulations", JSON.stringify(manip));
       form.append("mode", mode);
       form.append("k", String(k));
+      form.append("filters", JSON.stringify(filters));
       if (text) form.append("text", text);
       response = await api("/search", {method: "POST", body: form});
     }
@@ -256,7 +260,9 @@ function renderResults(r) {
   const grid = $("#results");
   grid.innerHTML = "";
   const changes = Object.entries(r.manipulations).map(([a, v]) => `${a} = ${v}`).join(", ");
-  setStatus(`${r.results.length} results · ${modeLabel(r.mode)}${changes ? ` · ${changes}` : ""} · ${r.took_ms} ms`);
+  const only = Object.entries(r.filters || {}).map(([a, v]) => `${a} = ${v}`).join(", ");
+  setStatus(`${r.results.length} results · ${modeLabel(r.mode)}${changes ? ` · ${changes}` : ""}` +
+            `${only ? ` · only ${only}` : ""} · ${r.took_ms} ms`);
   const tgt = $("#target");
   tgt.innerHTML = "";
   if (Object.keys(r.target).length) {
