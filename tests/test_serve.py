@@ -145,6 +145,8 @@ def test_path_traversal_in_image_routes(client, engine, query, tmp_path):
         mp.setitem(engine.catalog.by_id, it.id, replace(it, image=outside))
         r = client.get(f"/items/{it.id}/image")
         assert r.status_code == 404 and "outside the catalogue's folder" in r.json()["detail"]
+        allowed = TestClient(create_app(engine, image_roots=[tmp_path]))  # `vestis serve --image-root DIR`
+        assert allowed.get(f"/items/{it.id}/image").content == outside.read_bytes()
         mp.setitem(engine.catalog.by_id, it.id, replace(it, image=Path(it.image).with_suffix(".txt")))
         assert client.get(f"/items/{it.id}/image").status_code == 404
     assert svc.image_roots

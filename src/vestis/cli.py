@@ -288,7 +288,7 @@ def cmd_serve(args) -> int:
 
     engine = load_engine(args.run, args.index, args.catalog, args.format, args.cache)
     serve(engine, host=args.host, port=args.port, max_upload_bytes=int(args.max_upload_mb * 2**20),
-          max_pixels=int(args.max_megapixels * 1e6))
+          max_pixels=int(args.max_megapixels * 1e6), image_roots=args.image_root or None)
     return 0
 
 
@@ -430,6 +430,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--max-upload-mb", type=float, default=10.0, help="largest uploaded image in MiB (default 10)")
     s.add_argument("--max-megapixels", type=float, default=20.0, help="largest uploaded image in megapixels (default 20)")
+    s.add_argument("--image-root", type=Path, action="append", default=[], metavar="DIR",
+                   help="folder item images may be served from (repeatable; default: the catalogue's folder)")
     s.add_argument("--cache", type=Path, default=default_cache_dir())
     s.set_defaults(func=cmd_serve)
 
