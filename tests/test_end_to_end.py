@@ -9,21 +9,8 @@ from vestis.cli import main
 
 
 @pytest.fixture(scope="module")
-def pipeline(tmp_path_factory):
-    root = tmp_path_factory.mktemp("e2e")
-    cache = root / "cache"
-    cat = root / "cat"
-    assert main(["synth", "-n", "160", "--seed", "5", "--out", str(cat), "--workers", "1"]) == 0
-    run = root / "run"
-    cfg = root / "cfg.json"
-    cfg.write_text(json.dumps({"epochs": 3, "hidden": 64, "batch_size": 32,
-                               "attributes": ["category", "colour", "pattern"]}))
-    assert main(["train", "--model", "attribute_baseline", "--catalog", str(cat), "--out", str(run),
-                 "--config", str(cfg), "--cache", str(cache)]) == 0
-    idx = root / "idx"
-    assert main(["index", "--run", str(run), "--catalog", str(cat), "--out", str(idx), "--split", "gallery",
-                 "--cache", str(cache)]) == 0
-    return root, cat, run, idx, cache
+def pipeline(tiny_pipeline):
+    return tiny_pipeline
 
 
 def test_cli_pipeline_writes_rankings_and_report(pipeline, capsys):
@@ -87,10 +74,11 @@ def test_index_from_another_run_is_refused(pipeline, tmp_path):
 
 
 def test_demo_runs_and_second_run_reuses(tmp_path, capsys):
-    args = ["demo", "--workdir", str(tmp_path / "demo"), "-n", "120", "--cache", str(tmp_path / "cache")]
+    args = ["demo", "--workdir", str(tmp_path / "demo"), "-n", "120", "--cache", str(tmp_path / "cache"), "--no-serve"]
     assert main(args) == 0
     first = capsys.readouterr().out
     assert "[5/5] search" in first and "training attribute_baseline" in first
+    assert "vestis serve --run" in first  # --no-serve: says how to serve instead of serving
     assert main(args) == 0
     second = capsys.readouterr().out
     assert "synthetic catalogue: reusing" in second and "model: reusing" in second and "index: reusing" in second

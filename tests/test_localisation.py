@@ -68,12 +68,18 @@ def test_explain_writes_an_overlay_per_image_and_rejects_bad_input(fsn_run, caps
     bad.write_bytes(b"not an image")
     assert main(["explain", str(bad), "--run", str(run), "--out", str(tmp_path / "ex2"), "--cache", str(cache)]) == 2
     assert "bad.jpg" in capsys.readouterr().err and not (tmp_path / "ex2").exists()
+    # attribute_baseline explains with Grad-CAM through the same command
+    ab = root / "ab"
+    cfg = root / "ab.json"
+    cfg.write_text(json.dumps({"epochs": 1, "attributes": ["category", "colour"]}))
+    assert main(["train", "--model", "attribute_baseline", "--catalog", str(cat), "--out", str(ab), "--config", str(cfg),
+                 "--cache", str(cache)]) == 0
+    capsys.readouterr()
+    assert main(["explain", str(images[0]), "--run", str(ab), "--out", str(tmp_path / "ab.png"), "--cache", str(cache)]) == 0
+    assert (tmp_path / "ab.png").is_file() and "colour" in capsys.readouterr().out
     # a model without explanation maps says so
     base = root / "base"
-    cfg = root / "b.json"
-    cfg.write_text(json.dumps({"epochs": 1, "attributes": ["category", "colour"]}))
-    assert main(["train", "--model", "attribute_baseline", "--catalog", str(cat), "--out", str(base),
-                 "--config", str(cfg), "--cache", str(cache)]) == 0
+    assert main(["train", "--model", "visual", "--catalog", str(cat), "--out", str(base), "--cache", str(cache)]) == 0
     capsys.readouterr()
     assert main(["explain", str(images[0]), "--run", str(base), "--cache", str(cache)]) == 2
     assert "no explanation maps" in capsys.readouterr().err

@@ -93,22 +93,31 @@ def cmd_bench(args) -> int:
     if args.what == "extract":
         from vestis.vision.bench import bench_extract
 
-        print(bench_extract(catalog_path=args.catalog, n_images=args.n, batch_size=args.batch_size,
+        print(bench_extract(catalog_path=args.catalog, n_images=args.n or 256, batch_size=args.batch_size,
                             repeats=args.repeats, weights=args.weights))
+        return 0
+    if args.what == "serve":
+        from vestis.serve.bench import bench_serve
+
+        if not (args.run and args.index):
+            raise VestisError("bench serve needs --run and --index")
+        print(bench_serve(args.run, args.index, catalog=args.catalog, n_requests=args.n or 2000, concurrency=args.concurrency,
+                          repeats=args.repeats, cache_dir=args.cache))
         return 0
     if args.what == "search":
         from vestis.search_bench import bench_search
 
         if not (args.run and args.index and args.queries):
             raise VestisError("bench search needs --run, --index and --queries")
-        print(bench_search(args.run, args.index, args.queries, n=args.items, n_queries=args.n, cache_dir=args.cache))
+        print(bench_search(args.run, args.index, args.queries, n=args.items, n_queries=args.n or 256, cache_dir=args.cache))
         return 0
     if args.what == "query":
         from vestis.query_bench import bench_query, describe
 
         if not (args.run and args.index and args.queries):
             raise VestisError("bench query needs --run, --index and --queries")
-        r = bench_query(args.run, args.index, args.queries, n_queries=args.n, repeats=args.repeats, cache_dir=args.cache)
+        r = bench_query(args.run, args.index, args.queries, n_queries=args.n or 500, repeats=args.repeats,
+                        cache_dir=args.cache)
         print(describe(r))
         print(json.dumps(r))
         return 0
@@ -286,7 +295,6 @@ def cmd_compare(args) -> int:
     return 0
 
 
-# --- demo -----------------------------------------------------------------------------------------
 def cmd_localisation(args) -> int:
     from vestis.eval import machine_info
     from vestis.eval.localisation import localisation_report, report_markdown
@@ -318,10 +326,21 @@ def cmd_explain(args) -> int:
     return 0
 
 
+# --- serve / demo ---------------------------------------------------------------------------------
+def cmd_serve(args) -> int:
+    from vestis.serve import load_engine, serve
+
+    engine = load_engine(args.run, args.index, args.catalog, args.format, args.cache)
+    serve(engine, host=args.host, port=args.port, max_upload_bytes=int(args.max_upload_mb * 2**20),
+          max_pixels=int(args.max_megapixels * 1e6), image_roots=args.image_root or None)
+    return 0
+
+
 def cmd_demo(args) -> int:
     from vestis.demo import run_demo
 
-    return run_demo(data=args.data, workdir=args.workdir, n=args.n, cache_dir=args.cache)
+    return run_demo(data=args.data, workdir=args.workdir, n=args.n, cache_dir=args.cache,
+                    serve=not args.no_serve, host=args.host, port=args.port)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -361,11 +380,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_extract)
 
     s = sub.add_parser("bench", help="speed benchmarks")
-    s.add_argument("what", choices=["extract", "search", "query"],
+    s.add_argument("what", choices=["extract", "search", "query", "serve"],
                    help="extract: trunk throughput; search: index scaling (tiled vectors); query: one manipulation "
-                        "query through the engine on a built index")
-    s.add_argument("--catalog", type=Path, default=None, help="images to time (default: a fresh synthetic catalogue)")
-    s.add_argument("--n", type=int, default=256, help="images per timed run")
+                        "query through the engine on a built index; serve: HTTP load test on loopback")
+    s.add_argument("--catalog", type=Path, default=None,
+                   help="extract: images to time (default: a fresh synthetic catalogue); serve: the catalogue "
+                        "(default: the index's)")
+    s.add_argument("--n", type=int, default=None, help="extract: images per timed run (256); search: queries (300); query: queries (500); "
+                                                        "serve: requests per repeat (2000)")
+    s.add_argument("--concurrency", type=int, default=8, help="serve: concurrent clients")
     s.add_argument("--batch-size", type=int, default=32)
     s.add_argument("--repeats", type=int, default=5)
     s.add_argument("--weights", type=Path, default=None)
@@ -468,11 +491,27 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cache", type=Path, default=default_cache_dir())
     s.set_defaults(func=cmd_localisation)
 
-    s = sub.add_parser("demo", help="synthetic catalogue (or --data), features, training, index and a search")
+    s = sub.add_parser("serve", help="serve the HTTP API and the web page for a run and its index")
+    s.add_argument("--run", type=Path, required=True)
+    s.add_argument("--index", type=Path, required=True)
+    catalog_option(s, required=False)
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--max-upload-mb", type=float, default=10.0, help="largest uploaded image in MiB (default 10)")
+    s.add_argument("--max-megapixels", type=float, default=20.0, help="largest uploaded image in megapixels (default 20)")
+    s.add_argument("--image-root", type=Path, action="append", default=[], metavar="DIR",
+                   help="folder item images may be served from (repeatable; default: the catalogue's folder)")
+    s.add_argument("--cache", type=Path, default=default_cache_dir())
+    s.set_defaults(func=cmd_serve)
+
+    s = sub.add_parser("demo", help="synthetic catalogue (or --data), features, training, index, a search, then the web page")
     s.add_argument("--data", type=Path, default=None, help="a catalogue to use instead of the synthetic one")
     s.add_argument("--workdir", type=Path, default=Path("runs/demo"))
     s.add_argument("-n", type=int, default=2000)
     s.add_argument("--cache", type=Path, default=default_cache_dir())
+    s.add_argument("--no-serve", action="store_true", help="stop after the example search (no web server)")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
     s.set_defaults(func=cmd_demo)
     return p
 

@@ -1,5 +1,6 @@
 """`vestis demo`: the whole pipeline on the built-in synthetic catalogue (or a user's catalogue):
-catalogue -> cached trunk features -> trained attribute model -> index -> an example manipulation search.
+catalogue -> cached trunk features -> trained attribute model -> index -> an example manipulation search ->
+the web page (`serve=True`, the default of `vestis demo`; `--no-serve` stops after the search).
 
 Each step reuses what an earlier run built: the catalogue is generated once per (n, seed), the feature
 cache is keyed by image content, and the run and index are kept in the work directory.
@@ -41,7 +42,8 @@ def _example_query(catalog: Catalog, engine) -> tuple[str, str, str]:
     raise SystemExit("the catalogue has no query item to demonstrate with")
 
 
-def run_demo(data: Path | None, workdir: Path, n: int, cache_dir: Path) -> int:
+def run_demo(data: Path | None, workdir: Path, n: int, cache_dir: Path, serve: bool = False,
+             host: str = "127.0.0.1", port: int = 8000) -> int:
     from vestis.cli import format_summary
     from vestis.engine import Engine, build_index
     from vestis.train import train_run
@@ -86,4 +88,12 @@ def run_demo(data: Path | None, workdir: Path, n: int, cache_dir: Path) -> int:
     print(f"\ntry it yourself:\n  .venv/bin/vestis search --run {run_dir} --index {index_dir} --item {item} --set {attr}='{new}'")
     if data is None:
         print(f"look at the catalogue: {path / 'contact_sheet.png'}")
+    serve_cmd = f".venv/bin/vestis serve --run {run_dir} --index {index_dir} --catalog {path} --port {port}"
+    if not serve:
+        print(f"serve the web page:\n  {serve_cmd}")
+        return 0
+    from vestis.serve import serve as serve_engine
+
+    print(f"[web] the same search on a web page (later, without the demo: {serve_cmd})")
+    serve_engine(engine, host=host, port=port)
     return 0

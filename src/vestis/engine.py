@@ -219,6 +219,39 @@ class Engine:
             out.append(hits[:k])
         return out
 
+    def modes(self) -> list[str]:
+        """The search modes this run answers (`attribute:<name>` spelled out per attribute)."""
+        out = ["manipulate"] if self.model.supports_manipulation else []
+        out += ["same_item", "visual"] + [f"attribute:{a}" for a in self.model.schema.attributes]
+        return out
+
+    def query_maps(self, image: Path | bytes | None = None, item_id: str | None = None) -> dict[str, torch.Tensor]:
+        """Feature maps of one query: a catalogue item (cached) or an image file / bytes (encoded now)."""
+        if (image is None) == (item_id is None):
+            raise EngineError("give exactly one of image or item_id")
+        return self.item_maps([item_id]) if item_id is not None else self.encode_images([image])
+
+    def predict_attributes(self, maps, top: int = 3) -> list[dict] | None:
+        """Per query row, {attribute: {"value", "probability", "top": [{"value", "probability"}]}} for the
+        attributes the run's model predicts ("value" None when "unspecified" is likelier than any value);
+        None when the model has no attribute classifiers."""
+        if not self.model.predicts_attributes:
+            return None
+        with torch.inference_mode():
+            probs = self.model.attribute_probabilities(maps)
+        schema, out = self.model.schema, []
+        for i in range(len(maps["s32"])):
+            row = {}
+            for a, p in probs.items():
+                names = [*schema.values(a), None]
+                pi = p[i].float()
+                order = torch.argsort(pi, descending=True)[:top].tolist()
+                best = int(pi.argmax())
+                row[a] = {"value": names[best], "probability": round(float(pi[best]), 4),
+                          "top": [{"value": names[j], "probability": round(float(pi[j]), 4)} for j in order]}
+            out.append(row)
+        return out
+
     def search(self, image: Path | bytes | None = None, item_id: str | None = None,
                manipulations: Mapping[str, str] | None = None, k: int = 30, filters: Mapping | None = None,
                mode: str = "manipulate") -> list[Hit]:

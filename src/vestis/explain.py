@@ -52,13 +52,12 @@ def explain_images(run_dir: Path, images: Sequence[Path], out: Path, threshold: 
     if not images:
         raise VestisError("no images to explain")
     model, info = load_run(Path(run_dir))
-    if not _has_explain(model):
+    if not model.explains:
         raise VestisError(f"run {run_dir} ({model.name}) has no explanation maps; explanations come from runs of "
                           f"models that localise attributes, e.g. fashionsearchnet")
     spec = trunk_from_json(info.trunk)
     maps = encode_images(spec, [Path(p) for p in images], cache_dir)
-    with torch.inference_mode():
-        exp = model.explain(maps) if threshold is None else model.explain(maps, threshold=threshold)
+    exp = model.explain(maps) if threshold is None else model.explain(maps, threshold=threshold)  # sets its own grad mode
     out = Path(out)
     single_png = out.suffix.lower() == ".png"
     if single_png and len(images) > 1:
@@ -74,12 +73,6 @@ def explain_images(run_dir: Path, images: Sequence[Path], out: Path, threshold: 
             values={a: exp["values"][i][j] for j, a in enumerate(attrs)},
             confidence={a: float(exp["confidence"][i, j]) for j, a in enumerate(attrs)},
             unspecified={a: float(exp["unspecified"][i, j]) if "unspecified" in exp else 0.0 for j, a in enumerate(attrs)},
-            boxes={a: tuple(float(v) for v in exp["boxes_input"][i, j]) for j, a in enumerate(attrs)},
+            boxes={a: tuple(float(v) * int(exp["stride"]) for v in exp["boxes"][i, j]) for j, a in enumerate(attrs)},
         ))
     return results
-
-
-def _has_explain(model) -> bool:
-    from vestis.models.base import SearchModel
-
-    return type(model).explain is not SearchModel.explain

@@ -76,32 +76,33 @@ def finetune_trunk(catalog, spec, out_weights: Path, *, epochs: int = 2, blocks:
                             weight_decay=1e-4)
     history = {"loss": [], "skipped": 0}
     t0 = time.perf_counter()
-    for epoch in range(epochs):
-        order = rng.permutation(len(items))
-        losses = []
-        bar = tqdm(range(0, len(order), batch_size), desc=f"fine-tune trunk {epoch + 1}/{epochs}", disable=not progress,
-                   unit="batch")
-        for start in bar:
-            rows, pics = [], []
-            for i in order[start:start + batch_size]:
-                try:
-                    arr = load_letterboxed(items[i].image, spec.resolution)[0]
-                except ImageReadError:
-                    history["skipped"] += 1
+    with torch.enable_grad():  # even when the caller runs under no_grad / inference settings
+        for epoch in range(epochs):
+            order = rng.permutation(len(items))
+            losses = []
+            bar = tqdm(range(0, len(order), batch_size), desc=f"fine-tune trunk {epoch + 1}/{epochs}", disable=not progress,
+                       unit="batch")
+            for start in bar:
+                rows, pics = [], []
+                for i in order[start:start + batch_size]:
+                    try:
+                        arr = load_letterboxed(items[i].image, spec.resolution)[0]
+                    except ImageReadError:
+                        history["skipped"] += 1
+                        continue
+                    pics.append(arr[:, ::-1] if rng.random() < 0.5 else arr)
+                    rows.append(i)
+                if not rows:
                     continue
-                pics.append(arr[:, ::-1] if rng.random() < 0.5 else arr)
-                rows.append(i)
-            if not rows:
-                continue
-            x = normalize(np.stack(pics), trunk.mean, trunk.std).to(device)
-            _, s32 = trunk(x)
-            loss = multi_attribute_ce(heads(s32.mean(dim=(2, 3))), labels[rows].to(device))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            losses.append(float(loss.detach()))
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
-        history["loss"].append(float(np.mean(losses)) if losses else float("nan"))
+                x = normalize(np.stack(pics), trunk.mean, trunk.std).to(device)
+                _, s32 = trunk(x)
+                loss = multi_attribute_ce(heads(s32.mean(dim=(2, 3))), labels[rows].to(device))
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                losses.append(float(loss.detach()))
+                bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+            history["loss"].append(float(np.mean(losses)) if losses else float("nan"))
     history["seconds"] = time.perf_counter() - t0
     history.update(epochs=epochs, blocks=blocks, lr=lr, batch_size=batch_size, images=len(items), device=device)
     out_weights = Path(out_weights)

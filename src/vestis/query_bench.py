@@ -30,7 +30,17 @@ def bench_query(run_dir: Path, index_dir: Path, queries_file: Path, n_queries: i
     one = [{lv: v[i:i + 1] for lv, v in maps.items()} for i in range(len(qs))]
     mans = [dict(q.get("manipulations") or {}) for q in qs]
     space = engine.spaces["main"]
-    torch.set_grad_enabled(False)
+    with torch.no_grad():
+        total, manip, search, dim = _timed(engine, space, qs, one, mans, k, repeats, warmup)
+    ms = lambda xs, p: float(np.percentile(xs, p) * 1000)  # noqa: E731
+    return {"run": engine.info.run_id, "model": engine.model.name, "index": f"{type(space).__name__} {space.kind}",
+            "gallery_size": len(space.ids()), "dim": dim, "k": k, "queries": len(qs), "repeats": repeats,
+            "torch_threads": torch.get_num_threads(),
+            "p50_ms": ms(total, 50), "p99_ms": ms(total, 99),
+            "manipulation_p50_ms": ms(manip, 50), "search_p50_ms": ms(search, 50)}
+
+
+def _timed(engine, space, qs, one, mans, k, repeats, warmup):
     for i in range(min(warmup, len(qs))):
         engine.search_maps(one[i], [mans[i]], k=k, exclude=[qs[i]["item_id"]])
     total, manip, search = [], [], []
@@ -46,12 +56,7 @@ def bench_query(run_dir: Path, index_dir: Path, queries_file: Path, n_queries: i
             total.append(t1 - t0)
             manip.append(t2 - t1)
             search.append(t3 - t2)
-    ms = lambda xs, p: float(np.percentile(xs, p) * 1000)  # noqa: E731
-    return {"run": engine.info.run_id, "model": engine.model.name, "index": f"{type(space).__name__} {space.kind}",
-            "gallery_size": len(space.ids()), "dim": int(v.shape[1]), "k": k, "queries": len(qs), "repeats": repeats,
-            "torch_threads": torch.get_num_threads(),
-            "p50_ms": ms(total, 50), "p99_ms": ms(total, 99),
-            "manipulation_p50_ms": ms(manip, 50), "search_p50_ms": ms(search, 50)}
+    return total, manip, search, int(v.shape[1])
 
 
 def describe(r: dict) -> str:

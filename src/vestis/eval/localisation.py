@@ -63,14 +63,13 @@ def summarise(rows: list[dict[str, float]]) -> dict[str, float]:
 def localisation_report(run_dir: Path, catalog, split: str | None = "query", threshold: float | None = None,
                         cache_dir: Path | None = None, batch: int = 256, progress: bool = True) -> dict:
     """Per attribute with labelled regions: the run's boxes vs the regions, and the whole-image floor."""
-    from vestis.explain import _has_explain
     from vestis.models.base import load_run
     from vestis.paths import default_cache_dir
     from vestis.train import catalogue_features, trunk_from_json
     from vestis.vision.preprocess import letterbox_geometry
 
     model, info = load_run(Path(run_dir))
-    if not _has_explain(model):
+    if not model.explains:
         raise VestisError(f"run {run_dir} ({model.name}) has no attribute boxes to evaluate")
     cat = catalog.split(split) if split else catalog
     cat = cat.filter(lambda it: it.image is not None and Path(it.image).is_file())
@@ -87,8 +86,7 @@ def localisation_report(run_dir: Path, catalog, split: str | None = "query", thr
     for start in range(0, len(feats.ids), batch):
         ids = feats.ids[start:start + batch]
         maps = {lv: torch.from_numpy(np.asarray(v[start:start + batch], np.float32)) for lv, v in feats.maps.items()}
-        with torch.inference_mode():
-            exp = model.explain(maps) if threshold is None else model.explain(maps, threshold=threshold)
+        exp = model.explain(maps) if threshold is None else model.explain(maps, threshold=threshold)
         stride = int(exp["stride"])
         h, w = exp["map_size"]
         boxes = np.asarray(exp["boxes"], np.float64)

@@ -6,7 +6,10 @@ engine, evaluation and serving never special-case a method:
   embed(maps) -> (N, D)             gallery vectors, stored in the index
   embed_query(maps, manipulations)  query vectors with the manipulations applied
   attribute_embed(maps, attribute)  attribute-specific vectors, where the method has them
+  predict_attributes(maps)          per-attribute probabilities, where the method has attribute classifiers
   explain(maps)                     activation maps for the web page, where the method has them
+`attribute_probabilities`, `predicts_attributes` and `explains` let callers (the HTTP API) ask what a model can
+do without knowing which method it is.
 """
 
 from __future__ import annotations
@@ -71,8 +74,30 @@ class SearchModel(nn.Module):
     def attribute_embed(self, maps: Maps, attribute: str) -> torch.Tensor:
         raise VestisError(f"model {self.name} has no attribute-specific embedding")
 
+    def predict_attributes(self, maps: Maps) -> list[torch.Tensor]:
+        """Per attribute of the schema (in order), (N, values + 1) probabilities; the last column is
+        "unspecified". Only models with attribute classifiers have it."""
+        raise VestisError(f"model {self.name} does not predict attributes")
+
+    def attribute_probabilities(self, maps: Maps) -> dict[str, torch.Tensor]:
+        """{attribute: (N, values + 1) probabilities} for the attributes this model predicts (all of the
+        schema's for `predict_attributes`; a model that classifies only some attributes overrides this)."""
+        return dict(zip(self.schema.attributes, self.predict_attributes(maps)))
+
+    @property
+    def predicts_attributes(self) -> bool:
+        cls = type(self)
+        return (cls.predict_attributes is not SearchModel.predict_attributes
+                or cls.attribute_probabilities is not SearchModel.attribute_probabilities)
+
     def explain(self, maps: Maps) -> dict:
+        """Activation maps, where the model has them: {"method", "attributes", "values" (N x A predicted values),
+        "confidence" (N, A), "aam" (N, A, H, W), "stride" (input pixels per cell), "boxes" (N, A, 4) in cells}."""
         raise VestisError(f"model {self.name} has no explanation maps")
+
+    @property
+    def explains(self) -> bool:
+        return type(self).explain is not SearchModel.explain
 
     # --- helpers for subclasses ---------------------------------------------------------------
     def check_manipulations(self, manipulations: Sequence[Manipulation] | None, n: int) -> list[dict]:

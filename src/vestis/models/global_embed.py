@@ -76,3 +76,9 @@ class GlobalEmbed(SearchModel):
     @torch.no_grad()
     def predict_category(self, maps: Maps) -> torch.Tensor:
         return F.softmax(self(maps)[1], dim=-1)
+
+    @torch.no_grad()
+    def attribute_probabilities(self, maps: Maps) -> dict[str, torch.Tensor]:
+        """The OC path classifies the category attribute only (over its known values; "unspecified" gets 0)."""
+        p = self.predict_category(maps)
+        return {self.config["category_attribute"]: torch.cat([p, p.new_zeros(len(p), 1)], dim=-1)}

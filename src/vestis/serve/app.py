@@ -1,0 +1,511 @@
+"""The HTTP API and the web page over one loaded `Engine` (FastAPI).
+
+    POST /search                 a query by item id (JSON) or uploaded photo (multipart) -> ranked items
+    GET  /schema                 attributes and values, the modes this run answers, what the model can do
+    GET  /items                  browse / find / draw random catalogue items
+    GET  /items/{id}             one item: catalogue attributes and the model's predicted attributes
+    GET  /items/{id}/image       its photo
+    GET  /items/{id}/explain     activation-map overlay PNG (models with explanation maps)
+    POST /explain                the same for an uploaded photo (multipart `image`)
+    GET  /understand?text=...    how a free-text request maps onto the attributes (no search)
+    GET  /health                 liveness and what is loaded
+    GET  /docs, /openapi.json    API documentation (Swagger UI served locally, no CDN)
+    GET  /                       the web page (static/, vanilla JS, no external assets)
+
+Every error in the request comes back as a 4xx JSON `{"detail": "..."}` that says what was wrong and what is
+valid; uploads are bounded in bytes (checked on the Content-Length header and again while streaming) and in
+pixels (checked on the image header before decoding). The engine is used under one lock: torch, the feature
+cache and the index are shared, and two cores gain nothing from interleaving them.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import mimetypes
+import random
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.concurrency import run_in_threadpool
+
+from vestis.errors import UnknownAttributeError, UnknownValueError, VestisError
+from vestis.serve.textquery import TextInterpreter, TextQueryError
+from vestis.vision.images import ImageReadError
+
+STATIC = Path(__file__).parent / "static"
+MAX_UPLOAD_BYTES = 10 * 2**20
+MAX_PIXELS = 20_000_000
+MAX_K = 200
+IMAGE_FORMATS = {"JPEG", "PNG", "WEBP", "GIF", "BMP"}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp"}
+UNAVAILABLE_MODES = {"diverse": "part-based diverse suggestions (Verma et al.) are not implemented yet"}
+EXPLAIN_CACHE = 64
+
+
+class SearchRequest(BaseModel):
+    """The body of POST /search (JSON), or the form fields next to an uploaded `image` (multipart, with
+    `manipulations` and `filters` as JSON strings)."""
+
+    model_config = ConfigDict(extra="forbid")
+    item_id: str | None = Field(None, description="a catalogue item id (or upload an image instead)")
+    manipulations: dict[str, str] = Field(default_factory=dict, description="{attribute: new value}")
+    text: str | None = Field(None, max_length=500, description='a request in words, e.g. "same but navy blue, for women"')
+    mode: str = Field("manipulate", description="manipulate | attribute:<name> | same_item | visual | diverse")
+    k: int = Field(30, ge=1, le=MAX_K, description=f"results to return (1-{MAX_K})")
+    filters: dict[str, str | list[str]] = Field(default_factory=dict, description="only items with these values")
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class BodyLimit:
+    """ASGI middleware: 413 for a request body over `limit` bytes, from the Content-Length header before any
+    byte is read, or as soon as a streamed (chunked) body passes the limit."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        message = f"request body over the limit of {self.limit} bytes"
+        for k, v in scope.get("headers", []):
+            if k == b"content-length":
+                try:
+                    too_big = int(v) > self.limit
+                except ValueError:
+                    too_big = False
+                if too_big:
+                    return await JSONResponse({"detail": message}, 413)(scope, receive, send)
+        seen, started = 0, False
+
+        async def counted():
+            nonlocal seen
+            msg = await receive()
+            if msg["type"] == "http.request":
+                seen += len(msg.get("body", b""))
+                if seen > self.limit:
+                    raise BodyTooLarge(message)
+            return msg
+
+        async def tracked(msg):
+            nonlocal started
+            if msg["type"] == "http.response.start":
+                started = True
+            await send(msg)
+
+        try:
+            await self.app(scope, counted, tracked)
+        except BodyTooLarge:
+            if not started:
+                await JSONResponse({"detail": message}, 413)(scope, receive, send)
+
+
+class Service:
+    """What the routes share: the engine, its lock, the text interpreter, and item look-ups."""
+
+    def __init__(self, engine, *, max_upload_bytes: int, max_pixels: int, image_roots):
+        self.engine = engine
+        self.lock = threading.Lock()
+        self.schema = engine.model.schema
+        self.text = TextInterpreter(self.schema)
+        self.max_upload_bytes, self.max_pixels = max_upload_bytes, max_pixels
+        self.indexed = set(engine.spaces["main"].ids())
+        self.browsable = [it for it in engine.catalog if it.image is not None and Path(it.image).is_file()]
+        if image_roots is None:
+            p = engine.catalog.path
+            image_roots = [Path(p) if Path(p).is_dir() else Path(p).parent] if p else []
+        self.image_roots = [Path(r).resolve() for r in image_roots]
+        self._explained: OrderedDict[str, bytes] = OrderedDict()
+        self._cache_lock = threading.Lock()
+
+    def warm_up(self) -> str | None:
+        """Answer one search so the first user does not wait for the feature cache's index to load; returns
+        what went wrong, if anything (the server still starts)."""
+        ids = [it.id for it in self.browsable[:1]]
+        if not ids:
+            return "the catalogue has no item with an image file"
+        try:
+            self.search(SearchRequest(item_id=ids[0], k=1, mode=self.engine.modes()[0]), None)
+        except (HTTPException, VestisError) as e:
+            return str(getattr(e, "detail", e))
+        return None
+
+    # --- items -----------------------------------------------------------------------------------
+    def item(self, item_id: str):
+        it = self.engine.catalog.by_id.get(item_id)
+        if it is None:
+            raise HTTPException(404, f"unknown item id {item_id!r} (GET /items lists the catalogue's "
+                                     f"{len(self.engine.catalog)} items)")
+        return it
+
+    def image_path(self, item) -> Path:
+        """The item's image file, refusing anything that is not an image file inside the catalogue's folder."""
+        if item.image is None:
+            raise HTTPException(404, f"item {item.id!r} has no image")
+        p = Path(item.image).resolve()
+        if p.suffix.lower() not in IMAGE_SUFFIXES:
+            raise HTTPException(404, f"item {item.id!r}: {p.name} is not an image file")
+        if self.image_roots and not any(p.is_relative_to(r) for r in self.image_roots):
+            raise HTTPException(404, f"item {item.id!r}: its image lies outside the catalogue's folder")
+        if not p.is_file():
+            raise HTTPException(404, f"item {item.id!r}: image file {p.name} is missing")
+        return p
+
+    def item_json(self, it) -> dict:
+        iid = quote(it.id, safe="")
+        return {"id": it.id, "attributes": dict(it.attributes), "split": self.engine.catalog.split_of(it.id),
+                "indexed": it.id in self.indexed, "image_url": f"/items/{iid}/image",
+                "explain_url": f"/items/{iid}/explain" if self.engine.model.explains else None}
+
+    # --- uploads ---------------------------------------------------------------------------------
+    def check_image(self, data: bytes) -> None:
+        """Refuse what is not an image we read, or is too large, from the header alone (no decoding)."""
+        from PIL import Image, UnidentifiedImageError
+
+        if not data:
+            raise HTTPException(422, "the uploaded image is empty")
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                fmt, (w, h) = im.format, im.size
+        except Image.DecompressionBombError as e:
+            raise HTTPException(413, f"image is over the pixel limit of {self.max_pixels}: {e}") from None
+        except UnidentifiedImageError:
+            raise HTTPException(422, "the upload is not an image vestis can read; send JPEG, PNG, WebP, GIF or BMP") from None
+        except (OSError, ValueError, SyntaxError) as e:
+            raise HTTPException(422, f"the uploaded image is corrupt: {e}") from None
+        if fmt not in IMAGE_FORMATS:
+            raise HTTPException(422, f"image format {fmt} is not accepted; send JPEG, PNG, WebP, GIF or BMP")
+        if w * h > self.max_pixels:
+            raise HTTPException(413, f"image is {w}x{h} pixels, over the limit of {self.max_pixels}")
+
+    # --- search ----------------------------------------------------------------------------------
+    def check_mode(self, mode: str) -> None:
+        modes = self.engine.modes()
+        if mode in modes:
+            return
+        run = f"this run (model {self.engine.model.name})"
+        if mode in UNAVAILABLE_MODES:
+            raise HTTPException(400, f"mode {mode!r} is not available: {UNAVAILABLE_MODES[mode]}; "
+                                     f"{run} answers: {', '.join(modes)}")
+        if mode == "manipulate":
+            raise HTTPException(400, f"{run} cannot apply manipulations; it answers: {', '.join(modes)}")
+        raise HTTPException(400, f"unknown mode {mode!r}; {run} answers: {', '.join(modes)}")
+
+    def check_filters(self, filters: Mapping[str, Any]) -> dict:
+        cat_schema = self.engine.catalog.schema
+        out = {}
+        for a, v in filters.items():
+            if a not in cat_schema:
+                raise UnknownAttributeError(a, cat_schema.attributes)
+            vals = [v] if isinstance(v, str) else list(v)
+            for x in vals:
+                cat_schema.check_value(a, x)
+            out[a] = vals[0] if len(vals) == 1 else vals
+        return out
+
+    def search(self, req: SearchRequest, image: bytes | None) -> dict:
+        t0 = time.perf_counter()
+        eng = self.engine
+        if (image is None) == (req.item_id is None):
+            raise HTTPException(400, "give exactly one query: `item_id` (JSON) or an uploaded `image` (multipart)")
+        self.check_mode(req.mode)
+        manip = dict(req.manipulations)
+        understood = None
+        if req.text is not None and req.text.strip():
+            if req.mode != "manipulate":
+                raise HTTPException(400, f"a text request changes attributes, which only mode 'manipulate' does "
+                                         f"(got mode {req.mode!r})")
+            understood = self.text.parse(req.text)
+            for a, v in understood.manipulations.items():
+                if a in manip and manip[a] != v:
+                    raise HTTPException(400, f"the text asks for {a}={v} but manipulations set {a}={manip[a]}")
+            manip = {**understood.manipulations, **manip}
+        for a, v in manip.items():
+            self.schema.check_value(a, v)
+        if manip and req.mode != "manipulate":
+            raise HTTPException(400, f"mode {req.mode!r} does not take manipulations; use mode 'manipulate'")
+        filters = self.check_filters(req.filters)
+        item = None
+        if req.item_id is not None:
+            item = self.item(req.item_id)
+            self.image_path(item)
+        else:
+            self.check_image(image)
+        with self.lock:
+            maps = eng.query_maps(image=image, item_id=req.item_id)
+            predicted = eng.predict_attributes(maps)
+            hits = eng.search_maps(maps, [manip], req.k, filters or None, req.mode, exclude=[req.item_id])[0]
+        predicted = predicted[0] if predicted else None
+        target = self.target(item, predicted, manip, req.mode)
+        results = []
+        for r, h in enumerate(hits, 1):
+            it = eng.catalog.by_id.get(h.id)
+            row = self.item_json(it) if it else {"id": h.id, "attributes": dict(h.attributes)}
+            row.update(rank=r, score=round(h.score, 6),
+                       matches={a: h.attributes.get(a) == t["value"] for a, t in target.items()})
+            row["n_matched"] = sum(row["matches"].values())
+            results.append(row)
+        query = {"item": self.item_json(item) if item else None, "predicted": predicted,
+                 "upload": None if item else {"bytes": len(image)}}
+        return {"query": query, "mode": req.mode, "k": req.k, "manipulations": manip, "filters": filters,
+                "understood": understood.to_json() if understood else None, "target": target,
+                "results": results, "took_ms": round((time.perf_counter() - t0) * 1000, 2)}
+
+    def target(self, item, predicted, manip, mode) -> dict:
+        """The attribute vector results are compared with: the query's catalogue values (predicted ones where
+        the catalogue has none, or for an upload), with the manipulations applied; one attribute in
+        attribute:<name> mode."""
+        out = {}
+        for a in self.schema.attributes:
+            if item is not None and a in item.attributes:
+                out[a] = {"value": item.attributes[a], "source": "catalogue"}
+            elif predicted and a in predicted and predicted[a]["value"] is not None:
+                out[a] = {"value": predicted[a]["value"], "source": "predicted"}
+        for a, v in manip.items():
+            out[a] = {"value": v, "source": "requested"}
+        if mode.startswith("attribute:"):
+            a = mode.split(":", 1)[1]
+            out = {a: out[a]} if a in out else {}
+        return out
+
+    def explain_png(self, item=None, image: bytes | None = None) -> bytes:
+        """The activation-map overlay of a catalogue item (cached) or of an uploaded photo, as PNG bytes."""
+        from vestis.serve.overlay import render_overlay
+
+        model = self.engine.model
+        if not model.explains:
+            raise HTTPException(400, f"this run's model ({model.name}) has no explanation maps; FashionSearchNet runs "
+                                     f"(attribute activation maps) and attribute_baseline runs (class activation "
+                                     f"maps) have them")
+        if item is not None:
+            with self._cache_lock:
+                if item.id in self._explained:
+                    self._explained.move_to_end(item.id)
+                    return self._explained[item.id]
+            source = self.image_path(item)
+        else:
+            self.check_image(image)
+            source = image
+        with self.lock:
+            maps = self.engine.item_maps([item.id]) if item is not None else self.engine.encode_images([image])
+            expl = model.explain(maps)
+        png = render_overlay(source, expl, self.engine.spec.resolution)
+        if item is not None:
+            with self._cache_lock:
+                self._explained[item.id] = png
+                while len(self._explained) > EXPLAIN_CACHE:
+                    self._explained.popitem(last=False)
+        return png
+
+
+def _error(status: int, message: str, **extra) -> JSONResponse:
+    return JSONResponse({"detail": message, **extra}, status)
+
+
+def create_app(engine, *, max_upload_bytes: int = MAX_UPLOAD_BYTES, max_pixels: int = MAX_PIXELS,
+               image_roots=None, title: str = "vestis") -> FastAPI:
+    """The FastAPI application for a loaded `vestis.engine.Engine`."""
+    from fastapi_offline import FastAPIOffline
+
+    svc = Service(engine, max_upload_bytes=max_upload_bytes, max_pixels=max_pixels, image_roots=image_roots)
+    app = FastAPIOffline(title=title, version="1", static_url="/static-docs", redoc_url=None,
+                         description="Attribute-aware search over a fashion catalogue: 'like this, but in navy blue'.")
+    app.state.service = svc
+    app.add_middleware(BodyLimit, limit=max_upload_bytes + 64 * 1024)
+
+    @app.exception_handler(UnknownAttributeError)
+    async def _unknown_attribute(request, e: UnknownAttributeError):
+        return _error(400, str(e), attribute=e.attribute, valid=e.valid)
+
+    @app.exception_handler(UnknownValueError)
+    async def _unknown_value(request, e: UnknownValueError):
+        return _error(400, str(e), attribute=e.attribute, value=e.value, valid=e.valid)
+
+    @app.exception_handler(ImageReadError)
+    async def _bad_image(request, e: ImageReadError):
+        return _error(413 if "over the limit" in str(e) else 422, str(e))
+
+    @app.exception_handler(TextQueryError)
+    async def _bad_text(request, e: TextQueryError):
+        return _error(400, str(e))
+
+    @app.exception_handler(VestisError)
+    async def _vestis(request, e: VestisError):
+        return _error(400, str(e))
+
+    @app.exception_handler(BodyTooLarge)
+    async def _too_large(request, e: BodyTooLarge):
+        return _error(413, str(e))
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request, e: RequestValidationError):
+        return _error(422, _describe(e.errors()), errors=json.loads(json.dumps(e.errors(), default=str)))
+
+    # --- routes --------------------------------------------------------------------------------
+    @app.get("/", include_in_schema=False)
+    def page():
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/health")
+    def health():
+        return {"status": "ok", "run_id": engine.info.run_id, "model": engine.model.name,
+                "catalogue": engine.catalog.name, "items": len(engine.catalog), "indexed": len(svc.indexed)}
+
+    @app.get("/schema")
+    def schema():
+        cs = engine.catalog.schema
+        return {"run_id": engine.info.run_id, "model": engine.model.name,
+                "attributes": [{"name": a, "values": list(svc.schema.values(a))} for a in svc.schema.attributes],
+                "filters": [{"name": a, "values": list(cs.values(a))} for a in cs.attributes],
+                "modes": engine.modes(), "unavailable_modes": UNAVAILABLE_MODES,
+                "supports_manipulation": engine.model.supports_manipulation,
+                "predicts_attributes": engine.model.predicts_attributes, "explains": engine.model.explains,
+                "max_k": MAX_K, "max_upload_bytes": svc.max_upload_bytes, "max_pixels": svc.max_pixels}
+
+    @app.get("/understand")
+    def understand(text: str = Query(..., max_length=500, description='e.g. "same but navy blue, for women"')):
+        """How a free-text request maps onto this run's attributes (what POST /search would apply)."""
+        return svc.text.parse(text).to_json()
+
+    @app.get("/items")
+    def items(q: str | None = Query(None, max_length=200, description="text in the id or an attribute value"),
+              offset: int = Query(0, ge=0), limit: int = Query(48, ge=1, le=500),
+              random_: bool = Query(False, alias="random", description="draw `limit` items at random"),
+              seed: int | None = Query(None, description="seed for random draws"),
+              split: str | None = Query(None, description="only items of this split (train / gallery / query)")):
+        pool = svc.browsable
+        if split:
+            pool = [it for it in pool if engine.catalog.split_of(it.id) == split]
+        if q:
+            needle = q.lower()
+            pool = [it for it in pool if needle in it.id.lower()
+                    or any(needle in v.lower() for v in it.attributes.values())]
+        if random_:
+            chosen = random.Random(seed).sample(pool, min(limit, len(pool)))
+        else:
+            chosen = pool[offset:offset + limit]
+        return {"total": len(pool), "offset": 0 if random_ else offset, "items": [svc.item_json(it) for it in chosen]}
+
+    @app.get("/items/{item_id:path}/image")
+    def item_image(item_id: str):
+        p = svc.image_path(svc.item(item_id))
+        return FileResponse(p, media_type=mimetypes.guess_type(p.name)[0] or "application/octet-stream",
+                            headers={"Cache-Control": "public, max-age=3600"})
+
+    @app.get("/items/{item_id:path}/explain", responses={200: {"content": {"image/png": {}}}})
+    async def item_explain(item_id: str):
+        png = await run_in_threadpool(svc.explain_png, svc.item(item_id))
+        return Response(png, media_type="image/png")
+
+    @app.post("/explain", responses={200: {"content": {"image/png": {}}}}, openapi_extra={"requestBody": {
+        "required": True, "content": {"multipart/form-data": {"schema": {
+            "type": "object", "required": ["image"], "properties": {"image": {"type": "string", "format": "binary"}}}}}}})
+    async def explain_upload(request: Request):
+        """The activation-map overlay of an uploaded photo (multipart field `image`)."""
+        if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+            raise HTTPException(415, "send the photo as multipart/form-data with a field `image`")
+        fields, image = await _read_form(request, svc.max_upload_bytes)
+        if fields or image is None:
+            raise HTTPException(422, "POST /explain takes one multipart field: `image`")
+        png = await run_in_threadpool(svc.explain_png, None, image)
+        return Response(png, media_type="image/png")
+
+    @app.get("/items/{item_id:path}")
+    async def item_detail(item_id: str):
+        item = svc.item(item_id)
+        svc.image_path(item)
+
+        def predict():
+            with svc.lock:
+                return engine.predict_attributes(engine.item_maps([item.id]))
+
+        pred = await run_in_threadpool(predict)
+        return {**svc.item_json(item), "predicted": pred[0] if pred else None}
+
+    @app.post("/search", openapi_extra={"requestBody": {"required": True, "content": {
+        "application/json": {"schema": SearchRequest.model_json_schema()},
+        "multipart/form-data": {"schema": {"type": "object", "required": ["image"], "properties": {
+            "image": {"type": "string", "format": "binary"},
+            "manipulations": {"type": "string", "description": "JSON object {attribute: value}"},
+            "filters": {"type": "string", "description": "JSON object {attribute: value or [values]}"},
+            "text": {"type": "string"}, "mode": {"type": "string"}, "k": {"type": "integer"}}}}}}})
+    async def search(request: Request):
+        ctype = request.headers.get("content-type", "")
+        image = None
+        try:
+            if ctype.startswith("multipart/form-data"):
+                fields, image = await _read_form(request, svc.max_upload_bytes)
+            elif ctype.startswith("application/json") or not ctype:
+                try:
+                    fields = await request.json()
+                except ValueError as e:
+                    raise HTTPException(400, f"the body is not valid JSON: {e}") from None
+                if not isinstance(fields, dict):
+                    raise HTTPException(400, "the JSON body must be an object, e.g. {\"item_id\": \"...\"}")
+            else:
+                raise HTTPException(415, f"send application/json or multipart/form-data, not {ctype}")
+            req = SearchRequest.model_validate(fields)
+        except ValidationError as e:
+            return _error(422, _describe(e.errors()), errors=json.loads(json.dumps(e.errors(), default=str)))
+        # plain JSON types only: skip FastAPI's jsonable_encoder, which costs more than the search itself
+        return JSONResponse(await run_in_threadpool(svc.search, req, image))
+
+    return app
+
+
+async def _read_form(request: Request, max_bytes: int) -> tuple[dict, bytes]:
+    try:
+        form = await request.form(max_files=1, max_fields=16, max_part_size=64 * 1024)
+    except HTTPException:
+        raise
+    except BodyTooLarge:
+        raise
+    except Exception as e:  # starlette's multipart errors (malformed bodies)
+        raise HTTPException(400, f"cannot read the multipart form: {e}") from None
+    fields: dict[str, Any] = {}
+    image = None
+    for key, value in form.multi_items():
+        if key == "image":
+            if isinstance(value, str):
+                raise HTTPException(422, "`image` must be a file upload")
+            data = await value.read(max_bytes + 1)
+            if len(data) > max_bytes:
+                raise HTTPException(413, f"the uploaded image is over the limit of {max_bytes} bytes")
+            image = data
+        elif key in ("manipulations", "filters"):
+            if value == "":
+                continue
+            try:
+                fields[key] = json.loads(value)
+            except ValueError:
+                raise HTTPException(400, f"`{key}` must be a JSON object, got {value[:80]!r}") from None
+        elif key in ("text", "mode", "k", "item_id"):
+            fields[key] = value
+        else:
+            raise HTTPException(422, f"unknown form field {key!r}; fields: image, manipulations, text, mode, k, filters")
+    if image is None and "item_id" not in fields:
+        raise HTTPException(422, "the multipart form has no `image` file")
+    return fields, image
+
+
+def _describe(errors) -> str:
+    parts = []
+    for e in errors:
+        loc = ".".join(str(x) for x in e.get("loc", ()) if x not in ("body", "query", "path"))
+        parts.append(f"{loc}: {e.get('msg')}" if loc else str(e.get("msg")))
+    return "; ".join(parts) or "invalid request"

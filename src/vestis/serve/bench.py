@@ -1,0 +1,156 @@
+"""`vestis bench serve`: a bounded load test of the HTTP API on loopback.
+
+The server runs as its own process (`vestis serve`, uvicorn, one worker), exactly as a user starts it; the
+clients are threads in this process, each with its own keep-alive connection (httpx), sending item-id
+queries: catalogue items whose image file exists (the query split first) and, per request, one manipulation of a
+seeded random attribute to another value (mode manipulate, k 30). After a warm-up, each repeat sends
+`n_requests` requests from `concurrency` clients and records every latency (request sent -> response
+read) and every non-200 answer. Reported: the median over repeats of p50, p99 and requests/s, and the
+total error count (the goal is zero).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from vestis.errors import VestisError
+
+WARMUP = 50
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _queries(catalog, schema, n: int, seed: int = 0) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    def ok(it):
+        return it.image is not None and Path(it.image).is_file()
+
+    items = [it for it in catalog.split("query") if ok(it)] or [it for it in catalog if ok(it)]
+    if not items:
+        raise VestisError("the catalogue has no item with an image to query with")
+    attrs = schema.attributes
+    out = []
+    for i in range(n):
+        it = items[int(rng.integers(len(items)))]
+        a = attrs[int(rng.integers(len(attrs)))]
+        vals = [v for v in schema.values(a) if v != it.attributes.get(a)]
+        body = {"item_id": it.id, "k": 30}
+        if vals:
+            body["manipulations"] = {a: vals[int(rng.integers(len(vals)))]}
+        out.append(body)
+    return out
+
+
+def _run(base: str, bodies: list[dict], concurrency: int) -> tuple[np.ndarray, int, float, list[str]]:
+    import httpx
+
+    lat = np.zeros(len(bodies))
+    errors: list[str] = []
+    lock = threading.Lock()
+    nxt = iter(range(len(bodies)))
+
+    def client():
+        with httpx.Client(base_url=base, timeout=60) as c:
+            while True:
+                with lock:
+                    i = next(nxt, None)
+                if i is None:
+                    return
+                t = time.perf_counter()
+                try:
+                    r = c.post("/search", json=bodies[i])
+                    ok = r.status_code == 200 and r.json()["results"] is not None
+                    msg = f"{r.status_code} {r.text[:120]}"
+                except Exception as e:  # counted, never hidden
+                    ok, msg = False, repr(e)
+                lat[i] = time.perf_counter() - t
+                if not ok:
+                    with lock:
+                        errors.append(msg)
+
+    threads = [threading.Thread(target=client) for _ in range(concurrency)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    return lat, len(errors), wall, errors[:5]
+
+
+def bench_serve(run: Path, index: Path, catalog: Path | None = None, n_requests: int = 2000, concurrency: int = 8,
+                repeats: int = 3, cache_dir: Path | None = None, port: int | None = None) -> str:
+    import httpx
+
+    from vestis.eval.machine import machine_info
+    from vestis.serve import load_engine
+
+    engine = load_engine(run, index, catalog, cache_dir=cache_dir)  # for the query list only
+    bodies = _queries(engine.catalog, engine.model.schema, n_requests * repeats + WARMUP)
+    port = port or _free_port()
+    cmd = [sys.executable, "-m", "vestis.cli", "serve", "--run", str(run), "--index", str(index), "--port", str(port)]
+    if catalog is not None:
+        cmd += ["--catalog", str(catalog)]
+    if cache_dir is not None:
+        cmd += ["--cache", str(cache_dir)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(Path(__file__).resolve().parents[2]),
+                                                                   os.environ.get("PYTHONPATH")) if p)}
+    server = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 300
+        while True:
+            if server.poll() is not None:
+                raise VestisError(f"the server exited (code {server.returncode}): {server.stdout.read()[-2000:]}")
+            try:
+                if httpx.get(base + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.time() > deadline:
+                raise VestisError("the server did not start within 300 s")
+            time.sleep(0.3)
+        _run(base, bodies[:WARMUP], concurrency)
+        rows = []
+        total_errors, samples = 0, []
+        for r in range(repeats):
+            chunk = bodies[WARMUP + r * n_requests: WARMUP + (r + 1) * n_requests]
+            lat, n_err, wall, errs = _run(base, chunk, concurrency)
+            total_errors += n_err
+            samples += errs
+            rows.append({"p50": float(np.percentile(lat, 50) * 1000), "p99": float(np.percentile(lat, 99) * 1000),
+                         "rps": len(chunk) / wall, "wall": wall, "errors": n_err})
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+    m = machine_info()
+    lines = [f"vestis bench serve: {n_requests} POST /search item-id queries (one manipulation each, k 30) x {repeats} "
+             f"repeats, {concurrency} concurrent keep-alive clients, server: `vestis serve` (uvicorn, 1 process) on "
+             f"loopback",
+             f"run {engine.info.run_id} ({engine.model.name}), {len(engine.spaces['main'])} items indexed "
+             f"({engine.meta.get('backend', '?')} {engine.meta.get('kind', '?')})",
+             f"machine: {m.get('cpu', '?')}, {m.get('cores', '?')} cores, load average {os.getloadavg()[0]:.1f} at the end",
+             "", "| repeat | p50 ms | p99 ms | requests/s | errors |", "| ---: | ---: | ---: | ---: | ---: |"]
+    for i, r in enumerate(rows, 1):
+        lines.append(f"| {i} | {r['p50']:.1f} | {r['p99']:.1f} | {r['rps']:.1f} | {r['errors']} |")
+    med = {k: statistics.median(r[k] for r in rows) for k in ("p50", "p99", "rps")}
+    lines.append(f"| median | {med['p50']:.1f} | {med['p99']:.1f} | {med['rps']:.1f} | {total_errors} total |")
+    if samples:
+        lines.append("errors, first ones: " + " | ".join(samples))
+    return "\n".join(lines)

@@ -1,0 +1,91 @@
+"""The model protocol's attribute predictions and explanation maps (what the HTTP API shows for a query)."""
+
+import numpy as np
+import pytest
+import torch
+
+from vestis.catalog import AttributeSchema
+from vestis.errors import VestisError
+from vestis.models import create_model
+from vestis.models.layers import class_activation_maps, gap
+
+SCHEMA = AttributeSchema({"category": ["shirt", "dress"], "colour": ["red", "blue", "green"], "sleeve": ["short", "long"]})
+CH = {"s16": 8, "s32": 16}
+
+
+def _maps(n=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {"s16": torch.randn(n, 8, 10, 8, generator=g), "s32": torch.randn(n, 16, 5, 4, generator=g).abs()}
+
+
+@pytest.mark.parametrize("name, config", [("attribute_baseline", {}), ("fashionsearchnet", {}), ("amnet", {})])
+def test_classifier_models_predict_every_attribute(name, config):
+    torch.manual_seed(0)
+    m = create_model(name, SCHEMA, CH, config).eval()
+    assert m.predicts_attributes
+    probs = m.attribute_probabilities(_maps())
+    assert list(probs) == SCHEMA.attributes
+    for a, p in probs.items():
+        assert p.shape == (4, len(SCHEMA.values(a)) + 1)  # + "unspecified"
+        assert torch.allclose(p.sum(-1), torch.ones(4), atol=1e-5) and (p >= 0).all()
+
+
+def test_global_embed_predicts_its_category_only():
+    m = create_model("global_embed", SCHEMA, CH).eval()
+    assert m.predicts_attributes
+    probs = m.attribute_probabilities(_maps())
+    assert list(probs) == ["category"]
+    p = probs["category"]
+    assert p.shape == (4, 3) and torch.allclose(p.sum(-1), torch.ones(4), atol=1e-5)
+    assert (p[:, -1] == 0).all()  # the OC classifier has no "unspecified" class
+    assert torch.allclose(p[:, :-1], m.predict_category(_maps()))
+
+
+def test_visual_predicts_nothing_and_explains_nothing():
+    m = create_model("visual", SCHEMA, CH)
+    assert not m.predicts_attributes and not m.explains
+    with pytest.raises(VestisError, match="does not predict attributes"):
+        m.attribute_probabilities(_maps())
+    with pytest.raises(VestisError, match="no explanation maps"):
+        m.explain(_maps())
+
+
+def test_attribute_baseline_cam_is_exact_for_a_linear_head():
+    """hidden 0: the classifier is linear on the pooled map, so the explanation must equal CAM (eq. 2 of
+    FashionSearchNet / Zhou et al.) of the most confident known value, relu'd."""
+    torch.manual_seed(1)
+    m = create_model("attribute_baseline", SCHEMA, CH, {"hidden": 0}).eval()
+    maps = _maps(3, seed=2)
+    e = m.explain(maps)
+    assert e["method"] == "cam" and e["stride"] == 32 and e["aam"].shape == (3, 3, 5, 4)
+    logits = m.logits(maps)
+    for j, (head, lg) in enumerate(zip(m.classifiers.heads, logits)):
+        c = lg[:, :-1].argmax(-1)
+        want = torch.relu(class_activation_maps(maps["s32"], head.weight.detach(), c))
+        assert torch.allclose(e["aam"][:, j], want, atol=1e-4)
+        assert [row[j] for row in e["values"]] == [SCHEMA.values(SCHEMA.attributes[j])[int(x)] for x in c]
+    assert e["boxes"].shape == (3, 3, 4)
+
+
+def test_attribute_baseline_grad_cam_with_hidden_layer():
+    """With a hidden layer the map is Grad-CAM: relu(sum_k g_k f_k) with g = d logit / d pooled features."""
+    torch.manual_seed(3)
+    m = create_model("attribute_baseline", SCHEMA, CH, {"hidden": 16}).eval()
+    maps = _maps(2, seed=4)
+    e = m.explain(maps)
+    assert e["method"] == "grad-cam" and m.explains
+    pooled = gap(maps["s32"]).requires_grad_(True)
+    lg = m.logits_from_pooled(pooled)[1]  # colour
+    c = lg[:, :-1].argmax(-1)
+    (g,) = torch.autograd.grad(lg.gather(1, c[:, None]).sum(), pooled)
+    want = torch.relu(torch.einsum("nk,nkhw->nhw", g, maps["s32"]))
+    assert torch.allclose(e["aam"][:, 1], want, atol=1e-5)
+    assert not any(p.grad is not None for p in m.parameters())  # explaining leaves no gradients behind
+    assert e["confidence"].shape == (2, 3) and ((e["confidence"] > 0) & (e["confidence"] <= 1)).all()
+
+
+def test_fashionsearchnet_explains():
+    m = create_model("fashionsearchnet", SCHEMA, CH).eval()
+    assert m.explains
+    e = m.explain(_maps(2))
+    assert e["aam"].shape[:2] == (2, 3) and e["boxes"].shape == (2, 3, 4)
