@@ -23,6 +23,8 @@ def pipeline(tmp_path_factory):
     idx = root / "idx"
     assert main(["index", "--run", str(run), "--catalog", str(cat), "--out", str(idx), "--split", "gallery",
                  "--cache", str(cache)]) == 0
+    meta = json.loads((idx / "engine.json").read_text())  # default kind auto: a small catalogue is searched exactly
+    assert meta["kind"] == "auto" and meta["kinds"] == {"main": "flat", "visual": "flat"}
     return root, cat, run, idx, cache
 
 
