@@ -92,6 +92,6 @@ def test_goal_verdict():
     assert "**met**" in goal_verdict(_report(0.8, 0.98))
     assert "**not met**" in goal_verdict(_report(6.0, 0.98))
     assert "**not met**" in goal_verdict(_report(0.8, 0.90))
-    assert "**not met**" in goal_verdict(_report(0.8, 0.98, items=8767))
+    assert "**not judged**" in goal_verdict(_report(0.8, 0.98, items=8767))
     text = format_report(_report(0.8, 0.98))
     assert "auto -> hnsw (default)" in text and "**met**" in text

@@ -9,8 +9,9 @@ crop (60-100 % of the area) resampled to the map size, a horizontal flip (p = 1/
 mix with one of the item's 10 visually nearest real items (weight 0.1-0.5) - passed through the run's
 `embed`. Seeded (seed 0) and cached under ``<cache>/bench-gallery/``. With n at most the number of real
 items, the gallery is the first n real items. ``gallery="tiled"`` is the older stand-in, kept for
-comparison: the index's gallery vectors repeated up to n with 5 % Gaussian noise per dimension; its
-exact top-k is made of near-duplicate copies ordered by the noise alone.
+comparison: the index's gallery vectors repeated up to n with 5 % Gaussian noise per dimension; a
+query's exact top-k there is made of noisy copies of a few items, ordered by the noise in the few
+coordinates the query weighs, which no graph or clustering over all coordinates can follow.
 
 Queries: `n_queries` query items spread evenly over the query file (every manipulated attribute is
 represented), each with its manipulations. One query at a time (batch size 1), the clock covers
@@ -272,10 +273,13 @@ def goal_verdict(report: dict) -> str:
     if not default:
         return "The default index (`auto`) was not measured."
     r = default[0]
-    met = r["p50_ms"] < GOAL_P50_MS and r["recall_ties"] >= GOAL_RECALL and r["items"] >= GOAL_ITEMS
-    scale = "" if r["items"] >= GOAL_ITEMS else f" (only {r['items']} items; the goal is stated at {GOAL_ITEMS})"
+    if r["items"] < GOAL_ITEMS:
+        verdict = f"**not judged** ({r['items']} items; the goal is stated at {GOAL_ITEMS})"
+    else:
+        met = r["p50_ms"] < GOAL_P50_MS and r["recall_ties"] >= GOAL_RECALL
+        verdict = f"**{'met' if met else 'not met'}**"
     return (f"Goal (p50 < {GOAL_P50_MS:g} ms at recall@{k} >= {GOAL_RECALL} over {GOAL_ITEMS} items, default index): "
-            f"**{'met' if met else 'not met'}**{scale} - the default index `auto` built `{r['built']}` "
+            f"{verdict} - the default index `auto` built `{r['built']}` "
             f"({_opts(r['options'])}): p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms, recall@{k} "
             f"{r['recall']:.4f} (with ties {r['recall_ties']:.4f}).")
 
