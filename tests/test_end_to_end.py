@@ -97,3 +97,21 @@ def test_demo_runs_and_second_run_reuses(tmp_path, capsys):
     second = capsys.readouterr().out
     assert "synthetic catalogue: reusing" in second and "model: reusing" in second and "index: reusing" in second
     assert "encoded 0" in second
+
+
+def test_bench_search_reports_rows_and_verdict(pipeline, capsys):
+    root, cat, run, idx, cache = pipeline
+    q = root / "qb.jsonl"
+    assert main(["queries", "--catalog", str(cat), "--protocol", "manipulation", "--out", str(q),
+                 "--attributes", "category,colour,pattern", "--per-attribute", "3"]) == 0
+    capsys.readouterr()
+    assert main(["bench", "search", "--run", str(run), "--index", str(idx), "--queries", str(q), "--n", "5",
+                 "--repeats", "1", "--items", "400", "--milvus-items", "0", "--kinds", "auto,flat,hnsw",
+                 "--json", str(root / "bench.json"), "--cache", str(cache)]) == 0
+    out = capsys.readouterr().out
+    assert "| faiss | auto -> flat (default) |" in out and "| faiss | hnsw |" in out
+    assert "**not judged** (400 items" in out and "`embed_query`, no index" in out
+    rep = json.loads((root / "bench.json").read_text())
+    assert rep["items"] == 400 and [r["kind"] for r in rep["rows"]] == ["auto", "flat", "hnsw"]
+    flat = rep["rows"][1]
+    assert flat["recall_ties"] == 1.0 and flat["items"] == 400

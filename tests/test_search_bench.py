@@ -84,7 +84,7 @@ def _report(p50, recall, items=200_000):
            "recall_ties": recall, "default": True}
     return {"run_id": "r", "model": "m", "dim": 4, "metric": "ip", "k": 30, "items": items, "gallery": "augmented",
             "gallery_description": "test", "queries": 3, "repeats": 1, "threads_build": 2, "rows": [row],
-            "encoding_p50_ms": 5.0, "encoding_p99_ms": 6.0,
+            "embed_query_p50_ms": 0.4, "embed_query_p99_ms": 0.9, "encoding_p50_ms": 5.0, "encoding_p99_ms": 6.0,
             "machine": {"cores": 2, "cpu": "x", "memory_gib": 1, "load_avg_1m": 0, "faiss": "1"}}
 
 
@@ -94,4 +94,4 @@ def test_goal_verdict():
     assert "**not met**" in goal_verdict(_report(0.8, 0.90))
     assert "**not judged**" in goal_verdict(_report(0.8, 0.98, items=8767))
     text = format_report(_report(0.8, 0.98))
-    assert "auto -> hnsw (default)" in text and "**met**" in text
+    assert "auto -> hnsw (default)" in text and "**met**" in text and "alone (`embed_query`, no index): p50 0.40" in text

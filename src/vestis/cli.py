@@ -103,7 +103,7 @@ def cmd_bench(args) -> int:
             raise VestisError("bench search needs --run, --index and --queries")
         print(bench_search(args.run, args.index, args.queries, n=args.items, n_queries=args.n, sweep=args.sweep,
                            gallery=args.gallery, repeats=args.repeats, milvus_n=args.milvus_items, threads=args.threads,
-                           cache_dir=args.cache, json_out=args.json))
+                           cache_dir=args.cache, json_out=args.json, kinds=args.kinds.split(",")))
         return 0
     raise VestisError(f"unknown benchmark {args.what!r}")
 
@@ -339,6 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--milvus-items", type=int, default=20_000, help="search: Milvus Lite gallery size (0: skip)")
     s.add_argument("--threads", type=int, default=None, help="search: FAISS threads for index builds (default: all cores)")
     s.add_argument("--json", type=Path, default=None, help="search: also write the rows as JSON here")
+    s.add_argument("--kinds", default="auto,flat,hnsw,ivfpq", help="search, without --sweep: the FAISS kinds to measure")
     s.add_argument("--cache", type=Path, default=default_cache_dir())
     s.set_defaults(func=cmd_bench)
 

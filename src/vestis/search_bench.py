@@ -15,8 +15,8 @@ coordinates the query weighs, which no graph or clustering over all coordinates 
 
 Queries: `n_queries` query items spread evenly over the query file (every manipulated attribute is
 represented), each with its manipulations. One query at a time (batch size 1), the clock covers
-`embed_query` (the manipulation) plus the index search for k results; image encoding is excluded and
-measured separately on a sample. Each configuration runs `repeats` passes over the queries after a
+`embed_query` (the manipulation) plus the index search for k results; `embed_query` alone is timed too
+(the model's share of every row); image encoding is excluded and measured separately on a sample. Each configuration runs `repeats` passes over the queries after a
 warm-up of 20; p50 / p99 are per pass and the median over passes is reported. Threads: torch 1, FAISS 1
 per single query; index builds use `threads` FAISS threads (default: every core).
 
@@ -26,7 +26,7 @@ exact score is >= the k-th exact score (minus a relative 1e-5), so exact ties (d
 cost recall. Both are averaged over queries.
 
 Rows: the default index (``kind="auto"``, what `vestis index` builds), then the other kinds with their
-default options; with ``sweep=True`` also HNSW M x efConstruction x efSearch, IVF-PQ nprobe, and FAISS
+default options (`kinds`); with ``sweep=True`` also HNSW M x efConstruction x efSearch, IVF-PQ nprobe, and FAISS
 structures that are not vestis kinds (IVF-Flat, IVF-SQ8 with exact re-ranking by `IndexRefineFlat`,
 flat scans over float16 and 8-bit scalar-quantised vectors), timed through raw FAISS calls (no vestis
 wrapper: a few microseconds faster than a vestis index would be); and Milvus Lite on `milvus_n` items.
@@ -67,8 +67,11 @@ class Config:
     items: int | None = None  # None: the whole gallery
 
 
-def default_configs(milvus_n: int = 20_000) -> list[Config]:
-    out = [Config("faiss", AUTO), Config("faiss", "flat"), Config("faiss", "hnsw"), Config("faiss", "ivfpq")]
+DEFAULT_KINDS = (AUTO, "flat", "hnsw", "ivfpq")
+
+
+def default_configs(milvus_n: int = 20_000, kinds: Sequence[str] = DEFAULT_KINDS) -> list[Config]:
+    out = [Config("faiss", kind) for kind in kinds]
     if milvus_n:
         out.append(Config("milvus", "hnsw", items=milvus_n))
     return out
@@ -179,7 +182,7 @@ def _build(cfg: Config, vectors: np.ndarray, metric: str, threads: int, work_dir
 def bench_search(run_dir: Path, index_dir: Path, queries_file: Path, n: int = GOAL_ITEMS, n_queries: int = 300,
                  k: int = 30, sweep: bool = False, gallery: str = "augmented", repeats: int = 3,
                  milvus_n: int = 20_000, threads: int | None = None, seed: int = 0, cache_dir: Path | None = None,
-                 json_out: Path | None = None, log=print) -> str:
+                 json_out: Path | None = None, kinds: Sequence[str] = DEFAULT_KINDS, log=print) -> str:
     from vestis.bench_gallery import augmented_gallery, cached_gallery
     from vestis.eval.queries import read_queries
     from vestis.index.faiss_index import _cpu_count
@@ -218,7 +221,10 @@ def bench_search(run_dir: Path, index_dir: Path, queries_file: Path, n: int = GO
         with torch.inference_mode():
             qvec = np.concatenate([model.embed_query(m, [man]).numpy() for m, man in queries])
         scores = exact_scores(vectors, qvec, model.metric)
-        configs = sweep_configs(milvus_n) if sweep else default_configs(milvus_n)
+        # the manipulation alone (no index), to tell the model's share of a row's latency from the index's
+        q50, q99, _ = _time_queries(lambda q, kk: [], model.embed_query, queries, k, repeats)
+        log(f"[bench] embed_query alone: p50 {q50:.2f} ms, p99 {q99:.2f} ms")
+        configs = sweep_configs(milvus_n) if sweep else default_configs(milvus_n, kinds)
         rows = []
         for cfg in configs:
             size = min(cfg.items or n, n)
@@ -254,7 +260,8 @@ def bench_search(run_dir: Path, index_dir: Path, queries_file: Path, n: int = GO
     m = machine_info()
     report = {"run_id": engine.info.run_id, "model": model.name, "dim": int(vectors.shape[1]), "metric": model.metric,
               "k": k, "items": n, "gallery": gallery, "gallery_description": what, "queries": len(queries),
-              "repeats": repeats, "threads_build": threads, "rows": rows, "encoding_p50_ms": e50,
+              "repeats": repeats, "threads_build": threads, "rows": rows, "embed_query_p50_ms": q50,
+              "embed_query_p99_ms": q99, "encoding_p50_ms": e50,
               "encoding_p99_ms": e99, "machine": m}
     text = format_report(report)
     if json_out:
@@ -297,6 +304,9 @@ def format_report(report: dict) -> str:
         kind = f"auto -> {r['built']} (default)" if r.get("default") else r["kind"]
         lines.append(f"| {r['backend']} | {kind} | {_opts(r['options'])} | {r['items']} | {r['build_s']:.1f} | "
                      f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['recall']:.4f} | {r['recall_ties']:.4f} |")
+    if "embed_query_p50_ms" in report:
+        lines += ["", f"The manipulation alone (`embed_query`, no index): p50 {report['embed_query_p50_ms']:.2f} ms, "
+                      f"p99 {report['embed_query_p99_ms']:.2f} ms - part of every row above."]
     lines += ["", goal_verdict(report), "",
               f"Image encoding (decode + letterbox + trunk, one image): p50 {report['encoding_p50_ms']:.1f} ms, "
               f"p99 {report['encoding_p99_ms']:.1f} ms; latency including encoding = encoding + a row above."]
