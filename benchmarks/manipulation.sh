@@ -20,7 +20,7 @@ for c in 1 2; do
 done
 $V train --model "$MODEL" --catalog "$DATA" --out "$OUT/$NAME/run" ${CONFIG:+--config "$CONFIG"}
 test -f "$OUT/$NAME/run/run.json"
-$V index --run "$OUT/$NAME/run" --catalog "$DATA" --out "$OUT/$NAME/index" --split gallery
+$V index --run "$OUT/$NAME/run" --catalog "$DATA" --out "$OUT/$NAME/index" --split gallery --kind flat  # exact: protocol figures
 for c in 1 2; do
   $V search --run "$OUT/$NAME/run" --index "$OUT/$NAME/index" --queries "$OUT/queries-manipulation-$c.jsonl" \
     --output "$OUT/$NAME/rankings-$c.jsonl" --k 1000

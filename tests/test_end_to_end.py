@@ -13,6 +13,12 @@ def pipeline(tiny_pipeline):
     return tiny_pipeline
 
 
+def test_default_index_kind_auto_searches_a_small_catalogue_exactly(pipeline):
+    root, cat, run, idx, cache = pipeline
+    meta = json.loads((idx / "engine.json").read_text())
+    assert meta["kind"] == "auto" and meta["kinds"] == {"main": "flat", "visual": "flat"}
+
+
 def test_cli_pipeline_writes_rankings_and_report(pipeline, capsys):
     root, cat, run, idx, cache = pipeline
     q = root / "q.jsonl"
@@ -97,3 +103,21 @@ def test_bench_query_times_manipulation_plus_search(pipeline, capsys):
     assert r["queries"] == min(5, len(q.read_text().splitlines())) and r["repeats"] == 2 and r["k"] == 30
     assert 0 < r["manipulation_p50_ms"] and 0 < r["search_p50_ms"] and r["p50_ms"] <= r["p99_ms"]
     assert r["gallery_size"] > 0 and r["index"].endswith("flat")
+
+
+def test_bench_search_reports_rows_and_verdict(pipeline, capsys):
+    root, cat, run, idx, cache = pipeline
+    q = root / "qb.jsonl"
+    assert main(["queries", "--catalog", str(cat), "--protocol", "manipulation", "--out", str(q),
+                 "--attributes", "category,colour,pattern", "--per-attribute", "3"]) == 0
+    capsys.readouterr()
+    assert main(["bench", "search", "--run", str(run), "--index", str(idx), "--queries", str(q), "--n", "5",
+                 "--repeats", "1", "--items", "400", "--milvus-items", "0", "--kinds", "auto,flat,hnsw",
+                 "--json", str(root / "bench.json"), "--cache", str(cache)]) == 0
+    out = capsys.readouterr().out
+    assert "| faiss | auto -> flat (default) |" in out and "| faiss | hnsw |" in out
+    assert "**not judged** (400 items" in out and "`embed_query`, no index" in out
+    rep = json.loads((root / "bench.json").read_text())
+    assert rep["items"] == 400 and [r["kind"] for r in rep["rows"]] == ["auto", "flat", "hnsw"]
+    flat = rep["rows"][1]
+    assert flat["recall_ties"] == 1.0 and flat["items"] == 400

@@ -218,3 +218,14 @@ def test_ivf_sq8_on_lite_when_asked_for(lite_ok, tmp_path):
     with pytest.raises(UnsupportedIndexError, match="ef_search"):
         idx.search(Q, 5, ef_search=10)
     idx.close()
+
+
+def test_auto_kind_on_milvus(lite_ok, tmp_path):
+    small = create_index("milvus", "auto", 4, work_dir=str(tmp_path / "w1"), n_items=5)
+    assert small.kind == "flat"
+    small.close()
+    big = create_index("milvus", "auto", 4, work_dir=str(tmp_path / "w2"), n_items=10_000_000)
+    assert big.kind == "hnsw" and big.options()["ef_search"] == 256 and big.options()["M"] == 32
+    big.add(IDS, VECS, ATTRS)
+    assert big.search(Q, 5).ids == [EXPECTED["ip"][0]]
+    big.close()

@@ -109,7 +109,9 @@ def cmd_bench(args) -> int:
 
         if not (args.run and args.index and args.queries):
             raise VestisError("bench search needs --run, --index and --queries")
-        print(bench_search(args.run, args.index, args.queries, n=args.items, n_queries=args.n or 256, cache_dir=args.cache))
+        print(bench_search(args.run, args.index, args.queries, n=args.items, n_queries=args.n or 300, sweep=args.sweep,
+                           gallery=args.gallery, repeats=args.repeats, milvus_n=args.milvus_items, threads=args.threads,
+                           cache_dir=args.cache, json_out=args.json, kinds=args.kinds.split(",")))
         return 0
     if args.what == "query":
         from vestis.query_bench import bench_query, describe
@@ -172,7 +174,8 @@ def cmd_index(args) -> int:
                        cache_dir=args.cache, **opts)
     w = meta["without_features"]
     print(f"indexed {meta['count']} items of {cat.name}" + (f" ({args.split} split)" if args.split else "")
-          + f" with run {meta['run_id']} into {args.out} ({args.backend} {args.kind}; spaces: {', '.join(meta['spaces'])})"
+          + f" with run {meta['run_id']} into {args.out} ({args.backend} {args.kind}; spaces: "
+          + ", ".join(f"{s} ({k})" for s, k in meta["kinds"].items()) + ")"
           + (f"; skipped {w['missing']} missing and {w['unreadable']} unreadable images" if w["missing"] or w["unreadable"] else ""))
     return 0
 
@@ -381,7 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("bench", help="speed benchmarks")
     s.add_argument("what", choices=["extract", "search", "query", "serve"],
-                   help="extract: trunk throughput; search: index scaling (tiled vectors); query: one manipulation "
+                   help="extract: trunk throughput; search: index speed and recall at catalogue scale; query: one manipulation "
                         "query through the engine on a built index; serve: HTTP load test on loopback")
     s.add_argument("--catalog", type=Path, default=None,
                    help="extract: images to time (default: a fresh synthetic catalogue); serve: the catalogue "
@@ -390,12 +393,21 @@ def build_parser() -> argparse.ArgumentParser:
                                                         "serve: requests per repeat (2000)")
     s.add_argument("--concurrency", type=int, default=8, help="serve: concurrent clients")
     s.add_argument("--batch-size", type=int, default=32)
-    s.add_argument("--repeats", type=int, default=5)
+    s.add_argument("--repeats", type=int, default=5, help="timed passes (search: give 3)")
     s.add_argument("--weights", type=Path, default=None)
     s.add_argument("--run", type=Path, default=None, help="search: the trained run")
-    s.add_argument("--index", type=Path, default=None, help="search: an index built from the run (its vectors are tiled)")
+    s.add_argument("--index", type=Path, default=None, help="search, query, serve: an index built from the run")
     s.add_argument("--queries", type=Path, default=None, help="search: a manipulation query file")
-    s.add_argument("--items", type=int, default=200_000, help="search: gallery size to tile to")
+    s.add_argument("--items", type=int, default=200_000, help="search: gallery size (real items + feature-map variants)")
+    s.add_argument("--gallery", choices=["augmented", "tiled"], default="augmented",
+                   help="search: how the gallery grows past the real items (vestis.bench_gallery; tiled = the older "
+                        "noisy copies)")
+    s.add_argument("--sweep", action="store_true",
+                   help="search: also HNSW M x efConstruction x efSearch, IVF nprobe, IVF-Flat, IVF-SQ8 + re-rank, fp16 / SQ8 flat")
+    s.add_argument("--milvus-items", type=int, default=20_000, help="search: Milvus Lite gallery size (0: skip)")
+    s.add_argument("--threads", type=int, default=None, help="search: FAISS threads for index builds (default: all cores)")
+    s.add_argument("--json", type=Path, default=None, help="search: also write the rows as JSON here")
+    s.add_argument("--kinds", default="auto,flat,hnsw,ivfpq", help="search, without --sweep: the FAISS kinds to measure")
     s.add_argument("--cache", type=Path, default=default_cache_dir())
     s.set_defaults(func=cmd_bench)
 
@@ -422,7 +434,9 @@ def build_parser() -> argparse.ArgumentParser:
     catalog_option(s)
     s.add_argument("--out", type=Path, required=True)
     s.add_argument("--backend", choices=["faiss", "milvus"], default="faiss")
-    s.add_argument("--kind", choices=["flat", "hnsw", "ivfpq"], default="flat")
+    s.add_argument("--kind", choices=["auto", "flat", "hnsw", "ivfpq"], default="auto",
+                   help="auto (default): exact flat search while items x dims <= 5 million, else the tuned HNSW "
+                        "graph (README, search speed)")
     s.add_argument("--split", default=None, help="index only this split (e.g. gallery, for evaluation)")
     s.add_argument("--options", default=None, help='JSON index options, e.g. \'{"uri": "http://host:19530"}\'')
     s.add_argument("--cache", type=Path, default=default_cache_dir())

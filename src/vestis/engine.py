@@ -52,9 +52,12 @@ def visual_vectors(maps: Mapping[str, torch.Tensor]) -> torch.Tensor:
     return l2n(gap(maps["s32"].float()))
 
 
-def build_index(run_dir: Path, catalog: Catalog, out: Path, *, backend: str = "faiss", kind: str = "flat",
+def build_index(run_dir: Path, catalog: Catalog, out: Path, *, backend: str = "faiss", kind: str = "auto",
                 split: str | None = None, cache_dir: Path, progress: bool = True, **index_options) -> dict:
-    """Embed `catalog` (or one split of it) with a trained run and save a searchable index to `out`."""
+    """Embed `catalog` (or one split of it) with a trained run and save a searchable index to `out`.
+
+    kind "auto" (the default) chooses per vector space from its size (`vestis.index.auto_kind`): exact
+    search for small catalogues, the tuned HNSW graph for large ones; `engine.json` records the choice."""
     from vestis.index import create_index
 
     model, info = load_run(run_dir)
@@ -71,17 +74,19 @@ def build_index(run_dir: Path, catalog: Catalog, out: Path, *, backend: str = "f
         spaces["visual"] = (visual_vectors, "ip")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    kinds = {}
     for space, (fn, metric) in spaces.items():
         vecs = _embed(fn, feats.maps)
         idx = create_index(backend=backend, kind=kind, dim=vecs.shape[1], metric=metric, run_id=info.run_id,
                            schema_digest=model.schema.digest(), attributes=sorted({a for d in attrs for a in d}),
-                           **(index_options if space == "main" else {}))
+                           n_items=len(feats.ids), **(index_options if space == "main" else {}))
         idx.add(feats.ids, vecs, attrs)
         idx.save(out / space)
+        kinds[space] = idx.kind
     meta = {"run_id": info.run_id, "run_dir": str(Path(run_dir).resolve()), "model": info.model,
             "catalog": {"path": str(Path(catalog.path).resolve()) if catalog.path else None,
                         "format": catalog.source, "name": catalog.name, "split": split},
-            "backend": backend, "kind": kind, "spaces": list(spaces), "count": len(feats.ids),
+            "backend": backend, "kind": kind, "kinds": kinds, "spaces": list(spaces), "count": len(feats.ids),
             "without_features": {"missing": len(feats.missing), "unreadable": len(feats.unreadable),
                                  "not_extracted": len(feats.not_extracted)}}
     tmp = out / (ENGINE_FILE + ".tmp")

@@ -7,7 +7,10 @@ against exact search on the same vectors, with the machine it ran on.
 Latency is per query at batch size 1 (one `search` call per query, filters off unless given),
 timed with `time.perf_counter` after a warm-up; p50 / p99 are computed per repeat and the median
 over repeats is reported. Recall@k = |returned top-k  intersect  exact top-k| / k, averaged over queries
-(the exact top-k from a FAISS flat index over the same vectors and metric).
+(the exact top-k from a FAISS flat index over the same vectors and metric). Where exact ties decide
+which items make the top k (duplicate vectors), `recall_with_ties` also counts a returned item as a hit
+when its exact score is >= the k-th exact score (minus a relative 1e-5 for float rounding); both are
+reported by `vestis bench search` ("recall@k" and "recall@k ties").
 """
 
 from __future__ import annotations
@@ -62,6 +65,33 @@ def exact_neighbours(vectors: np.ndarray, queries: np.ndarray, k: int, metric: s
 def recall_at_k(found: Sequence[Sequence[int]], truth: np.ndarray, k: int) -> float:
     hits = [len(set(f[:k]) & set(t[:k].tolist())) for f, t in zip(found, truth)]
     return float(np.mean(hits) / k) if hits else float("nan")
+
+
+def exact_scores(vectors: np.ndarray, queries: np.ndarray, metric: str = "ip", chunk: int = 65536) -> np.ndarray:
+    """(n_queries, n) float32 exact scores, higher is better (inner product, or minus squared L2)."""
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+    out = np.empty((len(q), len(vectors)), dtype=np.float32)
+    for s in range(0, len(vectors), chunk):
+        x = np.ascontiguousarray(vectors[s: s + chunk], dtype=np.float32)
+        ip = q @ x.T
+        if metric == "l2":
+            ip = 2 * ip - (q * q).sum(1, keepdims=True) - (x * x).sum(1)[None, :]
+        out[:, s: s + chunk] = ip
+    return out
+
+
+def recall_with_ties(found: Sequence[Sequence[int]], scores: np.ndarray, k: int, rel_eps: float = 1e-5) -> float:
+    """Recall@k counting ties: a returned row number is a hit when its exact score (`scores`, from
+    `exact_scores`) is >= the k-th best exact score minus rel_eps * max(1, |k-th score|)."""
+    kk = min(k, scores.shape[1])
+    kth = np.partition(scores, -kk, axis=1)[:, -kk]
+    hits = []
+    for i, f in enumerate(found):
+        f = np.asarray(list(f)[:k], dtype=np.int64)
+        f = f[f >= 0]
+        eps = rel_eps * max(1.0, abs(float(kth[i])))
+        hits.append(int((scores[i, f] >= kth[i] - eps).sum()) if len(f) else 0)
+    return float(np.mean(hits) / kk) if hits else float("nan")
 
 
 def machine_info() -> dict:

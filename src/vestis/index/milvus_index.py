@@ -87,7 +87,7 @@ KIND_INDEX_TYPE = {"flat": "FLAT", "hnsw": "HNSW", "ivfpq": "IVF_PQ"}
 LITE_INDEX_TYPES = ("FLAT", "BRUTE_FORCE", "HNSW", "HNSW_SQ", "IVF_FLAT", "IVF_SQ8", "AUTOINDEX")
 DEFAULTS: dict[str, dict] = {
     "flat": {},
-    "hnsw": {"M": 32, "ef_construction": 80, "ef_search": 128},  # as the FAISS defaults
+    "hnsw": {"M": 32, "ef_construction": 80, "ef_search": 256},  # as the FAISS defaults
     "ivfpq": {"nlist": 1024, "m": None, "nbits": 8, "nprobe": 64},  # per segment; not measured (no server here)
 }
 COMMON = {"uri": None, "token": None, "db_name": None, "collection": DEFAULT_COLLECTION, "index_type": None,
