@@ -150,14 +150,11 @@ class Engine:
     # --- query features ------------------------------------------------------------------------
     def encode_images(self, images: Sequence[Path | bytes]) -> dict[str, torch.Tensor]:
         """Trunk feature maps for image files or bytes (uploads), through the fastest verified backend."""
-        from vestis.vision.extract import make_backend
-        from vestis.vision.preprocess import load_letterboxed
+        from vestis.vision.extract import encode_images, make_backend
 
         if self._encoder is None:
             self._encoder = make_backend(self.spec, self.cache_dir).backend
-        batch = np.stack([load_letterboxed(im, self.spec.resolution)[0] for im in images])
-        s16, s32 = self._encoder(batch)
-        return {"s16": torch.from_numpy(np.asarray(s16, np.float32)), "s32": torch.from_numpy(np.asarray(s32, np.float32))}
+        return encode_images(self._encoder, self.spec.resolution, images)
 
     def item_maps(self, item_ids: Sequence[str]) -> dict[str, torch.Tensor]:
         """Feature maps of catalogue items: from the cache, encoding any that are not cached."""

@@ -12,8 +12,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import torch
 
 from vestis.errors import VestisError
 from vestis.models.base import load_run
@@ -31,17 +29,6 @@ class Explained:
     boxes: dict[str, tuple[float, float, float, float]]  # attribute -> box in trunk-input pixels (x0, y0, x1, y1)
 
 
-def encode_images(spec, images: Sequence[Path | bytes], cache_dir: Path | None = None) -> dict[str, torch.Tensor]:
-    """Trunk feature maps of image files or bytes through the fastest verified backend for `spec`."""
-    from vestis.vision.extract import make_backend
-    from vestis.vision.preprocess import load_letterboxed
-
-    backend = make_backend(spec, Path(cache_dir or default_cache_dir())).backend
-    batch = np.stack([load_letterboxed(im, spec.resolution)[0] for im in images])
-    s16, s32 = backend(batch)
-    return {"s16": torch.from_numpy(np.asarray(s16, np.float32)), "s32": torch.from_numpy(np.asarray(s32, np.float32))}
-
-
 def explain_images(run_dir: Path, images: Sequence[Path], out: Path, threshold: float | None = None,
                    cache_dir: Path | None = None) -> list[Explained]:
     """Explain each image with the run's model; write `<out>/<image stem>-explain.png` (or `out` itself when
@@ -56,7 +43,10 @@ def explain_images(run_dir: Path, images: Sequence[Path], out: Path, threshold: 
         raise VestisError(f"run {run_dir} ({model.name}) has no explanation maps; explanations come from runs of "
                           f"models that localise attributes, e.g. fashionsearchnet")
     spec = trunk_from_json(info.trunk)
-    maps = encode_images(spec, [Path(p) for p in images], cache_dir)
+    from vestis.vision.extract import encode_images, make_backend
+
+    backend = make_backend(spec, Path(cache_dir or default_cache_dir())).backend
+    maps = encode_images(backend, spec.resolution, [Path(p) for p in images])
     exp = model.explain(maps) if threshold is None else model.explain(maps, threshold=threshold)  # sets its own grad mode
     out = Path(out)
     single_png = out.suffix.lower() == ".png"

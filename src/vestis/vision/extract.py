@@ -216,6 +216,14 @@ def make_backend(spec: TrunkSpec, cache_dir: Path, backend: str = "auto", trunk:
     return BackendChoice(TorchBackend(trunk or build_trunk(spec)), "torch", note=note)
 
 
+def encode_images(backend, resolution: tuple[int, int], images) -> dict[str, torch.Tensor]:
+    """Trunk feature maps {"s16", "s32"} (float32 tensors) of image files or bytes (uploads) through a
+    backend from `make_backend`; raises ImageReadError for an unreadable image before encoding any."""
+    batch = np.stack([load_letterboxed(im, resolution)[0] for im in images])
+    s16, s32 = backend(batch)
+    return {"s16": torch.from_numpy(np.asarray(s16, np.float32)), "s32": torch.from_numpy(np.asarray(s32, np.float32))}
+
+
 # --- extraction -------------------------------------------------------------------------------------------
 @dataclass
 class ExtractReport:
