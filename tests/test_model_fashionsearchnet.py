@@ -313,3 +313,25 @@ def test_render_explanation_writes_a_png(trained, tmp_path):
     ex = m.explain(_t(d, slice(0, 2)))
     out = render_explanation(tmp_path / "x.jpg", ex, tmp_path / "ex.png", resolution=(64, 64), index=1)
     assert out.is_file() and Image.open(out).size[0] > 100
+
+
+def test_cached_query_matrices_follow_parameter_changes(trained):
+    """Search (no grad) uses precomputed Lambda W^T W Lambda matrices; they must match the direct formula,
+    also after lambda / W change (the cache is keyed on the tensors' version counters)."""
+    m, d, _ = trained
+    g = torch.Generator().manual_seed(3)
+    q = torch.randn(5, m.log_lambda.shape[1] * m.config["dim"], generator=g)
+    slots = torch.tensor([0, 1, 1, len(m.attributes), 2])
+    saved = (m.log_lambda.detach().clone(), m.global_delta.detach().clone())
+    try:
+        for step in range(2):
+            with torch.no_grad():
+                cached = m.global_query(q, slots)
+            with torch.enable_grad():
+                direct = m.global_query(q, slots).detach()
+            assert torch.allclose(cached, direct, atol=1e-4), step
+            _random_global(m, seed=10 + step)  # in-place parameter change: the cache must notice
+    finally:
+        with torch.no_grad():
+            m.log_lambda.copy_(saved[0])
+            m.global_delta.copy_(saved[1])
