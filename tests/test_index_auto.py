@@ -1,7 +1,6 @@
 """kind="auto": exact search for small catalogues, the tuned HNSW graph for large ones; the chosen kind
 and options round-trip through save/load; filters and add/remove keep working; recall stays high."""
 
-import json
 
 import numpy as np
 import pytest

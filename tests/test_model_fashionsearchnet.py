@@ -6,7 +6,8 @@ from PIL import Image
 from vestis.catalog import AttributeSchema
 from vestis.errors import UnknownAttributeError, UnknownValueError, VestisError
 from vestis.models import TrainData, create_model, load_run, save_run
-from vestis.models.fashionsearchnet import FashionSearchNet, render_explanation
+from vestis.models.fashionsearchnet import FashionSearchNet
+from vestis.overlay import render_overlay
 from vestis.models.layers import box_from_map, boxes_from_maps, class_activation_maps, roi_features
 
 SCHEMA = AttributeSchema({"colour": ["red", "blue", "green"], "sleeve": ["short", "long"]})
@@ -311,7 +312,8 @@ def test_render_explanation_writes_a_png(trained, tmp_path):
     img.paste((200, 30, 30), (10, 10, 50, 40))
     img.save(tmp_path / "x.jpg")
     ex = m.explain(_t(d, slice(0, 2)))
-    out = render_explanation(tmp_path / "x.jpg", ex, tmp_path / "ex.png", resolution=(64, 64), index=1)
+    out = tmp_path / "ex.png"
+    out.write_bytes(render_overlay(tmp_path / "x.jpg", ex, resolution=(64, 64), index=1))
     assert out.is_file() and Image.open(out).size[0] > 100
 
 

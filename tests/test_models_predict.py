@@ -1,6 +1,5 @@
 """The model protocol's attribute predictions and explanation maps (what the HTTP API shows for a query)."""
 
-import numpy as np
 import pytest
 import torch
 

@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-
 from vestis.errors import VestisError
 from vestis.models.base import load_run
 from vestis.paths import default_cache_dir
@@ -34,7 +33,8 @@ def explain_images(run_dir: Path, images: Sequence[Path], out: Path, threshold: 
     """Explain each image with the run's model; write `<out>/<image stem>-explain.png` (or `out` itself when
     it ends in .png and there is one image). Raises VestisError for a model without explanations or an
     unreadable image, before anything is written."""
-    from vestis.models.fashionsearchnet import render_explanation
+    from vestis.overlay import render_overlay
+    from vestis.vision.extract import encode_images, make_backend
 
     if not images:
         raise VestisError("no images to explain")
@@ -43,8 +43,6 @@ def explain_images(run_dir: Path, images: Sequence[Path], out: Path, threshold: 
         raise VestisError(f"run {run_dir} ({model.name}) has no explanation maps; explanations come from runs of "
                           f"models that localise attributes, e.g. fashionsearchnet")
     spec = trunk_from_json(info.trunk)
-    from vestis.vision.extract import encode_images, make_backend
-
     backend = make_backend(spec, Path(cache_dir or default_cache_dir())).backend
     maps = encode_images(backend, spec.resolution, [Path(p) for p in images])
     exp = model.explain(maps) if threshold is None else model.explain(maps, threshold=threshold)  # sets its own grad mode
@@ -56,7 +54,8 @@ def explain_images(run_dir: Path, images: Sequence[Path], out: Path, threshold: 
     for i, image in enumerate(images):
         image = Path(image)
         png = out if single_png else out / f"{image.stem}-explain.png"
-        render_explanation(image, exp, png, spec.resolution, index=i)
+        png.parent.mkdir(parents=True, exist_ok=True)
+        png.write_bytes(render_overlay(image, exp, spec.resolution, index=i))
         attrs = exp["attributes"]
         results.append(Explained(
             image=image, png=png,

@@ -66,14 +66,13 @@ elsewhere): <q, g> = cos(r_a(query), r_a(item)), the attribute-specific similari
 Training schedule (`fit`): `epochs_cls` (2) epochs of L_C alone (the AAMs must mean something before they
 place boxes), then `epochs` (5) epochs of L_C + soft-triplet with AAM boxes, prototypes, then `global_epochs`
 (4 x 200 steps) of L_G; AdamW with one-cycle schedules (`train.fit_loop`). `explain(maps)` returns each attribute's AAM, predicted value and box in feature-map cells and in
-trunk-input pixels; `render_explanation` draws them over the original photo.
+trunk-input pixels; `vestis.overlay.render_overlay` draws them over the original photo.
 """
 
 from __future__ import annotations
 
 import zlib
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -520,7 +519,7 @@ class FashionSearchNet(SearchModel):
     @torch.no_grad()
     def explain(self, maps: Maps, threshold: float | None = None) -> dict:
         """Per item and attribute: the AAM (of the most confident known value), that value and its probability,
-        the box in feature-map cells and in trunk-input pixels (the letterboxed input; `render_explanation`
+        the box in feature-map cells and in trunk-input pixels (the letterboxed input; `render_overlay`
         maps it onto the original photo), and the box actually pooled (the whole map without localisation).
         `threshold` re-fits the boxes at another share of the maximum, for display (default: the model's)."""
         threshold = self.config["threshold"] if threshold is None else float(threshold)
@@ -554,62 +553,3 @@ class FashionSearchNetNoLoc(FashionSearchNet):
 
     name = "fashionsearchnet_noloc"
     default_config = {**FashionSearchNet.default_config, "localize": False}
-
-
-# --- explanation picture ----------------------------------------------------------------------------
-def render_explanation(image_path: str | Path, explanation: Mapping, out_png: str | Path,
-                       resolution: tuple[int, int], index: int = 0, alpha: float = 0.5) -> Path:
-    """Draw each attribute's AAM as a heatmap over the original photo with its box, one panel per attribute,
-    to `out_png`. `explanation` is `model.explain(maps)` for a batch whose row `index` is this image;
-    `resolution` is the trunk's (HEIGHT, WIDTH) input, which fixes the letterbox between photo and maps."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Rectangle
-
-    from vestis.vision.images import load_rgb
-    from vestis.vision.preprocess import letterbox_geometry
-
-    img = load_rgb(image_path)
-    w0, h0 = img.info.get("original_size", img.size)
-    geo = letterbox_geometry(w0, h0, tuple(resolution))
-    stride = int(explanation["stride"])
-    attrs = list(explanation["attributes"])
-    aam = np.asarray(explanation["aam"][index], dtype=np.float64)
-    h, w = aam.shape[-2:]
-    extent_box = geo.feature_to_image((0.0, 0.0, float(w), float(h)), stride)  # the whole map, in photo pixels
-    boxes = np.asarray(explanation["boxes"][index], dtype=np.float64)
-    conf = np.asarray(explanation.get("confidence", np.ones((index + 1, len(attrs))))[index], dtype=np.float64)
-    unspec = np.asarray(explanation["unspecified"][index], dtype=np.float64) if "unspecified" in explanation else None
-    cols = min(len(attrs), 3) or 1
-    rows = -(-len(attrs) // cols)
-    scale = 3.2 / max(w0, h0)
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * max(w0, h0) * scale + 0.2, rows * (max(w0, h0) * scale + 0.5)),
-                             squeeze=False)
-    for j, ax in enumerate(axes.ravel()):
-        ax.axis("off")
-        if j >= len(attrs):
-            continue
-        m = aam[j]
-        m = (m - m.min()) / (m.max() - m.min()) if m.max() > m.min() else np.zeros_like(m)
-        ax.imshow(img, extent=(0, w0, h0, 0))
-        ax.imshow(m, cmap="jet", alpha=alpha, interpolation="bilinear",
-                  extent=(extent_box[0], extent_box[2], extent_box[3], extent_box[1]), vmin=0, vmax=1)
-        x0, y0, x1, y1 = geo.feature_to_image(tuple(boxes[j]), stride)
-        x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, w0), min(y1, h0)
-        ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="white", linewidth=2.5))
-        ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="black", linewidth=1, linestyle="--"))
-        ax.set_xlim(0, w0)
-        ax.set_ylim(h0, 0)
-        value = explanation["values"][index][j] if "values" in explanation else ""
-        title = f"{attrs[j]}: {value} ({conf[j]:.2f})"
-        if unspec is not None and unspec[j] > conf[j]:  # most likely unlabelled: say so, the map is the best value's
-            title = f"{attrs[j]}: unspecified ({unspec[j]:.2f}); map: {value}"
-        ax.set_title(title, fontsize=8)
-    fig.tight_layout()
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=100)
-    plt.close(fig)
-    return out_png

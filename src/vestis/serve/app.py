@@ -283,7 +283,7 @@ class Service:
 
     def explain_png(self, item=None, image: bytes | None = None) -> bytes:
         """The activation-map overlay of a catalogue item (cached) or of an uploaded photo, as PNG bytes."""
-        from vestis.serve.overlay import render_overlay
+        from vestis.overlay import render_overlay
 
         model = self.engine.model
         if not model.explains:

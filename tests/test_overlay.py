@@ -1,4 +1,4 @@
-"""Explanation overlays (vestis.serve.overlay): the heatmap and box land where the map says, on the photo."""
+"""Explanation overlays (vestis.overlay): the heatmap and box land where the map says, on the photo."""
 
 import io
 
@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vestis.serve.overlay import colourise, render_overlay, render_panel
+from vestis.overlay import colourise, render_overlay, render_panel
 from vestis.vision.preprocess import letterbox_geometry
 
 

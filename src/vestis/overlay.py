@@ -1,5 +1,6 @@
 """Explanation overlays as PNG bytes: each attribute's activation map as a heatmap over the photo, with its
-box, one panel per attribute. Pillow only (no matplotlib in the server), one image per call, thread-safe."""
+box, one panel per attribute. The one renderer for `vestis explain` and the server's explain routes;
+Pillow only, one image per call, thread-safe."""
 
 from __future__ import annotations
 
@@ -81,7 +82,11 @@ def render_overlay(image: str | Path | bytes, explanation: Mapping, resolution: 
     rows = -(-len(attrs) // cols)
     pad = 10
     font = _font(13)
+    unspec = np.asarray(explanation["unspecified"][index], dtype=np.float64) if "unspecified" in explanation else None
     labels = [f"{a}: {values[j]}" + (f" ({conf[j]:.2f})" if conf is not None else "") for j, a in enumerate(attrs)]
+    if unspec is not None and conf is not None:  # most likely unlabelled: say so; the map is the best value's
+        labels = [f"{a}: unspecified ({unspec[j]:.2f}); map: {values[j]}" if unspec[j] > conf[j] else labels[j]
+                  for j, a in enumerate(attrs)]
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     cw = max([pw, *(round(measure.textlength(t, font=font)) + 4 for t in labels)])  # a column fits its titles
     sheet = Image.new("RGB", (cols * (cw + pad) + pad, rows * (ph + TITLE + pad) + pad), (255, 255, 255))
