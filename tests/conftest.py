@@ -13,6 +13,23 @@ def real_data_path() -> Path:
     return REAL_DATA
 
 
+def train_cli(root: Path, cat: Path, model: str, config: dict, cache: Path, *extra: str, name: str = "run") -> Path:
+    """Train `model` on catalogue `cat` through `vestis train` with `config` (JSON written beside it); the run dir."""
+    from vestis.cli import main
+
+    cfg = root / f"{name}.json"
+    cfg.write_text(json.dumps(config))
+    run = root / name
+    assert main(["train", "--model", model, "--catalog", str(cat), "--out", str(run), "--config", str(cfg),
+                 "--cache", str(cache), *extra]) == 0
+    return run
+
+
+@pytest.fixture(scope="session")
+def train_tiny():
+    return train_cli
+
+
 @pytest.fixture(scope="session")
 def tiny_pipeline(tmp_path_factory):
     """A tiny synthetic catalogue (160 images) with a trained attribute_baseline run and a gallery index, built
@@ -23,12 +40,8 @@ def tiny_pipeline(tmp_path_factory):
     cache = root / "cache"
     cat = root / "cat"
     assert main(["synth", "-n", "160", "--seed", "5", "--out", str(cat), "--workers", "1"]) == 0
-    run = root / "run"
-    cfg = root / "cfg.json"
-    cfg.write_text(json.dumps({"epochs": 3, "hidden": 64, "batch_size": 32,
-                               "attributes": ["category", "colour", "pattern"]}))
-    assert main(["train", "--model", "attribute_baseline", "--catalog", str(cat), "--out", str(run),
-                 "--config", str(cfg), "--cache", str(cache)]) == 0
+    run = train_cli(root, cat, "attribute_baseline", {"epochs": 3, "hidden": 64, "batch_size": 32,
+                                                      "attributes": ["category", "colour", "pattern"]}, cache)
     idx = root / "idx"
     assert main(["index", "--run", str(run), "--catalog", str(cat), "--out", str(idx), "--split", "gallery",
                  "--cache", str(cache)]) == 0

@@ -91,12 +91,18 @@ def test_demo_runs_and_second_run_reuses(tmp_path, capsys):
     assert "encoded 0" in second
 
 
-def test_bench_query_times_manipulation_plus_search(pipeline, capsys):
+@pytest.fixture(scope="module")
+def bench_queries(pipeline):
     root, cat, run, idx, cache = pipeline
     q = root / "qb.jsonl"
     assert main(["queries", "--catalog", str(cat), "--protocol", "manipulation", "--out", str(q),
                  "--attributes", "category,colour,pattern", "--per-attribute", "3"]) == 0
-    capsys.readouterr()
+    return q
+
+
+def test_bench_query_times_manipulation_plus_search(pipeline, bench_queries, capsys):
+    root, cat, run, idx, cache = pipeline
+    q = bench_queries
     assert main(["bench", "query", "--run", str(run), "--index", str(idx), "--queries", str(q), "--n", "5",
                  "--repeats", "2", "--cache", str(cache)]) == 0
     r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -105,12 +111,9 @@ def test_bench_query_times_manipulation_plus_search(pipeline, capsys):
     assert r["gallery_size"] > 0 and r["index"].endswith("flat")
 
 
-def test_bench_search_reports_rows_and_verdict(pipeline, capsys):
+def test_bench_search_reports_rows_and_verdict(pipeline, bench_queries, capsys):
     root, cat, run, idx, cache = pipeline
-    q = root / "qb.jsonl"
-    assert main(["queries", "--catalog", str(cat), "--protocol", "manipulation", "--out", str(q),
-                 "--attributes", "category,colour,pattern", "--per-attribute", "3"]) == 0
-    capsys.readouterr()
+    q = bench_queries
     assert main(["bench", "search", "--run", str(run), "--index", str(idx), "--queries", str(q), "--n", "5",
                  "--repeats", "1", "--items", "400", "--milvus-items", "0", "--kinds", "auto,flat,hnsw",
                  "--json", str(root / "bench.json"), "--cache", str(cache)]) == 0

@@ -11,15 +11,13 @@ from vestis.cli import main
 
 
 @pytest.fixture(scope="module")
-def tuned(tmp_path_factory):
+def tuned(tmp_path_factory, train_tiny):
     root = tmp_path_factory.mktemp("ft")
-    cache, cat, run = root / "cache", root / "cat", root / "run"
+    cache, cat = root / "cache", root / "cat"
     assert main(["synth", "-n", "48", "--seed", "2", "--out", str(cat), "--workers", "1"]) == 0
-    cfg = root / "cfg.json"
-    cfg.write_text(json.dumps({"epochs": 1, "attributes": ["category", "colour"]}))
-    assert main(["train", "--model", "attribute_baseline", "--catalog", str(cat), "--out", str(run), "--config", str(cfg),
-                 "--cache", str(cache), "--resolution", "64x64", "--finetune-trunk", "--finetune-epochs", "1",
-                 "--finetune-blocks", "1", "--finetune-lr", "1e-3"]) == 0
+    run = train_tiny(root, cat, "attribute_baseline", {"epochs": 1, "attributes": ["category", "colour"]}, cache,
+                     "--resolution", "64x64", "--finetune-trunk", "--finetune-epochs", "1", "--finetune-blocks", "1",
+                     "--finetune-lr", "1e-3")
     return root, cat, run, cache
 
 

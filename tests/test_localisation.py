@@ -22,16 +22,14 @@ def test_box_scores_known_answers():
 
 
 @pytest.fixture(scope="module")
-def fsn_run(tmp_path_factory):
+def fsn_run(tmp_path_factory, train_tiny):
     root = tmp_path_factory.mktemp("loc")
-    cache, cat, run = root / "cache", root / "cat", root / "run"
+    cache, cat = root / "cache", root / "cat"
     assert main(["synth", "-n", "120", "--seed", "3", "--out", str(cat), "--workers", "1"]) == 0
-    cfg = root / "cfg.json"
-    cfg.write_text(json.dumps({"width": 16, "reduce": 8, "dim": 8, "roi": 2, "batch_size": 32, "epochs_cls": 1,
-                               "epochs": 1, "global_epochs": 1, "global_steps": 5, "global_batch": 32,
-                               "attributes": ["category", "colour", "sleeve", "neckline"]}))
-    assert main(["train", "--model", "fashionsearchnet", "--catalog", str(cat), "--out", str(run),
-                 "--config", str(cfg), "--cache", str(cache)]) == 0
+    run = train_tiny(root, cat, "fashionsearchnet",
+                     {"width": 16, "reduce": 8, "dim": 8, "roi": 2, "batch_size": 32, "epochs_cls": 1, "epochs": 1,
+                      "global_epochs": 1, "global_steps": 5, "global_batch": 32,
+                      "attributes": ["category", "colour", "sleeve", "neckline"]}, cache)
     return root, cat, run, cache
 
 
@@ -53,7 +51,7 @@ def test_localisation_scores_every_labelled_region_against_the_whole_image_floor
     assert "| sleeve |" in (root / "loc" / "localisation.md").read_text()
 
 
-def test_explain_writes_an_overlay_per_image_and_rejects_bad_input(fsn_run, capsys, tmp_path):
+def test_explain_writes_an_overlay_per_image_and_rejects_bad_input(fsn_run, train_tiny, capsys, tmp_path):
     root, cat, run, cache = fsn_run
     images = sorted((cat / "images").glob("*.jpg"))[:2]
     assert main(["explain", *map(str, images), "--run", str(run), "--out", str(tmp_path / "ex"),
@@ -69,11 +67,8 @@ def test_explain_writes_an_overlay_per_image_and_rejects_bad_input(fsn_run, caps
     assert main(["explain", str(bad), "--run", str(run), "--out", str(tmp_path / "ex2"), "--cache", str(cache)]) == 2
     assert "bad.jpg" in capsys.readouterr().err and not (tmp_path / "ex2").exists()
     # attribute_baseline explains with Grad-CAM through the same command
-    ab = root / "ab"
-    cfg = root / "ab.json"
-    cfg.write_text(json.dumps({"epochs": 1, "attributes": ["category", "colour"]}))
-    assert main(["train", "--model", "attribute_baseline", "--catalog", str(cat), "--out", str(ab), "--config", str(cfg),
-                 "--cache", str(cache)]) == 0
+    ab = train_tiny(root, cat, "attribute_baseline", {"epochs": 1, "attributes": ["category", "colour"]}, cache,
+                    name="ab")
     capsys.readouterr()
     assert main(["explain", str(images[0]), "--run", str(ab), "--out", str(tmp_path / "ab.png"), "--cache", str(cache)]) == 0
     assert (tmp_path / "ab.png").is_file() and "colour" in capsys.readouterr().out
