@@ -19,8 +19,9 @@ for model in ${MODELS:-visual attribute_baseline fashionsearchnet_noloc fashions
   DATA="$CAT" OUT="$OUT" VESTIS="$V" benchmarks/manipulation.sh "$model" "$model"
 done
 for model in fashionsearchnet_noloc fashionsearchnet; do
-  [ -f "$OUT/$model/run/run.json" ] && $V localisation --run "$OUT/$model/run" --catalog "$CAT" --split query \
-    --report "$OUT/$model/localisation"
+  if [ -f "$OUT/$model/run/run.json" ]; then
+    $V localisation --run "$OUT/$model/run" --catalog "$CAT" --split query --report "$OUT/$model/localisation"
+  fi
 done
 for c in 1 2; do
   $V compare $(for m in visual attribute_baseline fashionsearchnet_noloc fashionsearchnet; do
