@@ -43,7 +43,7 @@ def test_only_the_unfrozen_tail_of_the_trunk_changes(tuned):
 
 def test_a_moved_run_indexes_and_searches_with_its_own_trunk(tuned, tmp_path, capsys):
     from vestis.engine import Engine
-    from vestis.models.base import RunError, load_run
+    from vestis.runs import RunError, load_run
 
     root, cat, run, cache = tuned
     moved = tmp_path / "moved-run"

@@ -6,8 +6,11 @@ import torch
 
 from vestis.catalog import AttributeSchema
 from vestis.errors import UnknownAttributeError, UnknownValueError, VestisError
-from vestis.models import TrainData, create_model, load_run, save_run
-from vestis.models.amnet import ManipulationMiner, normalise_indicator, prototype_means
+from vestis.models import TrainData, create_model
+from vestis.runs import load_run, save_run
+from vestis.models.amnet import ManipulationMiner, normalise_indicator
+from vestis.models.layers import value_means
+from vestis.models.loop import pooled_features
 
 SCHEMA = AttributeSchema({"colour": ["red", "blue", "green"], "sleeve": ["short", "long"]})
 CH = {"s16": 8, "s32": 16}
@@ -67,7 +70,7 @@ def test_gradient_reaches_every_parameter():
         m.memory.memory.normal_()
     m.train()
     rows = torch.from_numpy(ManipulationMiner(d.labels, m.n_values).sample(32, np.random.default_rng(0)))
-    loss, logs = m.training_loss(m._pooled(d), rows, torch.from_numpy(d.labels))
+    loss, logs = m.training_loss(pooled_features(d, tuple(m.levels), m.config["pool"]), rows, torch.from_numpy(d.labels))
     loss.backward()
     assert set(logs) == {"cls", "triplet"}
     for name, p in m.named_parameters():
@@ -80,7 +83,7 @@ def test_memory_update_touches_only_addressed_rows():
     with torch.no_grad():
         m.memory.memory.normal_()
     before = m.memory.memory.detach().clone()
-    x = m._pooled(d)
+    x = pooled_features(d, tuple(m.levels), m.config["pool"])
     # every reference is red with short sleeves, manipulated to blue: rows red (0) and blue (1) are addressed
     rows = torch.tensor([[0, 1, 2, 1, -1]] * 4)
     labels = torch.from_numpy(d.labels).clone()
@@ -105,16 +108,21 @@ def test_memory_rows_never_addressed_stay_put_through_fit():
     assert (m.memory.memory[[0, 1, 3, 4]].abs().sum(1) > 0).all()
 
 
-def test_prototype_means_known_answer():
+def test_value_means_known_answer():
     reps = torch.tensor([[1.0, 0.0], [3.0, 2.0], [0.0, 4.0], [5.0, 5.0]])
     labels = torch.tensor([[0, 0], [0, 2], [1, 1], [1, 0]])  # sleeve 2 = unspecified
-    m = prototype_means(reps, labels, [3, 2])
+    m, counts = value_means(reps, labels, [3, 2])
     expected = torch.tensor([[2.0, 1.0],    # red: items 0, 1
                              [2.5, 4.5],    # blue: items 2, 3
                              [0.0, 0.0],    # green: no item
                              [3.0, 2.5],    # short: items 0, 3
                              [0.0, 4.0]])   # long: item 2 (item 1 unspecified has no row)
-    assert torch.allclose(m, expected)
+    assert torch.allclose(m, expected) and counts.tolist() == [2, 2, 0, 2, 1]
+    # per-attribute representations (N, A, D), every state a row (FashionSearchNet's prototypes)
+    per = torch.stack([reps, -reps], 1)
+    m2, c2 = value_means(per, labels, [3, 3])
+    assert torch.allclose(m2[:3], expected[:3]) and torch.allclose(m2[3:5], -expected[3:])
+    assert torch.allclose(m2[5], -reps[1]) and c2.tolist() == [2, 2, 0, 2, 1, 1]
 
 
 def test_fit_initialises_memory_with_the_classifiers_mean_representations():
@@ -253,9 +261,9 @@ def test_ablation_switches():
     d = _data(64)
     rows = torch.from_numpy(ManipulationMiner(d.labels, [3, 2]).sample(16, np.random.default_rng(0)))
     labels = torch.from_numpy(d.labels)
-    loss, logs = no_rank.training_loss(no_rank._pooled(d), rows, labels)
+    loss, logs = no_rank.training_loss(pooled_features(d, tuple(no_rank.levels), no_rank.config["pool"]), rows, labels)
     assert "triplet" not in logs and torch.equal(loss, logs["cls"])
-    _, logs = full.training_loss(full._pooled(d), rows, labels)
+    _, logs = full.training_loss(pooled_features(d, tuple(full.levels), full.config["pool"]), rows, labels)
     assert "triplet" in logs
     # the variants fix their switch
     with pytest.raises(VestisError, match="fixes lam"):

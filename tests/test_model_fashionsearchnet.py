@@ -5,7 +5,8 @@ from PIL import Image
 
 from vestis.catalog import AttributeSchema
 from vestis.errors import UnknownAttributeError, UnknownValueError, VestisError
-from vestis.models import TrainData, create_model, load_run, save_run
+from vestis.models import TrainData, create_model
+from vestis.runs import load_run, save_run
 from vestis.models.fashionsearchnet import FashionSearchNet
 from vestis.overlay import render_overlay
 from vestis.models.layers import box_from_map, boxes_from_maps, class_activation_maps, roi_features

@@ -1,11 +1,14 @@
+import json
+
 import numpy as np
 import pytest
 import torch
 
 from vestis.catalog import AttributeSchema
 from vestis.errors import UnknownValueError, VestisError
-from vestis.models import TrainData, create_model, load_run, save_run
-from vestis.models.base import RunError
+from vestis.models import Request, TrainData, create_model
+from vestis.runs import load_run, save_run
+from vestis.runs import RunError
 
 SCHEMA = AttributeSchema({"colour": ["red", "blue", "green"], "sleeve": ["short", "long"]})
 CH = {"s16": 8, "s32": 16}
@@ -35,7 +38,11 @@ def test_visual_is_unit_norm_and_ignores_manipulation():
     d = _data(10)
     e = m.embed(_t(d))
     assert e.shape == (10, 16) and torch.allclose(e.norm(dim=1), torch.ones(10), atol=1e-5)
-    assert torch.equal(m.embed_query(_t(d), [{"colour": "red"}] * 10), e)
+    assert "manipulate" not in m.modes() and list(m.spaces()) == ["main"]
+    with pytest.raises(VestisError, match="cannot apply manipulations"):
+        m.embed_query(_t(d), [{"colour": "red"}] * 10)
+    (probe,) = m.plan(_t(d), Request("visual", [{}] * 10))  # "more like this" searches its one space
+    assert probe.space == "main" and np.array_equal(probe.vectors, e.numpy())
 
 
 def test_unknown_model_and_config():
@@ -93,8 +100,20 @@ def test_run_round_trip_and_corruption(tmp_path):
     m2, info2 = load_run(tmp_path / "run")
     x = _t(_data(5))
     assert torch.equal(m.embed(x), m2.embed(x)) and info2.run_id == info.run_id
-    (tmp_path / "run" / "weights.safetensors").write_bytes(b"garbage")
+    weights = tmp_path / "run" / "weights.safetensors"
+    raw = bytearray(weights.read_bytes())
+    raw[-64:] = bytes(255 - v for v in raw[-64:])  # flipped tensor bytes: still a valid safetensors file
+    weights.write_bytes(bytes(raw))
+    with pytest.raises(RunError, match="changed since the run was saved"):
+        load_run(tmp_path / "run")
+    # a run saved before per-file fingerprints (no "files" in run.json): garbage weights are still refused
+    run_json = tmp_path / "run" / "run.json"
+    run_json.write_text(json.dumps({k: v for k, v in json.loads(run_json.read_text()).items() if k != "files"}))
+    weights.write_bytes(b"garbage")
     with pytest.raises(RunError, match="does not load"):
+        load_run(tmp_path / "run")
+    run_json.write_text(json.dumps({**json.loads(run_json.read_text()), "trunk": "tf_efficientnet_lite0"}))
+    with pytest.raises(RunError, match="'trunk' must be a JSON object"):
         load_run(tmp_path / "run")
     with pytest.raises(RunError, match="not a trained run"):
         load_run(tmp_path / "nothing")

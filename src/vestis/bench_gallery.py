@@ -95,7 +95,7 @@ def augmented_gallery(embed, maps: Mapping[str, np.ndarray], n: int, seed: int =
                       log=None) -> np.ndarray:
     """(n, D) float32: the embeddings of every real item (`maps`, float16 (N, C, H, W) per level), then
     n - N embeddings of augmented maps (module docstring). `embed` maps {level: float32 tensor} -> tensor."""
-    from vestis.engine import _embed
+    from vestis.models import run_batched as _embed
 
     real = _embed(embed, maps, batch)
     n_real = len(real)

@@ -35,28 +35,6 @@ def cmd_synth(args) -> int:
 
 
 # --- ingest ---------------------------------------------------------------------------------------
-def format_summary(s: dict) -> str:
-    lines = [f"catalogue {s['name']!r} ({s['source']}): {s['items']} items"
-             + (f", {s['instances']} instances" if s["instances"] else "")
-             + (f", {s['with_parts']} with parts" if s["with_parts"] else "")]
-    if "images" in s:
-        im = s["images"]
-        lines.append(f"images: {im['found']} found, {im['missing']} missing, {im['unreadable']} unreadable")
-        for key in ("missing_ids", "unreadable_ids"):
-            if im[key]:
-                more = im[key.split("_")[0]] - len(im[key])
-                lines.append(f"  {key.split('_')[0]}: {', '.join(im[key])}" + (f" (+{more} more)" if more > 0 else ""))
-    lines.append("splits: " + ", ".join(f"{k} {v}" for k, v in s["splits"].items()))
-    if s["load_warnings"]:
-        lines.append("rows skipped or changed while reading: " + ", ".join(f"{k} {v}" for k, v in s["load_warnings"].items()))
-    lines.append("attributes:")
-    for a, d in s["attributes"].items():
-        top = ", ".join(f"{v} {c}" for v, c in list(d["counts"].items())[:6])
-        more = len(d["counts"]) - 6
-        lines.append(f"  {a}: {d['n_values']} values, {d['unspecified']} unspecified | {top}" + (f", ... (+{more})" if more > 0 else ""))
-    return "\n".join(lines)
-
-
 def cmd_ingest(args) -> int:
     from vestis.catalog import Catalog
 
@@ -67,6 +45,8 @@ def cmd_ingest(args) -> int:
     if hidden > 0:
         print(f"warning: ... and {hidden} more", file=sys.stderr)
     s = cat.summary(check_images=not args.no_image_check)
+    from vestis.catalog.catalog import format_summary
+
     print(json.dumps(s, indent=1) if args.json else format_summary(s))
     return 0
 
@@ -166,7 +146,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_index(args) -> int:
-    from vestis.engine import build_index
+    from vestis.indexing import build_index
 
     cat = _load_catalog(args)
     opts = json.loads(args.options) if args.options else {}
@@ -191,7 +171,8 @@ def _parse_sets(pairs: list[str]) -> dict[str, str]:
 
 
 def cmd_search(args) -> int:
-    from vestis.engine import Engine, rank_queries
+    from vestis.engine import Engine
+    from vestis.eval.runners import rank_queries
 
     engine = Engine.load(args.run, args.index, cache_dir=args.cache)
     if args.queries:
@@ -208,13 +189,18 @@ def cmd_search(args) -> int:
     if (args.image is None) == (args.item is None):
         raise VestisError("give one of --queries FILE, --image PATH or --item ID")
     filters = _parse_sets(args.filter)
-    hits = engine.search(image=args.image, item_id=args.item, manipulations=_parse_sets(args.set), k=args.k or 30,
-                         filters=filters or None, mode=args.mode)
+    result = engine.search(image=args.image, item_id=args.item, manipulations=_parse_sets(args.set), k=args.k or 30,
+                           filters=filters or None, mode=args.mode)
     attrs = engine.model.schema.attributes
-    print(f"{'rank':>4}  {'item':<14} {'score':>8}  " + "  ".join(attrs))
-    for r, h in enumerate(hits, 1):
-        cells = [("*" if h.matches.get(a) else "") + h.attributes.get(a, "-") for a in attrs]
-        print(f"{r:>4}  {h.id:<14} {h.score:>8.3f}  " + "  ".join(cells))
+    for g in result.groups:  # one table per group (one for the flat modes)
+        if len(result.groups) > 1 or g.box is not None:
+            box = "" if g.box is None else " box (" + ", ".join(f"{v:.0f}" for v in g.box) + ")"
+            score = "" if g.score is None else f" score {g.score:.2f}"
+            print(f"\n{g.label or 'results'}{score}{box}")
+        print(f"{'rank':>4}  {'item':<14} {'score':>8}  " + "  ".join(attrs))
+        for r, h in enumerate(g.hits, 1):
+            cells = [("*" if h.matches.get(a) else "") + h.attributes.get(a, "-") for a in attrs]
+            print(f"{r:>4}  {h.id:<14} {h.score:>8.3f}  " + "  ".join(cells))
     return 0
 
 
@@ -264,7 +250,7 @@ def cmd_eval(args) -> int:
         report["run"].update({k: v for k, v in json.loads((args.run / "run.json").read_text()).items()
                               if k in ("run_id", "model", "config", "trunk")})
     if args.classify:
-        from vestis.engine import category_scores
+        from vestis.eval.runners import category_scores
         from vestis.eval import classification_report
 
         if not args.run:
@@ -451,7 +437,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--item", default=None, help="catalogue item id")
     s.add_argument("--set", action="append", default=[], metavar="ATTR=VALUE", help="manipulation (repeatable)")
     s.add_argument("--filter", action="append", default=[], metavar="ATTR=VALUE", help="only items with this value")
-    s.add_argument("--mode", default="manipulate", help="manipulate, same_item, visual, attribute:<name>")
+    s.add_argument("--mode", default="manipulate", help="manipulate, same_item, visual, attribute:<name> (the run's "
+                                                        "modes; an unknown one is refused with the list)")
     s.add_argument("--k", type=int, default=None, help="results (default 30; 50 with --queries)")
     s.add_argument("--cache", type=Path, default=default_cache_dir())
     s.set_defaults(func=cmd_search)

@@ -44,8 +44,9 @@ def _example_query(catalog: Catalog, engine) -> tuple[str, str, str]:
 
 def run_demo(data: Path | None, workdir: Path, n: int, cache_dir: Path, serve: bool = False,
              host: str = "127.0.0.1", port: int = 8000) -> int:
-    from vestis.cli import format_summary
-    from vestis.engine import Engine, build_index
+    from vestis.catalog.catalog import format_summary
+    from vestis.engine import Engine
+    from vestis.indexing import build_index
     from vestis.train import train_run
     from vestis.vision.extract import extract_catalog
     from vestis.vision.trunk import TrunkSpec

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vestis.errors import VestisError
-from vestis.models.base import load_run
 from vestis.paths import default_cache_dir
-from vestis.train import trunk_from_json
+from vestis.runs import load_run
+from vestis.vision.trunk import TrunkSpec
 
 
 @dataclass
@@ -42,7 +42,7 @@ def explain_images(run_dir: Path, images: Sequence[Path], out: Path, threshold: 
     if not model.explains:
         raise VestisError(f"run {run_dir} ({model.name}) has no explanation maps; explanations come from runs of "
                           f"models that localise attributes, e.g. fashionsearchnet")
-    spec = trunk_from_json(info.trunk)
+    spec = TrunkSpec.from_json(info.trunk)
     backend = make_backend(spec, Path(cache_dir or default_cache_dir())).backend
     maps = encode_images(backend, spec.resolution, [Path(p) for p in images])
     exp = model.explain(maps) if threshold is None else model.explain(maps, threshold=threshold)  # sets its own grad mode

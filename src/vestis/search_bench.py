@@ -44,7 +44,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vestis.engine import Engine, _embed
+from vestis.engine import Engine
+from vestis.models import run_batched as _embed
 from vestis.index import AUTO, create_index
 from vestis.index.bench import exact_scores, machine_info, recall_at_k, recall_with_ties
 
@@ -186,7 +187,7 @@ def bench_search(run_dir: Path, index_dir: Path, queries_file: Path, n: int = GO
     from vestis.bench_gallery import augmented_gallery, cached_gallery
     from vestis.eval.queries import read_queries
     from vestis.index.faiss_index import _cpu_count
-    from vestis.train import catalogue_features
+    from vestis.vision.extract import catalogue_features
 
     threads = threads or _cpu_count()
     torch_threads = torch.get_num_threads()

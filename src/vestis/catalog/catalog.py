@@ -152,3 +152,25 @@ class Catalog:
                              "unreadable": len(bad["unreadable"]), "missing_ids": bad["missing"][:20],
                              "unreadable_ids": bad["unreadable"][:20]}
         return out
+
+
+def format_summary(s: dict) -> str:
+    lines = [f"catalogue {s['name']!r} ({s['source']}): {s['items']} items"
+             + (f", {s['instances']} instances" if s["instances"] else "")
+             + (f", {s['with_parts']} with parts" if s["with_parts"] else "")]
+    if "images" in s:
+        im = s["images"]
+        lines.append(f"images: {im['found']} found, {im['missing']} missing, {im['unreadable']} unreadable")
+        for key in ("missing_ids", "unreadable_ids"):
+            if im[key]:
+                more = im[key.split("_")[0]] - len(im[key])
+                lines.append(f"  {key.split('_')[0]}: {', '.join(im[key])}" + (f" (+{more} more)" if more > 0 else ""))
+    lines.append("splits: " + ", ".join(f"{k} {v}" for k, v in s["splits"].items()))
+    if s["load_warnings"]:
+        lines.append("rows skipped or changed while reading: " + ", ".join(f"{k} {v}" for k, v in s["load_warnings"].items()))
+    lines.append("attributes:")
+    for a, d in s["attributes"].items():
+        top = ", ".join(f"{v} {c}" for v, c in list(d["counts"].items())[:6])
+        more = len(d["counts"]) - 6
+        lines.append(f"  {a}: {d['n_values']} values, {d['unspecified']} unspecified | {top}" + (f", ... (+{more})" if more > 0 else ""))
+    return "\n".join(lines)

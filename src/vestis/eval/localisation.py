@@ -63,9 +63,10 @@ def summarise(rows: list[dict[str, float]]) -> dict[str, float]:
 def localisation_report(run_dir: Path, catalog, split: str | None = "query", threshold: float | None = None,
                         cache_dir: Path | None = None, batch: int = 256, progress: bool = True) -> dict:
     """Per attribute with labelled regions: the run's boxes vs the regions, and the whole-image floor."""
-    from vestis.models.base import load_run
+    from vestis.runs import load_run
     from vestis.paths import default_cache_dir
-    from vestis.train import catalogue_features, trunk_from_json
+    from vestis.vision.extract import catalogue_features
+    from vestis.vision.trunk import TrunkSpec
     from vestis.vision.preprocess import letterbox_geometry
 
     model, info = load_run(Path(run_dir))
@@ -77,7 +78,7 @@ def localisation_report(run_dir: Path, catalog, split: str | None = "query", thr
         raise VestisError(f"no item of {catalog.name or 'the catalogue'}{f' (split {split})' if split else ''} "
                           f"has an image file")
     attrs = list(model.schema.attributes)
-    spec = trunk_from_json(info.trunk)
+    spec = TrunkSpec.from_json(info.trunk)
     feats = catalogue_features(cat, spec, Path(cache_dir or default_cache_dir()), progress=progress)
     order = {a: j for j, a in enumerate(model.schema.attributes)}
     per = {a: [] for a in attrs}

@@ -10,6 +10,10 @@ One JSON object per line, one line per query of the query file, in one of three 
   gallery fraction f, e.g. 400 for 10 %).
 - `{"query_id": ..., "scores": [sim_pos, sim_neg]}` - triplet queries (protocol 2): the similarities
   sim(x, x+ | a) and sim(x, x- | a) of the triplet named on the query line; finite numbers.
+- `{"query_id": ..., "ranked": [the groups read round-robin], "groups": [{"label", "box", "ranked"}]}` -
+  grouped answers (protocol 4, part-based suggestions): one group per part of the query image, `box`
+  (x0, y0, x1, y1) in query-image pixels or null; `ranked` is the round-robin list, so a flat-list scorer and
+  a group scorer both read the row.
 - `{"query_id": ..., "skipped": "reason"}` - the run could not answer this query (e.g. the query image is
   missing or unreadable). Skipped queries are counted in the report by reason and left out of the
   metrics; a query that has no line at all is an error.
@@ -80,7 +84,29 @@ def normalize_row(row, where: str = "row") -> dict:
         if not isinstance(row["skipped"], str) or not row["skipped"]:
             raise RankingsError(f"{where} (query {qid!r}): \"skipped\" must be a non-empty reason string")
         out["skipped"] = row["skipped"]
+    if "groups" in row:
+        out["groups"] = _normalize_groups(row["groups"], f"{where} (query {qid!r})")
     out.update({k: v for k, v in row.items() if k not in out and k not in ("ranked", "scores", "skipped")})
+    return out
+
+
+def _normalize_groups(groups, where: str) -> list[dict]:
+    """PROTOCOLS.md section 4: [{"label", "box": [x0, y0, x1, y1] or null, "ranked": [ids]}], one per part."""
+    if not isinstance(groups, Sequence) or isinstance(groups, str):
+        raise RankingsError(f'{where}: "groups" must be a list of {{"label", "box", "ranked"}} objects')
+    out = []
+    for j, g in enumerate(groups):
+        if not isinstance(g, Mapping) or not isinstance(g.get("label", ""), str) or "ranked" not in g:
+            raise RankingsError(f'{where}: group #{j} must be an object with a string "label" and "ranked"')
+        ranked = g["ranked"]
+        if not isinstance(ranked, Sequence) or isinstance(ranked, str):
+            raise RankingsError(f'{where}: group #{j}: "ranked" must be a list of ids')
+        box = g.get("box")
+        if box is not None and (not isinstance(box, Sequence) or len(box) != 4 or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in box)):
+            raise RankingsError(f'{where}: group #{j}: "box" must be [x0, y0, x1, y1] (four finite numbers) or null')
+        out.append({**g, "label": g.get("label", ""), "box": None if box is None else [float(v) for v in box],
+                    "ranked": [_norm_id(x, f"{where} group #{j}") for x in ranked]})
     return out
 
 

@@ -3,7 +3,9 @@
 from vestis.models import attribute_baseline, global_embed, visual  # noqa: F401  (register)
 from vestis.models import amnet  # noqa: F401  (register)
 from vestis.models import fashionsearchnet  # noqa: F401  (register)
-from vestis.models.base import MODELS, RunInfo, SearchModel, create_model, load_run, save_run
-from vestis.train import TrainData
+from vestis.models.base import (MODELS, Probe, Request, SearchModel, Space, create_model, declared_levels,
+                                run_batched)
+from vestis.models.loop import TrainData
 
-__all__ = ["MODELS", "RunInfo", "SearchModel", "TrainData", "create_model", "load_run", "save_run"]
+__all__ = ["MODELS", "Probe", "Request", "SearchModel", "Space", "TrainData", "create_model", "declared_levels",
+           "run_batched"]

@@ -58,23 +58,11 @@ from torch import nn
 from vestis.errors import VestisError
 from vestis.losses import multi_attribute_ce, triplet_margin
 from vestis.models.base import Maps, SearchModel, register
-from vestis.models.layers import AttributeClassifiers, gap, l2n
-from vestis.train import LoopConfig, TrainData, fit_loop
+from vestis.models.layers import POOLS, AttributeClassifiers, l2n, pool_maps, value_means
+from vestis.models.loop import LoopConfig, TrainData, fit_loop, pooled_features
 
-POOLS = ("avg", "avgmax")
 NORMS = ("l1", "l2", "none")
 INIT_GAIN = {"l1": 2.0, "l2": 2 ** 0.5, "none": 1.0}  # one manipulation reads (M(new) - M(old)) / gain
-
-
-def pool_maps(maps: Maps, levels, pool: str = "avg") -> torch.Tensor:
-    """(N, D) pooled trunk features: global average (and max, for "avgmax") pooling of each level."""
-    parts = []
-    for lv in levels:
-        x = maps[lv].float()
-        parts.append(gap(x))
-        if pool == "avgmax":
-            parts.append(x.amax(dim=(2, 3)))
-    return torch.cat(parts, dim=-1)
 
 
 def normalise_indicator(h: torch.Tensor, norm: str = "l1") -> torch.Tensor:
@@ -84,24 +72,6 @@ def normalise_indicator(h: torch.Tensor, norm: str = "l1") -> torch.Tensor:
         return h
     d = h.abs().sum(-1, keepdim=True) if norm == "l1" else h.norm(dim=-1, keepdim=True)
     return h / d.clamp_min(1e-12)
-
-
-def prototype_means(reps: torch.Tensor, labels: torch.Tensor, n_values: list[int]) -> torch.Tensor:
-    """The memory initialisation of section 3.4: row offset(a) + v = mean of reps[i] over items with
-    labels[i, a] == v ("unspecified", code n_values[a], has no row). Values no item has get a zero row."""
-    labels = torch.as_tensor(labels, dtype=torch.long)
-    C, Q = sum(n_values), reps.shape[1]
-    sums = torch.zeros(C, Q, dtype=reps.dtype)
-    counts = torch.zeros(C, dtype=reps.dtype)
-    off = 0
-    for a, n in enumerate(n_values):
-        y = labels[:, a]
-        known = y < n
-        rows = off + y[known]
-        sums.index_add_(0, rows, reps[known])
-        counts.index_add_(0, rows, torch.ones(len(rows), dtype=reps.dtype))
-        off += n
-    return sums / counts.clamp_min(1)[:, None]
 
 
 class MemoryBlock(nn.Module):
@@ -286,6 +256,7 @@ class ManipulationMiner:
 @register
 class AMNet(SearchModel):
     name = "amnet"
+    levels = ("s16", "s32")  # `levels` in the config picks among these
     metric = "l2"
     supports_manipulation = True
     forced: dict = {}  # config a registered variant fixes (the ablations)
@@ -392,8 +363,14 @@ class AMNet(SearchModel):
         return [F.softmax(lg, dim=-1) for lg in self.classify(self.represent(maps))]
 
     # --- protocol ----------------------------------------------------------------------------------------
+    @property
+    def dim(self) -> int:
+        return self.config["dim"]
+
     @torch.no_grad()
-    def embed(self, maps: Maps) -> torch.Tensor:
+    def embed(self, maps: Maps, space: str = "main") -> torch.Tensor:
+        if space != "main":
+            return super().embed(maps, space)
         return self._out(self.represent(maps))
 
     @torch.no_grad()
@@ -405,14 +382,6 @@ class AMNet(SearchModel):
         return self._out(self.manipulate(r, h))
 
     # --- training ----------------------------------------------------------------------------------------
-    def _pooled(self, data: TrainData, chunk: int = 2048) -> torch.Tensor:
-        out = []
-        for i in range(0, len(data), chunk):
-            maps = {lv: torch.from_numpy(np.asarray(data.maps[lv][i:i + chunk], dtype=np.float32))
-                    for lv in self.levels}
-            out.append(pool_maps(maps, self.levels, self.config["pool"]))
-        return torch.cat(out) if out else torch.zeros(0, 0)
-
     @torch.no_grad()
     def init_memory(self, pooled: torch.Tensor, labels: torch.Tensor) -> None:
         """Section 3.4: each memory row = the mean representation of the training images with that value."""
@@ -421,7 +390,7 @@ class AMNet(SearchModel):
         was = self.training
         self.eval()
         reps = torch.cat([self.rep(pooled[i:i + 4096]) for i in range(0, len(pooled), 4096)])
-        self.memory.memory.copy_(prototype_means(reps, labels, self.n_values))
+        self.memory.memory.copy_(value_means(reps, labels, self.n_values)[0])
         self.train(was)
 
     def training_loss(self, x: torch.Tensor, rows: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict]:
@@ -465,7 +434,7 @@ class AMNet(SearchModel):
         if len(data) < 2:
             raise VestisError("amnet needs at least two training items")
         labels = torch.from_numpy(data.labels.astype(np.int64))
-        x = self._pooled(data)
+        x = pooled_features(data, tuple(self.levels), self.config["pool"])
         history: dict = {}
         # phase 1: the multi-attribute classifier (representation learner + classification branches)
         if cfg["pre_epochs"] > 0:

@@ -30,9 +30,9 @@ from torch import nn
 
 from vestis.errors import VestisError
 from vestis.losses import multi_attribute_ce
-from vestis.models.base import Maps, SearchModel, TrainData, register
-from vestis.models.layers import AttributeClassifiers, gap, l2n
-from vestis.train import LoopConfig, fit_loop, pooled_features
+from vestis.models.base import Maps, SearchModel, register
+from vestis.models.layers import AttributeClassifiers, l2n, pool_maps
+from vestis.models.loop import LoopConfig, TrainData, fit_loop, pooled_features
 
 
 PROB_FLOOR = 1e-6
@@ -42,6 +42,7 @@ LOG_FLOOR = math.log(PROB_FLOOR)
 @register
 class AttributeBaseline(SearchModel):
     name = "attribute_baseline"
+    levels = ("s32",)
     supports_manipulation = True
     default_config = {"hidden": 512, "dropout": 0.3, "epochs": 15, "batch_size": 256, "lr": 2e-3,
                       "weight_decay": 1e-4, "seed": 0, "visual_weight": 0.1, "visual_dim": 64, "scoring": "log"}
@@ -58,7 +59,7 @@ class AttributeBaseline(SearchModel):
         self.register_buffer("visual_basis", torch.eye(c)[:, :d].clone())
 
     def logits(self, maps: Maps) -> list[torch.Tensor]:
-        return self.logits_from_pooled(gap(maps["s32"].float()))
+        return self.logits_from_pooled(pool_maps(maps, ("s32",)))
 
     def logits_from_pooled(self, pooled: torch.Tensor) -> list[torch.Tensor]:
         return self.classifiers(self.trunk_head(pooled))
@@ -71,7 +72,7 @@ class AttributeBaseline(SearchModel):
         cfg = LoopConfig(epochs=self.config["epochs"], batch_size=self.config["batch_size"], lr=self.config["lr"],
                          weight_decay=self.config["weight_decay"], seed=self.config["seed"])
         labels = torch.from_numpy(data.labels.astype(np.int64))
-        pooled = pooled_features(data, "s32")
+        pooled = pooled_features(data, ("s32",))
         if self.config["visual_dim"]:
             self.visual_mean.copy_(pooled.mean(0))
             sample = pooled[torch.randperm(len(pooled), generator=torch.Generator().manual_seed(0))[:20000]]
@@ -86,10 +87,16 @@ class AttributeBaseline(SearchModel):
         return fit_loop(self.parameters(), data, step, cfg, desc="attribute_baseline", progress=progress, modules=[self])
 
     def _visual(self, maps: Maps) -> torch.Tensor:
-        return self.config["visual_weight"] * l2n((gap(maps["s32"].float()) - self.visual_mean) @ self.visual_basis)
+        return self.config["visual_weight"] * l2n((pool_maps(maps, ("s32",)) - self.visual_mean) @ self.visual_basis)
+
+    @property
+    def dim(self) -> int:
+        return sum(self.n_states) + self.visual_basis.shape[1] + 1
 
     @torch.no_grad()
-    def embed(self, maps: Maps) -> torch.Tensor:
+    def embed(self, maps: Maps, space: str = "main") -> torch.Tensor:
+        if space != "main":
+            return super().embed(maps, space)
         probs = self.predict_attributes(maps)
         scoring = self.config["scoring"]
         if scoring == "log":

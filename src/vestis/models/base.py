@@ -1,44 +1,104 @@
-"""The one small protocol every method implements, the model registry, and run directories.
+"""The one small protocol every method implements, and the model registry.
 
 Every method is a head on cached trunk feature maps (`maps`: {"s16": (N,C,H,W), "s32": ...}), so the
 engine, evaluation and serving never special-case a method:
-  fit(data, config)                 train (and set prototypes / memory where the method has them)
-  embed(maps) -> (N, D)             gallery vectors, stored in the index
-  embed_query(maps, manipulations)  query vectors with the manipulations applied
-  attribute_embed(maps, attribute)  attribute-specific vectors, where the method has them
+  levels                            the trunk levels it reads ("s8", "s16", "s32"); the cache extracts the union
+  fit(data)                         train (and set prototypes / memory where the method has them)
+  spaces() -> {name: Space}         the vector spaces it fills, each indexed on its own by the engine
+  embed(maps, space)                the gallery vectors of one space: (N, D), or (N, K, D) for a per-part space
+  plan(maps, request) -> [Probe]    the query side: which vectors to look up in which space, with which
+                                    candidate filters, answered as which group of results
+  modes()                           the search modes `plan` answers
   predict_attributes(maps)          per-attribute probabilities, where the method has attribute classifiers
-  explain(maps)                     activation maps for the web page, where the method has them
-`attribute_probabilities`, `predicts_attributes` and `explains` let callers (the HTTP API) ask what a model can
-do without knowing which method it is.
+  explain(maps) -> [Explanation]    activation / attention maps and boxes, where the method has them
+`predicts_attributes` and `explains` let callers (the HTTP API) ask what a model can do without knowing which
+method it is.
+
+Every model has two spaces unless it says otherwise: "main" (its own embedding, what `same_item` and
+`manipulate` search) and "visual" (cosine of pooled stride-32 trunk features: the floor, and "more like this").
+The default `plan` answers the flat modes with one probe each, from the model's own `embed_query` (manipulations
+applied) and `attribute_query`; a method with per-attribute or per-part spaces overrides `plan`.
 """
 
 from __future__ import annotations
 
-import json
-import time
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
 from vestis.catalog.schema import AttributeSchema
 from vestis.errors import VestisError
-from vestis.train import TrainData
+from vestis.models.layers import l2n, pool_maps
+from vestis.models.loop import TrainData
 
 Maps = Mapping[str, torch.Tensor]
 Manipulation = Mapping[str, str]
+MEMBERS = ("items", "known", "parts")
+EMBED_BATCH = 512
 
 
-class RunError(VestisError):
-    pass
+@dataclass(frozen=True)
+class Space:
+    """One vector space a model fills and the engine indexes on its own.
+
+    members: "items" - one vector per catalogue item; "known" - only items with a known catalogue value of
+    `attribute` (a per-attribute space, PROTOCOLS.md section 2's candidates); "parts" - `parts` vectors per item,
+    indexed as `item#k` with a `part` attribute and collapsed back to the item (its best part) by the engine."""
+
+    dim: int
+    metric: str = "ip"  # "ip" (inner product) or "l2"
+    members: str = "items"
+    attribute: str | None = None
+    parts: int = 1
+
+    def __post_init__(self):
+        if self.members not in MEMBERS:
+            raise VestisError(f"space members must be one of {MEMBERS}, got {self.members!r}")
+        if (self.members == "known") != (self.attribute is not None):
+            raise VestisError("a space of members 'known' names its attribute, and only it does")
+
+
+@dataclass
+class Request:
+    """What a batch of queries asks for: one mode, and one manipulation set per query row."""
+
+    mode: str = "manipulate"
+    manipulations: Sequence[Mapping[str, str]] = ()
+
+
+@dataclass
+class Probe:
+    """One look-up the engine runs: `vectors` (M, D) in `space`, each answering query row `rows[j]` (default:
+    row j), among the candidates that pass `filters`; the hits form the group `group` of that query, with
+    `boxes[j]` (x0, y0, x1, y1 in trunk-input pixels) the part of the query image it came from, if any."""
+
+    space: str
+    vectors: np.ndarray
+    filters: dict | None = None
+    group: str = ""
+    rows: np.ndarray | None = None
+    boxes: np.ndarray | None = None
+    scores: np.ndarray | None = None  # (M,) how confident the model is in this group, if it knows
+
+
+def run_batched(fn, maps: Mapping[str, np.ndarray], batch: int = EMBED_BATCH) -> np.ndarray:
+    """fn over float16 numpy maps in float32 batches, under inference mode; float32 numpy, rows in order
+    (any trailing shape: (N, D) or (N, K, D))."""
+    n = len(next(iter(maps.values())))
+    out = []
+    with torch.inference_mode():
+        for i in range(0, n, batch):
+            out.append(np.asarray(fn({k: torch.from_numpy(v[i:i + batch]).float() for k, v in maps.items()})))
+    return np.concatenate(out).astype(np.float32) if out else np.zeros((0, 0), np.float32)
 
 
 class SearchModel(nn.Module):
     name: str = ""
-    metric: str = "ip"  # how the index compares vectors: "ip" (inner product) or "l2"
+    levels: tuple[str, ...] = ("s32",)  # the trunk levels this method reads (the "visual" space reads s32)
+    metric: str = "ip"  # how the index compares the "main" vectors: "ip" (inner product) or "l2"
     supports_manipulation: bool = False
     default_config: dict = {}
 
@@ -51,28 +111,67 @@ class SearchModel(nn.Module):
             raise VestisError(f"model {self.name}: unknown config key(s) {sorted(unknown)}; "
                               f"valid: {sorted(self.default_config)}")
         self.config = {**self.default_config, **(config or {})}
+        missing = [lv for lv in self.levels if lv not in self.channels]
+        if missing:
+            raise VestisError(f"model {self.name} reads trunk level(s) {missing}, which the features lack "
+                              f"(they have {sorted(self.channels)}); re-extract with those levels")
 
-    # --- protocol -----------------------------------------------------------------------------
+    # --- training -----------------------------------------------------------------------------
     def fit(self, data: TrainData, progress: bool = True) -> dict:
         """Train on `data`; return a small history dict (losses, seconds)."""
         return {}
 
-    def embed(self, maps: Maps) -> torch.Tensor:
+    # --- the gallery side ------------------------------------------------------------------------
+    @property
+    def dim(self) -> int:
+        """Size of the "main" vectors."""
         raise NotImplementedError
 
+    def spaces(self) -> dict[str, Space]:
+        return {"main": Space(self.dim, self.metric), "visual": Space(self.channels["s32"], "ip")}
+
+    def embed(self, maps: Maps, space: str = "main") -> torch.Tensor:
+        """The vectors of `space` for these maps. Subclasses fill "main" and hand other spaces to this."""
+        if space == "visual" and "visual" in self.spaces():
+            return l2n(pool_maps(maps, ("s32",)))
+        raise VestisError(f"model {self.name} has no vector space {space!r}; spaces: {', '.join(self.spaces())}")
+
+    # --- the query side --------------------------------------------------------------------------
+    def modes(self) -> list[str]:
+        """The search modes `plan` answers (`attribute:<name>` spelled out per attribute)."""
+        out = ["manipulate"] if self.supports_manipulation else []
+        return out + ["same_item", "visual"] + [f"attribute:{a}" for a in self.schema.attributes]
+
+    def plan(self, maps: Maps, request: Request) -> list[Probe]:
+        """The probes that answer `request` for these query maps; the engine runs them (Probe, Result)."""
+        mode = request.mode
+        with torch.inference_mode():
+            if mode == "manipulate":
+                return [Probe("main", self.embed_query(maps, request.manipulations).numpy())]
+            if mode == "same_item":
+                return [Probe("main", self.embed(maps, "main").numpy())]
+            if mode == "visual":
+                space = "visual" if "visual" in self.spaces() else "main"
+                return [Probe(space, self.embed(maps, space).numpy())]
+            if mode.startswith("attribute:"):
+                attr = mode.split(":", 1)[1]
+                self.schema.check_attribute(attr)
+                # candidates: items with a known value of the attribute (PROTOCOLS.md section 2)
+                return [Probe("main", self.attribute_query(maps, attr).numpy(), group=attr,
+                              filters={attr: list(self.schema.values(attr))})]
+        raise VestisError(f"unknown mode {mode!r}; model {self.name} answers: {', '.join(self.modes())}")
+
     def embed_query(self, maps: Maps, manipulations: Sequence[Manipulation] | None = None) -> torch.Tensor:
-        """Query vectors; models that cannot manipulate ignore `manipulations` (see supports_manipulation)."""
-        return self.embed(maps)
+        """"main" query vectors with the manipulations applied; a model that cannot manipulate has none."""
+        raise VestisError(f"model {self.name} cannot apply manipulations; modes: {', '.join(self.modes())}")
 
     def attribute_query(self, maps: Maps, attribute: str) -> torch.Tensor:
-        """Query vector for "similar with respect to `attribute`" against the gallery vectors. Without an
-        attribute-specific model this is the plain embedding (the engine restricts candidates to items
-        with a known value of the attribute)."""
-        return self.embed(maps)
+        """Query vector for "similar with respect to `attribute`" against the "main" vectors. Without an
+        attribute-specific model this is the plain embedding (the plan restricts candidates to items with a
+        known value of the attribute)."""
+        return self.embed(maps, "main")
 
-    def attribute_embed(self, maps: Maps, attribute: str) -> torch.Tensor:
-        raise VestisError(f"model {self.name} has no attribute-specific embedding")
-
+    # --- attributes and explanations ------------------------------------------------------------
     def predict_attributes(self, maps: Maps) -> list[torch.Tensor]:
         """Per attribute of the schema (in order), (N, values + 1) probabilities; the last column is
         "unspecified". Only models with attribute classifiers have it."""
@@ -89,9 +188,8 @@ class SearchModel(nn.Module):
         return (cls.predict_attributes is not SearchModel.predict_attributes
                 or cls.attribute_probabilities is not SearchModel.attribute_probabilities)
 
-    def explain(self, maps: Maps) -> dict:
-        """Activation maps, where the model has them: {"method", "attributes", "values" (N x A predicted values),
-        "confidence" (N, A), "aam" (N, A, H, W), "stride" (input pixels per cell), "boxes" (N, A, 4) in cells}."""
+    def explain(self, maps: Maps) -> list:
+        """One `vestis.models.explanation.Explanation` per row of `maps`, where the model has maps."""
         raise VestisError(f"model {self.name} has no explanation maps")
 
     @property
@@ -132,66 +230,9 @@ def create_model(name: str, schema: AttributeSchema, channels: Mapping[str, int]
     return MODELS[name](schema, channels, config)
 
 
-# --- run directories ------------------------------------------------------------------------------
-@dataclass
-class RunInfo:
-    run_id: str
-    model: str
-    config: dict
-    channels: dict
-    trunk: dict
-    schema_digest: str
-    history: dict = field(default_factory=dict)
-    created: str = ""
-    catalog: str = ""
+def declared_levels() -> tuple[str, ...]:
+    """The union of the trunk levels the registered methods read: what the feature cache extracts, so every
+    method trains and searches on one cache."""
+    import vestis.models  # noqa: F401
 
-
-def save_run(model: SearchModel, run_dir: Path, trunk: Mapping, history: Mapping | None = None,
-             catalog: str = "") -> RunInfo:
-    """Weights as safetensors (never pickles), config + schema as JSON; written atomically per file."""
-    from safetensors.torch import save_file
-
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    info = RunInfo(run_id=f"{model.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}", model=model.name,
-                   config=dict(model.config), channels=dict(model.channels), trunk=dict(trunk),
-                   schema_digest=model.schema.digest(), history=dict(history or {}),
-                   created=time.strftime("%Y-%m-%dT%H:%M:%S"), catalog=catalog)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    tmp = run_dir / "weights.safetensors.tmp"
-    save_file(state, str(tmp))
-    tmp.replace(run_dir / "weights.safetensors")
-    model.schema.save(run_dir / "schema.json")
-    (run_dir / "run.json.tmp").write_text(json.dumps(info.__dict__, indent=1) + "\n")
-    (run_dir / "run.json.tmp").replace(run_dir / "run.json")
-    return info
-
-
-def load_run(run_dir: Path) -> tuple[SearchModel, RunInfo]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    run_dir = Path(run_dir)
-    for f in ("run.json", "schema.json", "weights.safetensors"):
-        if not (run_dir / f).is_file():
-            raise RunError(f"{run_dir} is not a trained run: {f} is missing")
-    try:
-        info = RunInfo(**json.loads((run_dir / "run.json").read_text()))
-    except (ValueError, TypeError) as e:
-        raise RunError(f"{run_dir / 'run.json'} is corrupt: {e}") from None
-    if info.trunk.get("in_run"):  # a fine-tuned trunk saved inside the run: resolve it wherever the run now is
-        weights = run_dir / info.trunk["weights"]
-        if not weights.is_file():
-            raise RunError(f"{run_dir} was trained with a fine-tuned trunk, but {weights} is missing")
-        info.trunk = {**info.trunk, "weights": str(weights)}
-    schema = AttributeSchema.load(run_dir / "schema.json")
-    if schema.digest() != info.schema_digest:
-        raise RunError(f"{run_dir}: schema.json does not match the schema the run was trained on")
-    model = create_model(info.model, schema, info.channels, info.config)
-    try:
-        state = load_file(str(run_dir / "weights.safetensors"))
-        model.load_state_dict(state)
-    except (SafetensorError, RuntimeError, OSError) as e:
-        raise RunError(f"{run_dir / 'weights.safetensors'} does not load into model {info.model}: {e}") from None
-    model.eval()
-    return model, info
+    return tuple(sorted({lv for cls in MODELS.values() for lv in cls.levels}))

@@ -81,10 +81,10 @@ from torch import nn
 
 from vestis.errors import VestisError
 from vestis.losses import multi_attribute_ce, soft_triplet
-from vestis.models.base import Maps, SearchModel, TrainData, register
+from vestis.models.base import Maps, SearchModel, register
 from vestis.models.layers import (AttributeClassifiers, boxes_from_maps, class_activation_maps, gap, l2n,
-                                  roi_features)
-from vestis.train import LoopConfig, batch_maps, fit_loop, random_batches, seed_everything
+                                  roi_features, value_means)
+from vestis.models.loop import LoopConfig, TrainData, batch_maps, fit_loop, random_batches, seed_everything
 
 LEVELS = ("fuse", "s16", "s32up", "s32")
 EMBED_BATCH = 512
@@ -104,6 +104,7 @@ def _conv_bn(cin: int, cout: int, k: int) -> nn.Sequential:
 @register
 class FashionSearchNet(SearchModel):
     name = "fashionsearchnet"
+    levels = ("s16", "s32")
     metric = "ip"
     supports_manipulation = True
     default_config = {
@@ -322,14 +323,9 @@ class FashionSearchNet(SearchModel):
     @torch.no_grad()
     def set_prototypes(self, reps: torch.Tensor, labels: np.ndarray) -> None:
         """prototype(a, state) = mean of r_a over the items with that state (zeros where there is none)."""
-        lab = torch.as_tensor(np.asarray(labels), dtype=torch.long)
-        for a in range(len(self.attributes)):
-            o = self.offsets[a]
-            n = self.n_states[a]
-            sums = torch.zeros(n, reps.shape[-1]).index_add_(0, lab[:, a], reps[:, a].float())
-            counts = torch.bincount(lab[:, a], minlength=n).float()
-            self.prototypes[o:o + n] = sums / counts.clamp_min(1)[:, None]
-            self.prototype_counts[o:o + n] = counts
+        means, counts = value_means(reps, np.asarray(labels), self.n_states)
+        self.prototypes.copy_(means)
+        self.prototype_counts.copy_(counts)
 
     def prototype(self, attribute: str, value: str) -> torch.Tensor:
         """The stored mean representation (D,) of `value` of `attribute` (schema errors for unknown ones)."""
@@ -468,9 +464,15 @@ class FashionSearchNet(SearchModel):
                         desc=f"{self.name} L_G", progress=progress)
 
     # --- protocol -----------------------------------------------------------------------------
+    @property
+    def dim(self) -> int:
+        return len(self.attributes) * self.config["dim"]
+
     @torch.no_grad()
-    def embed(self, maps: Maps) -> torch.Tensor:
+    def embed(self, maps: Maps, space: str = "main") -> torch.Tensor:
         """Gallery vectors: [r_1; ...; r_A], unit blocks (N, A*D)."""
+        if space != "main":
+            return super().embed(maps, space)
         return self.representations(maps).flatten(1)
 
     def manipulate(self, reps: torch.Tensor, manipulations: Sequence[Mapping[str, str]]) -> torch.Tensor:

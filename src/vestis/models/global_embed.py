@@ -18,14 +18,15 @@ from torch import nn
 
 from vestis.errors import VestisError
 from vestis.losses import batch_hard_triplet
-from vestis.models.base import Maps, SearchModel, TrainData, register
+from vestis.models.base import Maps, SearchModel, register
 from vestis.models.layers import gap, l2n
-from vestis.train import LoopConfig, batch_maps, fit_loop, pk_batches
+from vestis.models.loop import LoopConfig, TrainData, batch_maps, fit_loop, pk_batches
 
 
 @register
 class GlobalEmbed(SearchModel):
     name = "global_embed"
+    levels = ("s32",)
     default_config = {"width": 256, "dim": 256, "dropout": 0.5, "margin": 0.2, "cls_weight": 1.0,
                       "category_attribute": None, "epochs": 12, "p": 32, "k": 4, "batch_size": 128,
                       "lr": 1e-3, "weight_decay": 1e-4, "seed": 0}
@@ -69,16 +70,18 @@ class GlobalEmbed(SearchModel):
         return fit_loop(self.parameters(), data, step, cfg, desc="global_embed", progress=progress, modules=[self],
                         batches=lambda rng: pk_batches(data.instances, c["p"], c["k"], rng))
 
-    @torch.no_grad()
-    def embed(self, maps: Maps) -> torch.Tensor:
-        return self(maps)[0]
+    @property
+    def dim(self) -> int:
+        return self.config["dim"]
 
     @torch.no_grad()
-    def predict_category(self, maps: Maps) -> torch.Tensor:
-        return F.softmax(self(maps)[1], dim=-1)
+    def embed(self, maps: Maps, space: str = "main") -> torch.Tensor:
+        if space != "main":
+            return super().embed(maps, space)
+        return self(maps)[0]
 
     @torch.no_grad()
     def attribute_probabilities(self, maps: Maps) -> dict[str, torch.Tensor]:
         """The OC path classifies the category attribute only (over its known values; "unspecified" gets 0)."""
-        p = self.predict_category(maps)
+        p = F.softmax(self(maps)[1], dim=-1)
         return {self.config["category_attribute"]: torch.cat([p, p.new_zeros(len(p), 1)], dim=-1)}

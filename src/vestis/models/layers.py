@@ -16,6 +16,42 @@ def l2n(x: torch.Tensor) -> torch.Tensor:
     return F.normalize(x, dim=-1)
 
 
+POOLS = ("avg", "avgmax")
+
+
+def pool_maps(maps, levels=("s32",), pool: str = "avg") -> torch.Tensor:
+    """(N, D) float32 pooled trunk features: global average (and max, for "avgmax") pooling of each level in
+    `levels`, concatenated. The one pooling every head and the "visual" space use."""
+    parts = []
+    for lv in levels:
+        x = maps[lv].float()
+        parts.append(gap(x))
+        if pool == "avgmax":
+            parts.append(x.amax(dim=(2, 3)))
+    return torch.cat(parts, dim=-1)
+
+
+def value_means(reps: torch.Tensor, labels, n_rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean representation per attribute value (the prototypes of FashionSearchNet and AMNet's memory
+    initialisation): row offset(a) + v = mean of the items' representation with labels[:, a] == v, over
+    v < n_rows[a] (codes at or above it, e.g. "unspecified" when n_rows counts known values only, get no row).
+    reps: (N, D) one representation per item, or (N, A, D) one per attribute. Returns (means (sum n_rows, D),
+    counts (sum n_rows,)); a value no item has gets a zero row."""
+    labels = torch.as_tensor(labels, dtype=torch.long)
+    reps = reps.float()
+    sums = torch.zeros(sum(n_rows), reps.shape[-1])
+    counts = torch.zeros(sum(n_rows))
+    off = 0
+    for a, n in enumerate(n_rows):
+        y = labels[:, a]
+        known = y < n
+        r = reps[:, a] if reps.ndim == 3 else reps
+        sums.index_add_(0, off + y[known], r[known])
+        counts.index_add_(0, off + y[known], torch.ones(int(known.sum())))
+        off += n
+    return sums / counts.clamp_min(1)[:, None], counts
+
+
 class AttributeClassifiers(nn.Module):
     """One linear classifier per attribute over its known values plus "unspecified" (the last class),
     so a missing label is predicted and matched like any other state (PROTOCOLS.md section 1)."""

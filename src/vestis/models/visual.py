@@ -1,18 +1,34 @@
 """`visual`: cosine similarity of pooled trunk features. Ignores manipulations - the floor every
-attribute-aware method must beat."""
+attribute-aware method must beat. Its one space is "main"; the visual mode searches it too."""
 
 from __future__ import annotations
 
 import torch
 
-from vestis.models.base import Maps, SearchModel, register
-from vestis.models.layers import gap, l2n
+from vestis.errors import VestisError
+from vestis.models.base import Maps, SearchModel, Space, register
+from vestis.models.layers import l2n, pool_maps
 
 
 @register
 class VisualModel(SearchModel):
     name = "visual"
+    levels = ("s16", "s32")  # the level is a config choice
     default_config = {"level": "s32"}
 
-    def embed(self, maps: Maps) -> torch.Tensor:
-        return l2n(gap(maps[self.config["level"]].float()))
+    def __init__(self, schema, channels, config=None):
+        super().__init__(schema, channels, config)
+        if self.config["level"] not in self.channels:
+            raise VestisError(f"model visual: level must be one of {sorted(self.channels)}, got {self.config['level']!r}")
+
+    @property
+    def dim(self) -> int:
+        return self.channels[self.config["level"]]
+
+    def spaces(self) -> dict[str, Space]:
+        return {"main": Space(self.dim, "ip")}
+
+    def embed(self, maps: Maps, space: str = "main") -> torch.Tensor:
+        if space != "main":
+            return super().embed(maps, space)
+        return l2n(pool_maps(maps, (self.config["level"],)))

@@ -49,7 +49,6 @@ MAX_PIXELS = 20_000_000
 MAX_K = 200
 IMAGE_FORMATS = {"JPEG", "PNG", "WEBP", "GIF", "BMP"}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp"}
-UNAVAILABLE_MODES = {"diverse": "part-based diverse suggestions (Verma et al.) are not implemented yet"}
 EXPLAIN_CACHE = 64
 
 
@@ -192,36 +191,12 @@ class Service:
             raise HTTPException(413, f"image is {w}x{h} pixels, over the limit of {self.max_pixels}")
 
     # --- search ----------------------------------------------------------------------------------
-    def check_mode(self, mode: str) -> None:
-        modes = self.engine.modes()
-        if mode in modes:
-            return
-        run = f"this run (model {self.engine.model.name})"
-        if mode in UNAVAILABLE_MODES:
-            raise HTTPException(400, f"mode {mode!r} is not available: {UNAVAILABLE_MODES[mode]}; "
-                                     f"{run} answers: {', '.join(modes)}")
-        if mode == "manipulate":
-            raise HTTPException(400, f"{run} cannot apply manipulations; it answers: {', '.join(modes)}")
-        raise HTTPException(400, f"unknown mode {mode!r}; {run} answers: {', '.join(modes)}")
-
-    def check_filters(self, filters: Mapping[str, Any]) -> dict:
-        cat_schema = self.engine.catalog.schema
-        out = {}
-        for a, v in filters.items():
-            if a not in cat_schema:
-                raise UnknownAttributeError(a, cat_schema.attributes)
-            vals = [v] if isinstance(v, str) else list(v)
-            for x in vals:
-                cat_schema.check_value(a, x)
-            out[a] = vals[0] if len(vals) == 1 else vals
-        return out
-
     def search(self, req: SearchRequest, image: bytes | None) -> dict:
+        """Answer POST /search through `Engine.search`, which checks the request (mode, manipulations, filters,
+        k, one query); this adds what is the API's own: the free-text request, the 404 for an unknown item, the
+        upload limits, and the per-hit match flags against the target."""
         t0 = time.perf_counter()
         eng = self.engine
-        if (image is None) == (req.item_id is None):
-            raise HTTPException(400, "give exactly one query: `item_id` (JSON) or an uploaded `image` (multipart)")
-        self.check_mode(req.mode)
         manip = dict(req.manipulations)
         understood = None
         if req.text is not None and req.text.strip():
@@ -233,36 +208,34 @@ class Service:
                 if a in manip and manip[a] != v:
                     raise HTTPException(400, f"the text asks for {a}={v} but manipulations set {a}={manip[a]}")
             manip = {**understood.manipulations, **manip}
-        for a, v in manip.items():
-            self.schema.check_value(a, v)
-        if manip and req.mode != "manipulate":
-            raise HTTPException(400, f"mode {req.mode!r} does not take manipulations; use mode 'manipulate'")
-        filters = self.check_filters(req.filters)
         item = None
         if req.item_id is not None:
             item = self.item(req.item_id)
             self.image_path(item)
-        else:
+        elif image is not None:
             self.check_image(image)
         with self.lock:
-            maps = eng.query_maps(image=image, item_id=req.item_id)
-            predicted = eng.predict_attributes(maps)
-            hits = eng.search_maps(maps, [manip], req.k, filters or None, req.mode, exclude=[req.item_id])[0]
-        predicted = predicted[0] if predicted else None
-        target = self.target(item, predicted, manip, req.mode)
-        results = []
-        for r, h in enumerate(hits, 1):
-            it = eng.catalog.by_id.get(h.id)
-            row = self.item_json(it) if it else {"id": h.id, "attributes": dict(h.attributes)}
-            row.update(rank=r, score=round(h.score, 6),
-                       matches={a: h.attributes.get(a) == t["value"] for a, t in target.items()})
-            row["n_matched"] = sum(row["matches"].values())
-            results.append(row)
-        query = {"item": self.item_json(item) if item else None, "predicted": predicted,
+            result = eng.search(image=image, item_id=req.item_id, manipulations=manip, k=req.k,
+                                filters=req.filters or None, mode=req.mode)
+        target = self.target(item, result.predicted, manip, req.mode)
+        groups = [{"label": g.label, "box": list(g.box) if g.box is not None else None, "score": g.score,
+                   "results": [self.hit_json(h, r, target) for r, h in enumerate(g.hits, 1)]} for g in result.groups]
+        query = {"item": self.item_json(item) if item else None, "predicted": result.predicted,
                  "upload": None if item else {"bytes": len(image)}}
-        return {"query": query, "mode": req.mode, "k": req.k, "manipulations": manip, "filters": filters,
+        return {"query": query, "mode": req.mode, "k": req.k, "manipulations": manip, "filters": req.filters,
                 "understood": understood.to_json() if understood else None, "target": target,
-                "results": results, "took_ms": round((time.perf_counter() - t0) * 1000, 2)}
+                "results": [self.hit_json(h, r, target) for r, h in enumerate(result.hits, 1)], "groups": groups,
+                "took_ms": round((time.perf_counter() - t0) * 1000, 2)}
+
+    def hit_json(self, h, rank: int, target: dict) -> dict:
+        it = self.engine.catalog.by_id.get(h.id)
+        row = self.item_json(it) if it else {"id": h.id, "attributes": dict(h.attributes)}
+        row.update(rank=rank, score=round(h.score, 6),
+                   matches={a: h.attributes.get(a) == t["value"] for a, t in target.items()})
+        row["n_matched"] = sum(row["matches"].values())
+        if h.part is not None:
+            row["part"] = h.part
+        return row
 
     def target(self, item, predicted, manip, mode) -> dict:
         """The attribute vector results are compared with: the query's catalogue values (predicted ones where
@@ -372,7 +345,7 @@ def create_app(engine, *, max_upload_bytes: int = MAX_UPLOAD_BYTES, max_pixels: 
         return {"run_id": engine.info.run_id, "model": engine.model.name,
                 "attributes": [{"name": a, "values": list(svc.schema.values(a))} for a in svc.schema.attributes],
                 "filters": [{"name": a, "values": list(cs.values(a))} for a in cs.attributes],
-                "modes": engine.modes(), "unavailable_modes": UNAVAILABLE_MODES,
+                "modes": engine.modes(), "unavailable_modes": engine.unavailable_modes(),
                 "supports_manipulation": engine.model.supports_manipulation,
                 "predicts_attributes": engine.model.predicts_attributes, "explains": engine.model.explains,
                 "max_k": MAX_K, "max_upload_bytes": svc.max_upload_bytes, "max_pixels": svc.max_pixels}

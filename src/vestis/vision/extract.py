@@ -416,3 +416,12 @@ def extract_catalog(catalog, spec: TrunkSpec, cache_dir: Path, batch_size: int =
                     note("unreadable", it.id)
         rep.cache_entries = len(cache)
     return rep
+
+
+def catalogue_features(catalog, spec: TrunkSpec, cache_dir: Path, progress: bool = True):
+    """Encode whatever is not cached yet, then load this catalogue's feature maps (catalogue order)."""
+    report = extract_catalog(catalog, spec, cache_dir=cache_dir, progress=progress)
+    if report.encoded and progress:
+        print(report.describe())
+    with FeatureCache(cache_dir, spec) as cache:
+        return cache.load(catalog)

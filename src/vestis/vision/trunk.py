@@ -117,6 +117,20 @@ class TrunkSpec:
         h, w = self.resolution
         return f"{name}-w{self.weights_sha256[:12]}-{h}x{w}-p{PREPROCESS_VERSION}"
 
+    def to_json(self) -> dict:
+        return {"name": self.name, "weights": str(self.weights) if self.weights else None,
+                "resolution": list(self.resolution), "key": self.key}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "TrunkSpec":
+        """The spec a run was trained with; refuses a weights file that changed since (other features)."""
+        spec = cls(name=d["name"], weights=Path(d["weights"]) if d.get("weights") else None,
+                   resolution=tuple(d["resolution"]))
+        if d.get("key") and spec.key != d["key"]:
+            raise VestisError(f"the run was trained on trunk features {d['key']}, but the trunk now gives {spec.key} "
+                              "(weights file or preprocessing changed): retrain the run")
+        return spec
+
     def feature_shapes(self, channels: dict[str, int]) -> dict[str, tuple[int, int, int]]:
         h, w = self.resolution
         return {lv: (channels[lv], -(-h // STRIDES[lv]), -(-w // STRIDES[lv])) for lv in LEVELS}

@@ -271,7 +271,23 @@ function renderResults(r) {
       tgt.append(el("span", {class: `badge legend ${t.source}`, title: t.source, text: `${a}: ${t.value}`}));
   }
   if (!r.results.length) { grid.append(el("p", {class: "muted", text: "no results (filters too narrow?)"})); return; }
-  for (const h of r.results) {
+  const groups = r.groups || [];
+  if (groups.length > 1) {  // one row per group (e.g. one per part of an outfit), titled with its label
+    grid.classList.remove("grid");
+    for (const g of groups) {
+      const row = el("div", {class: "grid"});
+      const title = g.label + (g.score == null ? "" : ` (${g.score.toFixed(2)})`);
+      grid.append(el("section", {class: "group", "data-label": g.label}, el("h3", {text: title}), row));
+      renderCards(g.results, r, row);
+    }
+  } else {
+    grid.classList.add("grid");
+    renderCards(r.results, r, grid);
+  }
+}
+
+function renderCards(hits, r, grid) {
+  for (const h of hits) {
     const badges = el("div", {class: "badges"});
     for (const [a, ok] of Object.entries(h.matches)) {
       const requested = r.target[a] && r.target[a].source === "requested";

@@ -1,0 +1,122 @@
+"""Running an engine over a query file: the rankings (and triplet scores, category scores) the protocols score.
+
+A layer above the engine: these call `Engine.search_maps` exactly as interactive search does, so a figure is
+measured on the answers a user would get.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vestis.catalog import Catalog
+from vestis.errors import VestisError
+from vestis.models import run_batched
+from vestis.runs import load_run
+from vestis.vision.extract import catalogue_features
+from vestis.vision.trunk import TrunkSpec
+
+
+def category_scores(run_dir: Path, catalog: Catalog, split: str, cache_dir: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Category probabilities of a run that classifies the category attribute (Park et al.'s OC path, or any model
+    with attribute classifiers) for one split's items with a known category: (scores (n, C), true class indices
+    (n,), class names)."""
+    model, info = load_run(run_dir)
+    if not model.predicts_attributes:
+        raise VestisError(f"model {info.model} does not classify attributes")
+    attr = model.config.get("category_attribute") or next(
+        (a for a in ("category", "articleType") if a in model.schema), model.schema.attributes[0])
+    part = catalog.split(split).filter(lambda it: it.attributes.get(attr) in model.schema.values(attr))
+    feats = catalogue_features(part, TrunkSpec.from_json(info.trunk), cache_dir, progress=False)
+    n_values = len(model.schema.values(attr))
+    scores = run_batched(lambda m: model.attribute_probabilities(m)[attr][:, :n_values], feats.maps)
+    labels = np.array([model.schema.index(attr, part[i].attributes[attr]) for i in feats.ids])
+    return scores, labels, list(model.schema.values(attr))
+
+
+def triplet_scores(engine, queries: Sequence[Mapping]) -> list[dict]:
+    """Rows {query_id, scores: [sim(x, x+ | a), sim(x, x- | a)]} for triplet queries (PROTOCOLS.md section 2):
+    the attribute-specific query of x (the model's plan for `attribute:<a>`) against the gallery vectors of x+ and
+    x- in the space that plan searches."""
+    from vestis.models import Request
+
+    rows = []
+    for q in queries:
+        maps = engine.item_maps([q["item_id"], q["positive_id"], q["negative_id"]])
+        (probe,) = engine.model.plan({k: v[:1] for k, v in maps.items()}, Request(f"attribute:{q['attribute']}", [{}]))
+        with torch.inference_mode():
+            others = engine.model.embed({k: v[1:] for k, v in maps.items()}, probe.space).numpy()
+        anchor = probe.vectors[0]
+        if engine.space_defs[probe.space].metric == "l2":
+            sims = -((others - anchor) ** 2).sum(-1)
+        else:
+            sims = others @ anchor
+        rows.append({"query_id": q["query_id"], "scores": [float(sims[0]), float(sims[1])]})
+    return rows
+
+
+def _mode(engine, q: Mapping) -> str:
+    """The mode that answers a query line: protocol 2 -> attribute:<a>, 3 -> same_item, 4 -> diverse, 1 ->
+    manipulate (a run that cannot manipulate answers with its plain embedding: the floor protocol 1 measures)."""
+    protocol = q.get("protocol")
+    if protocol == "attribute":
+        return f"attribute:{q['attribute']}"
+    if protocol in ("same_item", "diverse"):
+        return protocol
+    return "manipulate" if "manipulate" in engine.modes() else "same_item"
+
+
+def _group_row(group, geometry) -> dict:
+    box = None
+    if group.box is not None:  # trunk-input pixels -> query-image pixels (PROTOCOLS.md section 4)
+        box = [round(v, 2) for v in geometry.feature_to_image(tuple(group.box), 1)] if geometry else list(group.box)
+    return {"label": group.label, "box": box, "ranked": [h.id for h in group.hits]}
+
+
+def rank_queries(engine, queries: Sequence[Mapping], k: int = 50, batch: int = 256,
+                 progress: bool = True) -> list[dict]:
+    """Answer a query file (PROTOCOLS.md format) into rankings rows {query_id, ranked} (grouped modes add
+    `groups`; triplets: scores)."""
+    from tqdm import tqdm
+
+    triplets = [q for q in queries if q.get("protocol") == "triplet"]
+    queries = [q for q in queries if q.get("protocol") != "triplet"]
+    rows = triplet_scores(engine, triplets) if triplets else []
+    bar = tqdm(total=len(queries), desc="search", unit="query", disable=not progress)
+    for i in range(0, len(queries), batch):
+        chunk = queries[i:i + batch]
+        by_mode: dict[str, list[int]] = {}
+        for j, q in enumerate(chunk):
+            by_mode.setdefault(_mode(engine, q), []).append(j)
+        answered: dict[int, dict] = {}
+        for mode, js in by_mode.items():
+            sub = [chunk[j] for j in js]
+            item_ids = [q.get("item_id") for q in sub]
+            images = [engine.catalog[q["item_id"]].image if q.get("item_id") else q["image"] for q in sub]
+            maps = engine.item_maps(item_ids) if all(item_ids) else engine.encode_images(images)
+            # protocol 2 ranks every candidate (MAP over the full list)
+            kk = len(engine.spaces["main"]) if mode.startswith("attribute:") else k
+            manip = [q.get("manipulations") or {} for q in sub] if mode == "manipulate" else None
+            results = engine.search_maps(maps, manip, k=kk, mode=mode, exclude=item_ids)
+            for j, res, image in zip(js, results, images):
+                row = {"query_id": chunk[j]["query_id"], "ranked": [h.id for h in res.hits]}
+                if len(res.groups) > 1 or any(g.box is not None for g in res.groups):
+                    geo = _geometry(image, engine.spec.resolution)
+                    row["groups"] = [_group_row(g, geo) for g in res.groups]
+                answered[j] = row
+        rows.extend(answered[j] for j in range(len(chunk)))
+        bar.update(len(chunk))
+    bar.close()
+    return rows
+
+
+def _geometry(image, resolution):
+    from vestis.vision.images import load_rgb  # MERGE: vestis.images
+    from vestis.vision.preprocess import letterbox_geometry
+
+    img = load_rgb(image)
+    w0, h0 = img.info.get("original_size", img.size)
+    return letterbox_geometry(w0, h0, tuple(resolution))

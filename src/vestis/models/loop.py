@@ -1,0 +1,131 @@
+"""The training loop every head uses on cached feature maps: what a head trains on (`TrainData`), one seeded,
+batched loop with a progress bar (`fit_loop`), and the batch samplers. The pipeline that builds `TrainData`
+from a catalogue and saves the run is `vestis.train`, a layer above the models."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from vestis.catalog.schema import AttributeSchema
+
+
+@dataclass
+class TrainData:
+    """What a head trains on: cached maps of the training split plus integer labels.
+
+    labels[i, a] is schema.index(attribute a, value) - len(values) for "unspecified";
+    instances[i] is an integer instance (product) id, -1 where unknown.
+    """
+
+    ids: list[str]
+    maps: dict[str, np.ndarray]
+    labels: np.ndarray
+    instances: np.ndarray
+    schema: AttributeSchema
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+@dataclass
+class LoopConfig:
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    seed: int = 0
+    optimizer: str = "adamw"  # or "sgd" (momentum 0.9)
+
+
+def seed_everything(seed: int) -> np.random.Generator:
+    random.seed(seed)
+    torch.manual_seed(seed)
+    return np.random.default_rng(seed)
+
+
+def random_batches(n: int, batch_size: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
+    order = rng.permutation(n)
+    for i in range(0, n - batch_size + 1 if n >= batch_size else 1, batch_size):
+        yield order[i:i + batch_size]
+
+
+def pk_batches(groups: np.ndarray, p: int, k: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
+    """Batches of P groups x K members (with replacement inside small groups), every group with >= 2
+    members visited once per epoch; the standard sampler for batch-hard instance triplets."""
+    members: dict[int, np.ndarray] = {}
+    for g in np.unique(groups[groups >= 0]):
+        idx = np.flatnonzero(groups == g)
+        if len(idx) >= 2:
+            members[int(g)] = idx
+    keys = np.array(sorted(members))
+    keys = keys[rng.permutation(len(keys))]
+    for i in range(0, len(keys) - p + 1 if len(keys) >= p else 1, p):
+        chunk = keys[i:i + p]
+        yield np.concatenate([rng.choice(members[int(g)], k, replace=len(members[int(g)]) < k) for g in chunk])
+
+
+def batch_maps(data: TrainData, idx: np.ndarray, levels: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """float32 tensors of the cached float16 maps for these rows."""
+    return {lv: torch.from_numpy(data.maps[lv][idx]).float() for lv in levels}
+
+
+def pooled_features(data: TrainData, levels: tuple[str, ...] = ("s32",), pool: str = "avg",
+                    chunk: int = 2048) -> torch.Tensor:
+    """(N, D) float32 pooled maps (`layers.pool_maps`) of every training item, computed once: heads that only
+    see pooled features then train on a few MB instead of converting and pooling the maps at every step."""
+    from vestis.models.layers import pool_maps
+
+    n = len(data)
+    parts = [pool_maps({lv: torch.from_numpy(data.maps[lv][i:i + chunk]) for lv in levels}, levels, pool)
+             for i in range(0, n, chunk)]
+    return torch.cat(parts) if parts else torch.zeros(0, 0)
+
+
+def fit_loop(params, data: TrainData, step: Callable[[np.ndarray], tuple[torch.Tensor, dict]], cfg: LoopConfig,
+             batches: Callable[[np.random.Generator], Iterator[np.ndarray]] | None = None,
+             desc: str = "train", progress: bool = True, modules: list[torch.nn.Module] | None = None) -> dict:
+    """Minimise step(batch indices) -> (loss, logs) over epochs; returns the per-epoch mean logs + seconds."""
+    rng = seed_everything(cfg.seed)
+    params = [p for p in params if p.requires_grad]
+    if cfg.optimizer == "sgd":
+        opt = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
+    else:
+        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    batches = batches or (lambda r: random_batches(len(data), cfg.batch_size, r))
+    n_steps = cfg.epochs * max(1, sum(1 for _ in batches(np.random.default_rng(cfg.seed))))
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=n_steps, pct_start=0.1) if n_steps > 10 else None
+    for m in modules or []:
+        m.train()
+    history: dict[str, list[float]] = {}
+    t0 = time.perf_counter()
+    bar = tqdm(total=n_steps, desc=desc, disable=not progress, unit="step", dynamic_ncols=True)
+    for _ in range(cfg.epochs):
+        sums: dict[str, float] = {}
+        count = 0
+        for idx in batches(rng):
+            loss, logs = step(idx)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if sched is not None:
+                sched.step()
+            logs = {"loss": loss.item(), **{k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in logs.items()}}
+            for k, v in logs.items():
+                sums[k] = sums.get(k, 0.0) + v
+            count += 1
+            bar.update(1)
+            bar.set_postfix({k: f"{v:.3f}" for k, v in logs.items()})
+        for k, v in sums.items():
+            history.setdefault(k, []).append(v / max(count, 1))
+    bar.close()
+    for m in modules or []:
+        m.eval()
+    history["seconds"] = [time.perf_counter() - t0]
+    return history
