@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from vestis.errors import VestisError
+from vestis.fsutil import atomic_path
 
 TRUNK_FILE = "trunk.safetensors"
 
@@ -107,7 +108,6 @@ def finetune_trunk(catalog, spec, out_weights: Path, *, epochs: int = 2, blocks:
     history.update(epochs=epochs, blocks=blocks, lr=lr, batch_size=batch_size, images=len(items), device=device)
     out_weights = Path(out_weights)
     out_weights.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_weights.with_suffix(".tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in trunk.model.state_dict().items()}, str(tmp))
-    tmp.replace(out_weights)
+    with atomic_path(out_weights) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in trunk.model.state_dict().items()}, str(tmp))
     return history

@@ -258,6 +258,7 @@ class AMNet(SearchModel):
     name = "amnet"
     levels = ("s16", "s32")  # `levels` in the config picks among these
     metric = "l2"
+    quick_config = {"hidden": 32, "dim": 16, "pre_epochs": 2, "epochs": 1, "batch_size": 32}
     supports_manipulation = True
     forced: dict = {}  # config a registered variant fixes (the ablations)
     default_config = {

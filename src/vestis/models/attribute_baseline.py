@@ -44,6 +44,7 @@ class AttributeBaseline(SearchModel):
     name = "attribute_baseline"
     levels = ("s32",)
     supports_manipulation = True
+    quick_config = {"epochs": 2, "hidden": 32, "batch_size": 32}
     default_config = {"hidden": 512, "dropout": 0.3, "epochs": 15, "batch_size": 256, "lr": 2e-3,
                       "weight_decay": 1e-4, "seed": 0, "visual_weight": 0.1, "visual_dim": 64, "scoring": "log"}
 

@@ -101,6 +101,9 @@ class SearchModel(nn.Module):
     metric: str = "ip"  # how the index compares the "main" vectors: "ip" (inner product) or "l2"
     supports_manipulation: bool = False
     default_config: dict = {}
+    # a configuration that trains in seconds on a tiny catalogue: the model protocol test runs every registered
+    # method with it (tests/test_model_protocol.py), so a new method file is tested without a test of its own
+    quick_config: dict = {}
 
     def __init__(self, schema: AttributeSchema, channels: Mapping[str, int], config: Mapping | None = None):
         super().__init__()

@@ -106,6 +106,8 @@ class FashionSearchNet(SearchModel):
     name = "fashionsearchnet"
     levels = ("s16", "s32")
     metric = "ip"
+    quick_config = {"reduce": 16, "width": 16, "dim": 8, "epochs_cls": 1, "epochs": 1, "batch_size": 32,
+                    "global_epochs": 1, "global_steps": 10, "global_batch": 32}
     supports_manipulation = True
     default_config = {
         # architecture

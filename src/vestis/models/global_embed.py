@@ -27,6 +27,7 @@ from vestis.models.loop import LoopConfig, TrainData, batch_maps, fit_loop, pk_b
 class GlobalEmbed(SearchModel):
     name = "global_embed"
     levels = ("s32",)
+    quick_config = {"epochs": 2, "width": 32, "dim": 16, "p": 8, "k": 2, "batch_size": 16}
     default_config = {"width": 256, "dim": 256, "dropout": 0.5, "margin": 0.2, "cls_weight": 1.0,
                       "category_attribute": None, "epochs": 12, "p": 32, "k": 4, "batch_size": 128,
                       "lr": 1e-3, "weight_decay": 1e-4, "seed": 0}
