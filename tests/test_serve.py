@@ -173,6 +173,8 @@ def test_search_by_item_matches_the_engine(client, engine, query):
         assert x["n_matched"] == sum(x["matches"].values())
         assert x["image_url"] == f"/items/{x['id']}/image"
     assert d["query"]["item"]["id"] == it.id and set(d["query"]["predicted"]) == {"category", "colour", "pattern"}
+    # a flat mode answers one group, whose results are `results`
+    assert len(d["groups"]) == 1 and d["groups"][0]["results"] == d["results"] and d["groups"][0]["box"] is None
 
 
 def test_modes(client, engine, query):

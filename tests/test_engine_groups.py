@@ -1,0 +1,115 @@
+"""The engine's side of protocol v2 on known answers: probes in several spaces, groups, per-part spaces collapsed
+to their item (its best part), round-robin merging, filters merged with a plan's, and every request check."""
+
+import numpy as np
+import pytest
+import torch
+
+from vestis.catalog import AttributeSchema, Catalog, Item
+from vestis.engine import Engine, EngineError, Group, Hit, Result
+from vestis.index import create_index
+from vestis.indexing import part_id
+from vestis.models import Probe, Space
+
+SCHEMA = AttributeSchema({"colour": ["red", "blue"], "category": ["shirt", "shoe"]})
+ITEMS = [Item(id=f"i{j}", image=None, attributes=a) for j, a in enumerate([
+    {"colour": "red", "category": "shirt"}, {"colour": "blue", "category": "shirt"},
+    {"colour": "red", "category": "shoe"}, {"colour": "blue", "category": "shoe"}, {"category": "shoe"}])]
+
+
+class PartsStub:
+    """A two-part model: part 0 ("top") and part 1 ("shoes"), 2-d vectors; queries probe both part spaces."""
+
+    name = "parts-stub"
+    schema = SCHEMA
+
+    def spaces(self):
+        return {"main": Space(2), "parts": Space(2, members="parts", parts=2)}
+
+    def modes(self):
+        return ["same_item", "diverse"]
+
+    def plan(self, maps, request):
+        q = maps["q"].numpy()
+        if request.mode == "same_item":
+            return [Probe("main", q)]
+        return [Probe("parts", q, group="top", boxes=np.array([[0, 0, 10, 5]] * len(q)), scores=np.full(len(q), 0.9)),
+                Probe("parts", q[:, ::-1].copy(), group="shoes", filters={"category": "shoe"})]
+
+
+@pytest.fixture
+def engine():
+    cat = Catalog(ITEMS, SCHEMA)
+    main = create_index("faiss", "flat", dim=2)
+    main.add([it.id for it in ITEMS], np.array([[1, 0], [0.9, 0.1], [0.5, 0.5], [0, 1], [0.2, 0.8]], np.float32),
+             [it.attributes for it in ITEMS])
+    parts = create_index("faiss", "flat", dim=2)
+    # item i: part 0 at angle a_i, part 1 at angle b_i; i2's part 1 is the best match of [1, 0]
+    vecs = {("i0", 0): [1, 0], ("i0", 1): [0, 1], ("i1", 0): [0.8, 0.2], ("i1", 1): [0.1, 0.9],
+            ("i2", 0): [0.3, 0.7], ("i2", 1): [1, 0.05], ("i3", 0): [0, 1], ("i3", 1): [0.6, 0.4],
+            ("i4", 0): [0.5, 0.5], ("i4", 1): [0.5, 0.5]}
+    ids = [part_id(i, k) for i, k in vecs]
+    attrs = [{**cat[i].attributes, "part": str(k)} for i, k in vecs]
+    parts.add(ids, np.array(list(vecs.values()), np.float32), attrs)
+    return Engine(PartsStub(), None, {"main": main, "parts": parts}, cat, None, ".")
+
+
+def _maps(*rows):
+    return {"q": torch.tensor(rows, dtype=torch.float32)}
+
+
+def test_flat_mode_is_one_group_and_iterates_its_hits(engine):
+    (res,) = engine.search_maps(_maps([1, 0]), k=3, mode="same_item")
+    assert len(res.groups) == 1 and [h.id for h in res] == ["i0", "i1", "i2"] == [h.id for h in res.groups[0].hits]
+    assert len(res) == 3 and res[0].id == "i0"
+
+
+def test_parts_collapse_to_the_item_keeping_its_best_part(engine):
+    (res,) = engine.search_maps(_maps([1, 0]), k=5, mode="diverse")
+    top, shoes = res.groups
+    assert (top.label, top.box, top.score) == ("top", (0.0, 0.0, 10.0, 5.0), pytest.approx(0.9))
+    # [1, 0] against every part: i2#1 (1.0) > i0#0 (1.0) tie order aside, each item once, with its best part
+    ids = [h.id for h in top.hits]
+    assert len(ids) == len(set(ids)) == 5
+    best = {h.id: h.part for h in top.hits}
+    assert best["i2"] == 1 and best["i0"] == 0 and best["i3"] == 1
+    # the second probe: reversed query [0, 1], only shoes (the plan's filter)
+    assert [h.id for h in shoes.hits][:1] == ["i3"] and {h.attributes["category"] for h in shoes.hits} == {"shoe"}
+    assert shoes.box is None and shoes.score is None
+
+
+def test_round_robin_merge_reads_each_item_once():
+    h = lambda i: Hit(i, 0.0, {}, None)  # noqa: E731
+    r = Result([Group("a", [h("x"), h("y"), h("z")]), Group("b", [h("y"), h("w")])])
+    assert [x.id for x in r.hits] == ["x", "y", "w", "z"]
+
+
+def test_user_filters_merge_with_the_plan_and_exclude_the_query(engine):
+    (res,) = engine.search_maps(_maps([0, 1]), k=5, mode="diverse", filters={"colour": "blue"}, exclude=["i3"])
+    top, shoes = res.groups
+    assert {h.attributes["colour"] for h in top.hits} == {"blue"} and "i3" not in [h.id for h in top.hits]
+    assert [h.id for h in shoes.hits] == []  # blue shoes: only i3, which is the query
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"mode": "manipulate", "manipulations": [{"colour": "red"}]}, "cannot apply manipulations"),
+    ({"mode": "attribute:colour"}, "unknown mode 'attribute:colour'"),
+    ({"mode": "same_item", "manipulations": [{"colour": "red"}]}, "does not take manipulations"),
+    ({"mode": "same_item", "filters": {"colour": []}}, "lists no value"),
+    ({"mode": "same_item", "filters": {"fabric": "silk"}}, "fabric"),
+    ({"mode": "same_item", "filters": {"colour": "green"}}, "green"),
+    ({"mode": "same_item", "k": 0}, "k must be"),
+    ({"mode": "same_item", "k": True}, "k must be"),
+])
+def test_every_request_check_happens_in_the_engine(engine, kwargs, message):
+    from vestis.errors import VestisError
+
+    with pytest.raises(VestisError, match=message):
+        engine.search_maps(_maps([1, 0]), **kwargs)
+
+
+def test_search_needs_exactly_one_query(engine):
+    with pytest.raises(EngineError, match="exactly one query"):
+        engine.search(k=3, mode="same_item")
+    with pytest.raises(EngineError, match="exactly one query"):
+        engine.search(image=b"x", item_id="i0", k=3, mode="same_item")
