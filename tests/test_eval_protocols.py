@@ -343,3 +343,21 @@ def test_malformed_rankings(tmp_path):
 def test_rows_from_indices():
     rows = rows_from_indices(["q1", "q2"], np.array([[2, 0, -1], [1, 2, 0]]), ["g0", "g1", "g2"])
     assert rows == [{"query_id": "q1", "ranked": ["g2", "g0"]}, {"query_id": "q2", "ranked": ["g1", "g2", "g0"]}]
+
+
+def test_rankings_rows_with_groups_round_trip_and_bad_groups_are_refused(tmp_path):
+    rows = [{"query_id": "q1", "ranked": ["a", "c", "b"],
+             "groups": [{"label": "top", "box": [0, 1, 20, 30], "ranked": ["a", "b"]},
+                        {"label": "shoes", "box": None, "ranked": ["c"]}]}]
+    write_rankings(tmp_path / "r.jsonl", rows)
+    back = read_rankings(tmp_path / "r.jsonl")["q1"]
+    assert back["ranked"] == ["a", "c", "b"]
+    assert back["groups"] == [{"label": "top", "box": [0.0, 1.0, 20.0, 30.0], "ranked": ["a", "b"]},
+                              {"label": "shoes", "box": None, "ranked": ["c"]}]
+    for bad, msg in [({"groups": "top"}, "must be a list"),
+                     ({"groups": [{"label": "top"}]}, "string \"label\" and \"ranked\""),
+                     ({"groups": [{"label": "top", "box": [0, 1, 2], "ranked": []}]}, "four finite numbers"),
+                     ({"groups": [{"label": "top", "box": [0, 1, 2, float("nan")], "ranked": []}]}, "four finite"),
+                     ({"groups": [{"label": 3, "ranked": []}]}, "string \"label\"")]:
+        with pytest.raises(RankingsError, match=msg):
+            write_rankings(tmp_path / "bad.jsonl", [{"query_id": "q", "ranked": ["a"], **bad}])
