@@ -155,3 +155,17 @@ def test_query_in_its_own_ranking_is_an_error():
     with pytest.raises(QueryInRankingError, match="q3"):
         M.relevance_flags(["x", "g"], {"g"}, query_id="q3", query_item_id="x")
     assert M.relevance_flags(["a", "g", "b"], {"g"}, query_id="q3", query_item_id="x") == [F, T, F]
+
+
+def test_asked_at_k_known_answers():
+    # one manipulated attribute: 3 of the top 10 have the requested value
+    assert M.asked_at_k([[True, False, True, False, False, False, True, False, False, False, True]]) == pytest.approx(0.3)
+    # two manipulated attributes: the mean of 10/10 and 0/10
+    assert M.asked_at_k([[True] * 12, [False] * 12], k=10) == pytest.approx(0.5)
+    # a short list: missing places are misses
+    assert M.asked_at_k([[True, True]], k=10) == pytest.approx(0.2)
+    assert M.asked_at_k([[True, True, False]], k=2) == 1.0
+    with pytest.raises(ValueError):
+        M.asked_at_k([], k=10)
+    with pytest.raises(ValueError):
+        M.asked_at_k([[True]], k=0)

@@ -42,6 +42,8 @@ def test_ndcg_end_to_end_uses_the_gallery_ideal():
     for k in ("10", "20", "30", "50"):
         assert all_["ndcg"][k] == pytest.approx(0.639950, abs=2e-6)
     assert rep["manipulation"]["gallery_size"] == 4
+    # asked@10: g2 and g1 are red (the requested colour) of the 4 ranked; the 6 empty places are misses
+    assert all_["asked_at_10"] == pytest.approx(0.2)
 
 
 def _sixty():

@@ -143,6 +143,22 @@ def filtered_hit_at_k(hits: Sequence[bool], keep: Sequence[bool], subset_size: i
     return int(kept[:k].any()) if k >= 1 else hit_at_k(kept, k)
 
 
+# --- asked@k (protocol 1: what a shopper sees first) -------------------------------------------------
+ASKED_K = 10
+
+
+def asked_at_k(has_requested: Sequence[Sequence[bool]], k: int = ASKED_K) -> float:
+    """asked@k of one query: the share of its top k ranked items whose catalogue value of a manipulated
+    attribute equals the requested value, averaged over its manipulated attributes. `has_requested[a][j]`: does
+    the (j+1)-th ranked item have the value requested for manipulated attribute a. A list shorter than k counts
+    its missing places as misses (the shopper sees fewer than k items)."""
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if not len(has_requested):
+        raise ValueError("asked@k needs at least one manipulated attribute")
+    return float(np.mean([np.count_nonzero(np.asarray(h[:k], dtype=bool)) / k for h in has_requested]))
+
+
 # --- NDCG (protocol 1, AMNet) ---------------------------------------------------------------------
 def dcg_at_k(rels: Sequence[float], k: int) -> float:
     """DCG@k = sum over j = 1..min(k, len(rels)) of (2^rel(j) - 1) / log2(j + 1)."""

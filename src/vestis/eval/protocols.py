@@ -188,6 +188,7 @@ def _manipulation(queries: list[dict], rows: dict[str, dict], catalog: Catalog, 
                "attribute": q.get("attribute") or "+".join(a for a in A if a in manips),
                "hits": hits[: max(metrics.TOP_K)].tolist(),
                "ndcg": {k: metrics.ndcg_at_k(rels, gallery_rels, k) for k in metrics.NDCG_K},
+               "asked": metrics.asked_at_k([match[:, A.index(a)] for a in manips], metrics.ASKED_K),
                "curve": {}}
         tpos = np.asarray(targets)
         kept_target = tpos[np.argmin(position[tpos])]  # the target a subset keeps when it lost all of them
@@ -207,6 +208,7 @@ def _manipulation(queries: list[dict], rows: dict[str, dict], catalog: Catalog, 
             return out
         out["top_k"] = _kdict(metrics.top_k_accuracy([r["hits"] for r in recs], metrics.TOP_K))
         out["ndcg"] = {str(k): float(np.mean([r["ndcg"][k] for r in recs])) for k in metrics.NDCG_K}
+        out[f"asked_at_{metrics.ASKED_K}"] = float(np.mean([r["asked"] for r in recs]))
         by_attr: dict[str, list] = defaultdict(list)
         for r in recs:
             by_attr[r["attribute"]].append(r)

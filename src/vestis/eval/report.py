@@ -128,8 +128,10 @@ def _manipulation_md(runs: Runs) -> list[str]:
                 _table(["Run"] + [f"{k} (n={ref.get(k, '-')})" for k in keys], rows), ""]
     for g in shown:
         rows = [[n, str(m["groups"][g]["n"])] + [f"{m['groups'][g]['ndcg'][str(k)]:.4f}" for k in NDCG_K]
+                + [f"{m['groups'][g]['asked_at_10']:.3f}" if "asked_at_10" in m["groups"][g] else "-"]
                 for n, m in have if m["groups"].get(g, {}).get("ndcg")]
-        out += [f"### NDCG@k, {GROUP_LABELS.get(g, g)}", "", _table(["Run", "queries"] + [f"NDCG@{k}" for k in NDCG_K], rows), ""]
+        out += [f"### NDCG@k and asked@10 (share of the top 10 with the requested values), {GROUP_LABELS.get(g, g)}",
+                "", _table(["Run", "queries"] + [f"NDCG@{k}" for k in NDCG_K] + ["asked@10"], rows), ""]
     curves = [(n, m["groups"]["all"]["gallery_size_curve"]) for n, m in have
               if m["groups"].get("all", {}).get("gallery_size_curve", {}).get("points")]
     if curves:
