@@ -66,10 +66,6 @@ class Region:
             object.__setattr__(self, f, _box(getattr(self, f), f"region {self.name!r}: {f}"))
         object.__setattr__(self, "confidence", float(self.confidence))
 
-    @property
-    def is_unspecified(self) -> bool:
-        return self.label is None
-
 
 @dataclass(frozen=True, eq=False)
 class Explanation:
