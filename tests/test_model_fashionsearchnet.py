@@ -128,18 +128,24 @@ def test_shapes_and_unit_blocks():
     assert m.embed_query(x, [{"colour": "blue"}] * 5).shape == (5, 16)
     assert m.attribute_embed(x, "sleeve").shape == (5, 8)
     ex = m.explain(x)
-    assert ex["aam"].shape == (5, 2, 4, 4) and ex["boxes"].shape == (5, 2, 4)
-    assert torch.equal(ex["boxes_input"], ex["boxes"] * 16) and ex["stride"] == 16
-    assert len(ex["values"]) == 5 and ex["values"][0][0] in SCHEMA.values("colour")
+    assert len(ex) == 5 and all(e.names == ["colour", "sleeve"] for e in ex)
+    e = ex[0]
+    assert e.stride == 16 and e.map_size == (4, 4) and e.method == "aam" and e.threshold == SMALL.get("threshold", 0.2)
+    r = e.region("colour")
+    assert r.heatmap.shape == (4, 4) and r.map_label in SCHEMA.values("colour") and 0 < r.confidence <= 1
+    assert r.label in (None, r.map_label) and (r.box is None) == (r.label is None)
+    assert e.box_in_input_pixels(r.heatmap_box) == tuple(v * 16 for v in r.heatmap_box)
     tight = m.explain(x, threshold=0.9)
-    assert tight["threshold"] == 0.9 and torch.equal(tight["aam"], ex["aam"])
-    area = lambda b: ((b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])).sum()  # noqa: E731
-    assert area(tight["boxes"]) <= area(ex["boxes"])
+    assert tight[0].threshold == 0.9
+    assert all(np.array_equal(t.heatmap, r.heatmap) for te, ee in zip(tight, ex) for t, r in zip(te.regions, ee.regions))
+    area = lambda b: (b[2] - b[0]) * (b[3] - b[1])  # noqa: E731
+    assert (sum(area(r.heatmap_box) for te in tight for r in te.regions)
+            <= sum(area(r.heatmap_box) for ee in ex for r in ee.regions))
     with pytest.raises(VestisError, match="level"):
         create_model("fashionsearchnet", SCHEMA, CH, {"level": "s8"})
     for level, hw in (("s16", (4, 4)), ("s32", (2, 2)), ("s32up", (4, 4))):
         mm = create_model("fashionsearchnet", SCHEMA, CH, {**SMALL, "level": level}).eval()
-        assert mm.embed(x).shape == (5, 16) and mm.explain(x)["aam"].shape[-2:] == hw
+        assert mm.embed(x).shape == (5, 16) and mm.explain(x)[0].regions[0].heatmap.shape == hw
 
 
 def test_gradients_reach_every_parameter():
@@ -244,8 +250,9 @@ def test_noloc_switch_disables_localisation():
     x = _t(_data(6))
     f = nl.features(x)
     assert torch.equal(nl.boxes(f, nl.logits(f)), torch.tensor([0.0, 0.0, 4.0, 4.0]).expand(6, 2, 4))
-    ex = nl.explain(x)  # still explains with AAM boxes, but pools the whole map
-    assert torch.equal(ex["pooled_boxes"], torch.tensor([0.0, 0.0, 4.0, 4.0]).expand(6, 2, 4))
+    ex = nl.explain(x, threshold=0.9)  # still explains with AAM boxes, but pools the whole map
+    assert all(r.pooled_box == (0.0, 0.0, 4.0, 4.0) for e in ex for r in e.regions)
+    assert any(r.heatmap_box != (0.0, 0.0, 4.0, 4.0) for e in ex for r in e.regions)
     # with identical weights, the ablation's representations equal the localised model's on whole-map boxes
     loc.load_state_dict(nl.state_dict())
     whole = torch.stack(loc.raw_representations(f, torch.tensor([0.0, 0.0, 4.0, 4.0]).expand(6, 2, 4)), 1)
@@ -314,8 +321,26 @@ def test_render_explanation_writes_a_png(trained, tmp_path):
     img.save(tmp_path / "x.jpg")
     ex = m.explain(_t(d, slice(0, 2)))
     out = tmp_path / "ex.png"
-    out.write_bytes(render_overlay(tmp_path / "x.jpg", ex, resolution=(64, 64), index=1))
+    out.write_bytes(render_overlay(tmp_path / "x.jpg", ex[1], resolution=(64, 64)))
     assert out.is_file() and Image.open(out).size[0] > 100
+
+
+def test_trained_model_says_unspecified_with_no_box_where_the_label_is_unspecified(trained):
+    """The data's sleeve code 2 is "unspecified": a trained model's sleeve region has no label and no box there,
+    and a known label with its box elsewhere; the heatmap and its box are kept either way."""
+    m, _, _ = trained
+    test = _data(200, seed=2)
+    ex = m.explain(_t(test))
+    sleeves = [e.region("sleeve") for e in ex]
+    unspec = test.labels[:, 1] == 2
+    said = np.array([r.label is None for r in sleeves])
+    assert (said == unspec).mean() > 0.9 and said[unspec].mean() > 0.9
+    for r in sleeves:
+        assert r.heatmap is not None and r.heatmap_box is not None and r.map_label in SCHEMA.values("sleeve")
+        if r.label is None:
+            assert r.box is None and r.confidence == r.unspecified > r.map_confidence
+        else:
+            assert r.box == r.heatmap_box and r.label == r.map_label and r.confidence == r.map_confidence >= r.unspecified
 
 
 def test_cached_query_matrices_follow_parameter_changes(trained):

@@ -120,8 +120,17 @@ def test_model_protocol(name, tiny, tmp_path):
                 assert (p >= 0).all()
     # explanations where the model has maps: one per image, a region per attribute
     if model.explains:
+        from vestis.models import Explanation
+
         expl = model.explain(maps)
-        assert expl is not None
+        assert len(expl) == 12 and all(isinstance(e, Explanation) for e in expl)
+        for e in expl:
+            assert e.names == list(model.schema.attributes) and e.stride > 0
+            h, w = e.map_size
+            for r in e.regions:
+                assert r.heatmap is None or r.heatmap.shape == (h, w)
+                assert r.box is None or (0 <= r.box[0] < r.box[2] <= w and 0 <= r.box[1] < r.box[3] <= h)
+                assert (r.label is None) == (r.box is None) or r.heatmap is None
 
 
 def _valid_manipulation(model, cat, item_id) -> dict:

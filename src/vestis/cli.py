@@ -308,10 +308,14 @@ def cmd_explain(args) -> int:
 
     for e in explain_images(args.run, args.images, args.out, threshold=args.threshold, cache_dir=args.cache):
         print(f"{e.image} -> {e.png}")
-        for a, v in e.values.items():
-            x0, y0, x1, y1 = e.boxes[a]
-            note = f"  (unspecified {e.unspecified[a]:.2f})" if e.unspecified[a] > e.confidence[a] else ""
-            print(f"  {a:<16} {v:<24} {e.confidence[a]:.2f}  box ({x0:.0f}, {y0:.0f}, {x1:.0f}, {y1:.0f}){note}")
+        for r in e.explanation.regions:
+            label = "unspecified" if r.label is None else r.label
+            if r.box is None:
+                where = "no box"
+            else:
+                where = "box ({:.0f}, {:.0f}, {:.0f}, {:.0f})".format(*e.explanation.box_in_input_pixels(r.box))
+            note = f"  (map: {r.map_label} {r.map_confidence:.2f})" if r.label is None and r.map_confidence is not None else ""
+            print(f"  {r.name:<16} {label:<24} {r.confidence:.2f}  {where}{note}")
     return 0
 
 

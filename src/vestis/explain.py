@@ -1,7 +1,8 @@
 """`vestis explain`: where a trained run looks for each attribute, drawn over the photo.
 
-For models that localise attributes (FashionSearchNet's attribute activation maps and boxes), each image
-gets one PNG with a heatmap and box per attribute, titled with the predicted value and its confidence.
+For models with explanation maps (FashionSearchNet's attribute activation maps and boxes, attribute_baseline's
+Grad-CAM), each image gets one PNG with a panel per region of its `Explanation` (heatmap, box), titled with the
+predicted value and its confidence, or "unspecified" (and no box) where that is likelier.
 The image is encoded by the run's own trunk (the same letterbox and resolution as training), so a photo
 that was never catalogued can be explained.
 """
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vestis.errors import VestisError
+from vestis.models.explanation import Explanation
 from vestis.paths import default_cache_dir
 from vestis.runs import load_run
 from vestis.vision.trunk import TrunkSpec
@@ -22,10 +24,7 @@ from vestis.vision.trunk import TrunkSpec
 class Explained:
     image: Path
     png: Path
-    values: dict[str, str]          # attribute -> predicted value
-    confidence: dict[str, float]    # attribute -> probability of that value
-    unspecified: dict[str, float]   # attribute -> probability that it is not labelled / not visible
-    boxes: dict[str, tuple[float, float, float, float]]  # attribute -> box in trunk-input pixels (x0, y0, x1, y1)
+    explanation: Explanation  # the image's regions; boxes in cells (`explanation.box_in_input_pixels`)
 
 
 def explain_images(run_dir: Path, images: Sequence[Path], out: Path, threshold: float | None = None,
@@ -51,17 +50,10 @@ def explain_images(run_dir: Path, images: Sequence[Path], out: Path, threshold: 
     if single_png and len(images) > 1:
         raise VestisError(f"--out {out} names one PNG but {len(images)} images were given; pass a folder")
     results = []
-    for i, image in enumerate(images):
+    for image, explanation in zip(images, exp):
         image = Path(image)
         png = out if single_png else out / f"{image.stem}-explain.png"
         png.parent.mkdir(parents=True, exist_ok=True)
-        png.write_bytes(render_overlay(image, exp, spec.resolution, index=i))
-        attrs = exp["attributes"]
-        results.append(Explained(
-            image=image, png=png,
-            values={a: exp["values"][i][j] for j, a in enumerate(attrs)},
-            confidence={a: float(exp["confidence"][i, j]) for j, a in enumerate(attrs)},
-            unspecified={a: float(exp["unspecified"][i, j]) if "unspecified" in exp else 0.0 for j, a in enumerate(attrs)},
-            boxes={a: tuple(float(v) * int(exp["stride"]) for v in exp["boxes"][i, j]) for j, a in enumerate(attrs)},
-        ))
+        png.write_bytes(render_overlay(image, explanation, spec.resolution))
+        results.append(Explained(image=image, png=png, explanation=explanation))
     return results

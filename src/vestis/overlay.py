@@ -1,16 +1,17 @@
-"""Explanation overlays as PNG bytes: each attribute's activation map as a heatmap over the photo, with its
-box, one panel per attribute. The one renderer for `vestis explain` and the server's explain routes;
-Pillow only, one image per call, thread-safe."""
+"""Explanation overlays as PNG bytes: one panel per region of a `vestis.models.explanation.Explanation` - its
+heatmap over the photo where it has one, its box where it has one, titled "name: label (confidence)". The one
+renderer for `vestis explain` and the server's explain routes (attribute activation maps, Grad-CAM, attention
+maps and part boxes alike); Pillow only, one image per call, thread-safe."""
 
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from vestis.models.explanation import Explanation, Region
 from vestis.vision.images import load_rgb
 from vestis.vision.preprocess import letterbox_geometry
 
@@ -36,66 +37,76 @@ def _font(size: int):
         return ImageFont.load_default()
 
 
-def render_panel(photo: Image.Image, aam: np.ndarray, box, geo, stride: int, scale: float,
+def render_panel(photo: Image.Image, heatmap: np.ndarray | None, box, geo, stride: int, scale: float,
                  alpha: float = 0.5) -> Image.Image:
-    """One attribute's panel: `photo` (the original scaled by `scale`) blended with the min-max normalised map
-    `aam` (H, W) placed where the trunk saw it (letterbox `geo`, `stride` input pixels per cell), and the box
-    (x0, y0, x1, y1 in cells) outlined in white over black."""
+    """One region's panel: `photo` (the original scaled by `scale`) blended with the min-max normalised map
+    `heatmap` (H, W) placed where the trunk saw it (letterbox `geo`, `stride` input pixels per cell), and the
+    box (x0, y0, x1, y1 in cells) outlined in white over black. Either may be None: no heatmap, no box."""
     pw, ph = photo.size
-    m = np.asarray(aam, dtype=np.float64)
-    h, w = m.shape[-2:]
-    m = (m - m.min()) / (m.max() - m.min()) if m.max() > m.min() else np.zeros_like(m)
-    # the whole map in photo pixels (it extends over the letterbox padding, beyond the photo's edges)
-    mx0, my0, mx1, my1 = geo.feature_to_image((0.0, 0.0, float(w), float(h)), stride)
-    heat = Image.fromarray(colourise(m))
-    hw, hh = max(1, round((mx1 - mx0) * scale)), max(1, round((my1 - my0) * scale))
-    heat = heat.resize((hw, hh), Image.Resampling.BILINEAR)
-    layer = Image.new("RGB", (pw, ph))
-    layer.paste(heat, (round(mx0 * scale), round(my0 * scale)))
-    panel = Image.blend(photo, layer, alpha)
-    pd = ImageDraw.Draw(panel)
-    bx0, by0, bx1, by1 = (np.asarray(geo.feature_to_image(tuple(float(v) for v in box), stride)) * scale).tolist()
-    bx0, by0, bx1, by1 = max(bx0, 0), max(by0, 0), min(bx1, pw - 1), min(by1, ph - 1)
-    pd.rectangle((bx0, by0, bx1, by1), outline=(255, 255, 255), width=3)
-    pd.rectangle((bx0, by0, bx1, by1), outline=(0, 0, 0), width=1)
+    panel = photo.copy()
+    if heatmap is not None:
+        m = np.asarray(heatmap, dtype=np.float64)
+        h, w = m.shape[-2:]
+        m = (m - m.min()) / (m.max() - m.min()) if m.max() > m.min() else np.zeros_like(m)
+        # the whole map in photo pixels (it extends over the letterbox padding, beyond the photo's edges)
+        mx0, my0, mx1, my1 = geo.feature_to_image((0.0, 0.0, float(w), float(h)), stride)
+        heat = Image.fromarray(colourise(m))
+        hw, hh = max(1, round((mx1 - mx0) * scale)), max(1, round((my1 - my0) * scale))
+        heat = heat.resize((hw, hh), Image.Resampling.BILINEAR)
+        layer = Image.new("RGB", (pw, ph))
+        layer.paste(heat, (round(mx0 * scale), round(my0 * scale)))
+        panel = Image.blend(photo, layer, alpha)
+    if box is not None:
+        pd = ImageDraw.Draw(panel)
+        bx0, by0, bx1, by1 = (np.asarray(geo.feature_to_image(tuple(float(v) for v in box), stride)) * scale).tolist()
+        bx0, by0, bx1, by1 = max(bx0, 0), max(by0, 0), min(bx1, pw - 1), min(by1, ph - 1)
+        pd.rectangle((bx0, by0, bx1, by1), outline=(255, 255, 255), width=3)
+        pd.rectangle((bx0, by0, bx1, by1), outline=(0, 0, 0), width=1)
     return panel
 
 
-def render_overlay(image: str | Path | bytes, explanation: Mapping, resolution: tuple[int, int], index: int = 0,
+def caption(region: Region) -> tuple[str, str]:
+    """A panel's title and its second line: "name: label (confidence)", "name: unspecified (p)" where the label
+    is unspecified, and then (second line) whose map the heatmap is."""
+    title = f"{region.name}: {'unspecified' if region.label is None else region.label} ({region.confidence:.2f})"
+    note = ""
+    if region.heatmap is not None and region.map_label is not None and region.map_label != region.label:
+        note = f"map: {region.map_label}" + (f" ({region.map_confidence:.2f})" if region.map_confidence is not None else "")
+    return title, note
+
+
+def render_overlay(image: str | Path | bytes, explanation: Explanation, resolution: tuple[int, int],
                    alpha: float = 0.5) -> bytes:
-    """PNG bytes: per attribute, the photo with its (min-max normalised) activation map laid over the part of
-    the photo the map covers (the trunk's letterbox, `resolution` = (HEIGHT, WIDTH)), the box fitted to the
-    map, and "attribute: predicted value (confidence)" above it."""
+    """PNG bytes: per region, the photo with its (min-max normalised) heatmap laid over the part of the photo
+    the map covers (the trunk's letterbox, `resolution` = (HEIGHT, WIDTH)), its box, and its caption above."""
+    if not isinstance(explanation, Explanation):
+        raise TypeError(f"render_overlay draws one Explanation (explain(maps)[i]), got {type(explanation).__name__}")
     img = load_rgb(image)
     w0, h0 = img.info.get("original_size", img.size)
     geo = letterbox_geometry(w0, h0, tuple(resolution))
-    stride = int(explanation["stride"])
-    attrs = list(explanation["attributes"])
-    aam = np.asarray(explanation["aam"][index], dtype=np.float64)
-    boxes = np.asarray(explanation["boxes"][index], dtype=np.float64)
-    conf = np.asarray(explanation["confidence"][index], dtype=np.float64) if "confidence" in explanation else None
-    values = explanation["values"][index] if "values" in explanation else [""] * len(attrs)
+    regions = explanation.regions
     scale = PANEL / max(w0, h0)
     pw, ph = max(1, round(w0 * scale)), max(1, round(h0 * scale))
     photo = img.resize((pw, ph), Image.Resampling.BILINEAR)
-    cols = min(COLS, max(1, len(attrs)))
-    rows = -(-len(attrs) // cols)
+    cols = min(COLS, max(1, len(regions)))
+    rows = max(1, -(-len(regions) // cols))
     pad = 10
-    font = _font(13)
-    unspec = np.asarray(explanation["unspecified"][index], dtype=np.float64) if "unspecified" in explanation else None
-    labels = [f"{a}: {values[j]}" + (f" ({conf[j]:.2f})" if conf is not None else "") for j, a in enumerate(attrs)]
-    if unspec is not None and conf is not None:  # most likely unlabelled: say so; the map is the best value's
-        labels = [f"{a}: unspecified ({unspec[j]:.2f}); map: {values[j]}" if unspec[j] > conf[j] else labels[j]
-                  for j, a in enumerate(attrs)]
+    font, small = _font(13), _font(11)
+    captions = [caption(r) for r in regions]
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    cw = max([pw, *(round(measure.textlength(t, font=font)) + 4 for t in labels)])  # a column fits its titles
+    cw = max([pw, *(round(measure.textlength(t, font=font)) + 4 for t, _ in captions),
+              *(round(measure.textlength(n, font=small)) + 4 for _, n in captions)])  # a column fits its titles
     sheet = Image.new("RGB", (cols * (cw + pad) + pad, rows * (ph + TITLE + pad) + pad), (255, 255, 255))
     draw = ImageDraw.Draw(sheet)
-    for j in range(len(attrs)):
-        panel = render_panel(photo, aam[j], boxes[j], geo, stride, scale, alpha)
+    for j, (region, (title, note)) in enumerate(zip(regions, captions)):
+        panel = render_panel(photo, region.heatmap, region.box, geo, explanation.stride, scale, alpha)
         r, c = divmod(j, cols)
         x, y = pad + c * (cw + pad), pad + r * (ph + TITLE + pad)
-        draw.text((x, y + 8), labels[j], fill=(20, 20, 20), font=font)
+        if note:
+            draw.text((x, y + 1), title, fill=(20, 20, 20), font=font)
+            draw.text((x, y + 16), note, fill=(110, 110, 110), font=small)
+        else:
+            draw.text((x, y + 8), title, fill=(20, 20, 20), font=font)
         sheet.paste(panel, (x + (cw - pw) // 2, y + TITLE))
     buf = io.BytesIO()
     sheet.save(buf, format="PNG", optimize=False)

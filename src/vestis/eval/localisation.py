@@ -3,7 +3,8 @@ attribute activation maps; the issue's synthetic check).
 
 For every held-out item with labelled attribute regions (the synthetic catalogue draws them: sleeve,
 neckline and length on their part of the garment; category, colour, pattern and fit on the whole garment),
-the run's box for that attribute is mapped from feature-map cells onto the photo through the same letterbox
+the run's box for that attribute (`Region.heatmap_box`: the box fitted to its map, also where the run says
+"unspecified" and draws no box) is mapped from feature-map cells onto the photo through the same letterbox
 the trunk saw, and compared with the labelled region:
   - IoU, and the share of boxes with IoU >= 0.5 (the PASCAL criterion);
   - coverage: the share of the region inside the box, and the share of boxes covering >= 50 % of it;
@@ -80,26 +81,26 @@ def localisation_report(run_dir: Path, catalog, split: str | None = "query", thr
     attrs = list(model.schema.attributes)
     spec = TrunkSpec.from_json(info.trunk)
     feats = catalogue_features(cat, spec, Path(cache_dir or default_cache_dir()), progress=progress)
-    order = {a: j for j, a in enumerate(model.schema.attributes)}
     per = {a: [] for a in attrs}
     floor = {a: [] for a in attrs}
     area = {a: [] for a in attrs}
     for start in range(0, len(feats.ids), batch):
         ids = feats.ids[start:start + batch]
         maps = {lv: torch.from_numpy(np.asarray(v[start:start + batch], np.float32)) for lv, v in feats.maps.items()}
-        exp = model.explain(maps) if threshold is None else model.explain(maps, threshold=threshold)
-        stride = int(exp["stride"])
-        h, w = exp["map_size"]
-        boxes = np.asarray(exp["boxes"], np.float64)
-        for i, iid in enumerate(ids):
+        exps = model.explain(maps) if threshold is None else model.explain(maps, threshold=threshold)
+        for iid, exp in zip(ids, exps):
             it = cat[iid]
             with Image.open(it.image) as im:
                 geo = letterbox_geometry(*im.size, spec.resolution)
-            whole = geo.feature_to_image((0.0, 0.0, float(w), float(h)), stride)
-            whole = (max(whole[0], 0.0), max(whole[1], 0.0), min(whole[2], geo.src_w), min(whole[3], geo.src_h))
+            whole = exp.box_in_photo(exp.whole_map, geo)
             for a in attrs:
-                b = geo.feature_to_image(tuple(boxes[i, order[a]]), stride)
-                b = (max(b[0], 0.0), max(b[1], 0.0), min(b[2], geo.src_w), min(b[3], geo.src_h))
+                # the box fitted to the map, also where the label is "unspecified" (then not drawn): where the
+                # model looks for the attribute, whatever it concluded
+                r = exp.region(a)
+                cells = r.heatmap_box if r.heatmap_box is not None else r.box
+                if cells is None:  # a region without any box has nothing to score
+                    continue
+                b = exp.box_in_photo(cells, geo)
                 area[a].append(box_area(b) / max(box_area(whole), 1e-9))
                 region = (it.regions or {}).get(a)
                 if region is None:
@@ -107,7 +108,7 @@ def localisation_report(run_dir: Path, catalog, split: str | None = "query", thr
                 per[a].append(box_scores(b, region))
                 floor[a].append(box_scores(whole, region))
     return {"run": info.run_id, "model": model.name, "split": split, "n_items": len(feats.ids),
-            "threshold": float(exp["threshold"]),
+            "threshold": float(exps[0].threshold),
             "attributes": {a: {"area_share": float(np.mean(area[a])), "boxes": summarise(per[a]),
                                "whole_image": summarise(floor[a])} for a in attrs}}
 

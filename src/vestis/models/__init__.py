@@ -5,7 +5,8 @@ from vestis.models import amnet  # noqa: F401  (register)
 from vestis.models import fashionsearchnet  # noqa: F401  (register)
 from vestis.models.base import (MODELS, Probe, Request, SearchModel, Space, create_model, declared_levels,
                                 run_batched)
+from vestis.models.explanation import Explanation, Region
 from vestis.models.loop import TrainData
 
-__all__ = ["MODELS", "Probe", "Request", "SearchModel", "Space", "TrainData", "create_model", "declared_levels",
+__all__ = ["Explanation", "MODELS", "Probe", "Region", "Request", "SearchModel", "Space", "TrainData", "create_model", "declared_levels",
            "run_batched"]

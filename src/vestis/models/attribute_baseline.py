@@ -31,6 +31,7 @@ from torch import nn
 from vestis.errors import VestisError
 from vestis.losses import multi_attribute_ce
 from vestis.models.base import Maps, SearchModel, register
+from vestis.models.explanation import Explanation, attribute_explanations
 from vestis.models.layers import AttributeClassifiers, l2n, pool_maps
 from vestis.models.loop import LoopConfig, TrainData, fit_loop, pooled_features
 
@@ -141,14 +142,15 @@ class AttributeBaseline(SearchModel):
         parts[a] = F.one_hot(probs[a].argmax(-1), probs[a].shape[-1]).float()
         return torch.cat([*parts, self._visual(maps), torch.zeros(len(parts[a]), 1)], dim=-1)
 
-    def explain(self, maps: Maps, threshold: float = 0.2) -> dict:
+    def explain(self, maps: Maps, threshold: float = 0.2) -> list[Explanation]:
         """Grad-CAM (Selvaraju et al. 2017) of each attribute's most confident known value on the stride-32 map.
 
         The classifiers read the global average pool p of the map f, so d logit / d f(k, h, w) = g(k) / HW with
         g = d logit / d p, the same at every cell, and Grad-CAM's map is relu(sum_k g(k) f_k): the class
         activation map of the head linearised at this image. With `hidden: 0` the head is one linear layer, g
         is its weight row and this is exactly CAM (Zhou et al. 2016); with the default hidden layer (BN, ReLU)
-        it is that first-order approximation, which is why the method is reported as "grad-cam"."""
+        it is that first-order approximation, which is why the method is reported as "grad-cam". One Explanation
+        per item; where "unspecified" is likelier than that value the region's label is None and it has no box."""
         from vestis.models.layers import boxes_from_maps
 
         f = maps["s32"].detach().float().clone().requires_grad_(True)
@@ -157,28 +159,19 @@ class AttributeBaseline(SearchModel):
         try:
             with torch.enable_grad():
                 logits = self.logits({"s32": f})
-                cams, classes, conf = [], [], []
+                cams, classes, probs = [], [], []
                 for lg in logits:
                     c = lg[:, :-1].argmax(-1)  # known values only: the last class is "unspecified"
                     (g,) = torch.autograd.grad(lg.gather(1, c[:, None]).sum(), f, retain_graph=True)
                     w = g.sum(dim=(2, 3))  # (N, K): d logit / d pooled, up to the 1/HW factor
                     cams.append(torch.relu(torch.einsum("nk,nkhw->nhw", w, f.detach())))
                     classes.append(c)
-                    conf.append(F.softmax(lg.detach(), -1).gather(1, c[:, None])[:, 0])
+                    probs.append(F.softmax(lg.detach(), -1))
         finally:
             self.train(was_training)
         aam = torch.stack(cams, 1)
-        n, A, h, w = aam.shape
-        return {
-            "model": self.name,
-            "method": "grad-cam" if self.config["hidden"] else "cam",
-            "attributes": list(self.schema.attributes),
-            "values": [[self.schema.values(a)[int(classes[j][i])] for j, a in enumerate(self.schema.attributes)]
-                       for i in range(n)],
-            "confidence": torch.stack(conf, 1),
-            "aam": aam,
-            "stride": 32,
-            "map_size": (h, w),
-            "boxes": boxes_from_maps(aam, threshold),
-            "threshold": threshold,
-        }
+        attrs = list(self.schema.attributes)
+        return attribute_explanations(
+            attrs, [self.schema.values(a) for a in attrs], aam, torch.stack(classes, 1), probs,
+            boxes_from_maps(aam, threshold), stride=32, model=self.name,
+            method="grad-cam" if self.config["hidden"] else "cam", threshold=threshold)

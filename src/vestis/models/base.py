@@ -23,7 +23,7 @@ applied) and `attribute_query`; a method with per-attribute or per-part spaces o
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -31,6 +31,7 @@ from torch import nn
 
 from vestis.catalog.schema import AttributeSchema
 from vestis.errors import VestisError
+from vestis.models.explanation import Explanation
 from vestis.models.layers import l2n, pool_maps
 from vestis.models.loop import TrainData
 
@@ -191,8 +192,9 @@ class SearchModel(nn.Module):
         return (cls.predict_attributes is not SearchModel.predict_attributes
                 or cls.attribute_probabilities is not SearchModel.attribute_probabilities)
 
-    def explain(self, maps: Maps) -> list:
-        """One `vestis.models.explanation.Explanation` per row of `maps`, where the model has maps."""
+    def explain(self, maps: Maps) -> list[Explanation]:
+        """One Explanation (regions: a heatmap and / or box per attribute, attention step or part) per row of
+        `maps`, where the model has maps; `vestis.overlay.render_overlay` draws any of them."""
         raise VestisError(f"model {self.name} has no explanation maps")
 
     @property

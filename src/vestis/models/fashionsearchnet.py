@@ -65,8 +65,9 @@ elsewhere): <q, g> = cos(r_a(query), r_a(item)), the attribute-specific similari
 
 Training schedule (`fit`): `epochs_cls` (2) epochs of L_C alone (the AAMs must mean something before they
 place boxes), then `epochs` (5) epochs of L_C + soft-triplet with AAM boxes, prototypes, then `global_epochs`
-(4 x 200 steps) of L_G; AdamW with one-cycle schedules (`train.fit_loop`). `explain(maps)` returns each attribute's AAM, predicted value and box in feature-map cells and in
-trunk-input pixels; `vestis.overlay.render_overlay` draws them over the original photo.
+(4 x 200 steps) of L_G; AdamW with one-cycle schedules (`train.fit_loop`). `explain(maps)` returns one
+`Explanation` per item: each attribute's AAM, predicted value (None where "unspecified" is likelier) and box in
+feature-map cells; `vestis.overlay.render_overlay` draws it over the photo.
 """
 
 from __future__ import annotations
@@ -82,6 +83,7 @@ from torch import nn
 from vestis.errors import VestisError
 from vestis.losses import multi_attribute_ce, soft_triplet
 from vestis.models.base import Maps, SearchModel, register
+from vestis.models.explanation import Explanation, attribute_explanations
 from vestis.models.layers import (AttributeClassifiers, boxes_from_maps, class_activation_maps, gap, l2n,
                                   roi_features, value_means)
 from vestis.models.loop import LoopConfig, TrainData, batch_maps, fit_loop, random_batches, seed_everything
@@ -521,33 +523,22 @@ class FashionSearchNet(SearchModel):
         return [F.softmax(lg, -1) for lg in self.logits(self.features(maps))]
 
     @torch.no_grad()
-    def explain(self, maps: Maps, threshold: float | None = None) -> dict:
-        """Per item and attribute: the AAM (of the most confident known value), that value and its probability,
-        the box in feature-map cells and in trunk-input pixels (the letterboxed input; `render_overlay`
-        maps it onto the original photo), and the box actually pooled (the whole map without localisation).
-        `threshold` re-fits the boxes at another share of the maximum, for display (default: the model's)."""
+    def explain(self, maps: Maps, threshold: float | None = None) -> list[Explanation]:
+        """One Explanation per item: per attribute, the AAM (of the most confident known value) as the heatmap,
+        that value and its probability, the box fitted to the AAM in feature-map cells (`render_overlay` maps it
+        onto the original photo through the trunk's letterbox), and the box actually pooled (the whole map
+        without localisation). Where "unspecified" is likelier than that value the label is None and there is
+        no box. `threshold` re-fits the boxes at another share of the maximum, for display (default: the
+        model's)."""
         threshold = self.config["threshold"] if threshold is None else float(threshold)
         feats = self.features(maps)
         logits = self.logits(feats)
         m, classes = self.aams(feats, logits)
-        n, A, h, w = m.shape
-        boxes = boxes_from_maps(m, threshold, self.config["connectivity"])
-        probs = [F.softmax(lg, -1) for lg in logits]
-        s = self.stride
-        return {
-            "model": self.name,
-            "attributes": list(self.attributes),
-            "values": [[self.schema.values(a)[int(classes[i, j])] for j, a in enumerate(self.attributes)] for i in range(n)],
-            "confidence": torch.stack([probs[j][torch.arange(n), classes[:, j]] for j in range(A)], 1),
-            "unspecified": torch.stack([probs[j][:, -1] for j in range(A)], 1),  # P("unspecified"), no map of its own
-            "aam": m,
-            "stride": s,
-            "map_size": (h, w),
-            "boxes": boxes,
-            "boxes_input": boxes * s,
-            "pooled_boxes": self.boxes(feats, logits),
-            "threshold": threshold,
-        }
+        return attribute_explanations(
+            self.attributes, [self.schema.values(a) for a in self.attributes], m, classes,
+            [F.softmax(lg, -1) for lg in logits], boxes_from_maps(m, threshold, self.config["connectivity"]),
+            stride=self.stride, model=self.name, method="aam", threshold=threshold,
+            pooled_boxes=self.boxes(feats, logits))
 
 
 @register

@@ -274,7 +274,7 @@ class Service:
             source = image
         with self.lock:
             maps = self.engine.item_maps([item.id]) if item is not None else self.engine.encode_images([image])
-            expl = model.explain(maps)
+            expl = model.explain(maps)[0]
         png = render_overlay(source, expl, self.engine.spec.resolution)
         if item is not None:
             with self._cache_lock:
