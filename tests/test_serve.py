@@ -160,7 +160,9 @@ def test_search_by_item_matches_the_engine(client, engine, query):
     d = r.json()
     want = engine.search(item_id=it.id, manipulations={"colour": new}, k=7)
     assert [x["id"] for x in d["results"]] == [h.id for h in want]
-    assert [x["rank"] for x in d["results"]] == list(range(1, 8))
+    assert [x["rank"] for x in d["results"]] == list(range(1, len(want) + 1)) and 0 < len(want) <= 7
+    # labels on (the default): the requested colour is a constraint, so no other colour is shown
+    assert all(x["attributes"].get("colour") in (new, None) for x in d["results"]) and d["labels"] == "on"
     scores = [x["score"] for x in d["results"]]
     assert scores == sorted(scores, reverse=True)
     assert it.id not in [x["id"] for x in d["results"]]
@@ -254,10 +256,14 @@ def test_malformed_bodies(client, query):
 def test_upload_search_equals_item_search(client, query):
     it, new = query
     files = {"image": ("q.jpg", Path(it.image).read_bytes(), "image/jpeg")}
-    r = client.post("/search", files=files, data={"manipulations": json.dumps({"colour": new}), "k": "5"})
+    # vision only: an item query's own catalogue labels would be its preferences with labels on, a photo's are not
+    r = client.post("/search", files=files, data={"manipulations": json.dumps({"colour": new}), "k": "5",
+                                                  "labels": "off"})
     assert r.status_code == 200, r.text
     d = r.json()
-    by_item = client.post("/search", json={"item_id": it.id, "manipulations": {"colour": new}, "k": 5}).json()
+    by_item = client.post("/search", json={"item_id": it.id, "manipulations": {"colour": new}, "k": 5,
+                                           "labels": "off"}).json()
+    assert d["labels"] == by_item["labels"] == "off"
     # the same ranking up to near-ties (uploads are encoded in float32, cached maps are float16)
     assert [x["score"] for x in d["results"]] == pytest.approx([x["score"] for x in by_item["results"]], abs=1e-2)
     assert len({x["id"] for x in d["results"]} & {x["id"] for x in by_item["results"]}) >= 4

@@ -18,10 +18,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vestis import catalogue_ranking
 from vestis.catalog import Catalog
 from vestis.errors import VestisError
 from vestis.indexing import ENGINE_FILE, parent_id
-from vestis.models import Probe, Request, SearchModel
+from vestis.models import Probe, Request, SearchModel, Space
 from vestis.paths import default_cache_dir
 from vestis.runs import load_run
 from vestis.vision.trunk import TrunkSpec
@@ -62,6 +63,8 @@ class Result:
 
     groups: list[Group]
     predicted: dict | None = None  # the query's predicted attributes (`Engine.predict_attributes`), where known
+    labels: str = "off"  # "on": ranked with the catalogue's labels (catalogue-aware); "off": vision only
+    note: str | None = None  # e.g. that no gallery item has exactly the target labels ("closest first")
 
     @property
     def hits(self) -> list[Hit]:
@@ -101,9 +104,13 @@ class Engine:
                  meta: dict | None = None):
         self.model, self.info, self.spaces, self.catalog = model, info, spaces, catalog
         self.spec, self.cache_dir, self.meta = spec, Path(cache_dir), meta or {}
-        self.space_defs = model.spaces()
+        self.space_defs = dict(model.spaces())
+        if catalogue_ranking.SPACE in spaces:  # the engine's own space (catalogue-aware ranking), not the model's
+            self.space_defs[catalogue_ranking.SPACE] = Space(spaces[catalogue_ranking.SPACE].dim, "ip")
         self._encoder = None
         self._cache = None
+        self._present = None
+        self.label_weight = catalogue_ranking.LABEL_WEIGHT
 
     @classmethod
     def load(cls, run_dir: Path, index_dir: Path, catalog: Catalog | None = None, cache_dir: Path | None = None) -> "Engine":
@@ -213,8 +220,13 @@ class Engine:
     # --- search --------------------------------------------------------------------------------
     def search_maps(self, maps, manipulations: Sequence[Mapping[str, str]] | None = None, k: int = 30,
                     filters: Mapping | None = None, mode: str = "manipulate",
-                    exclude: Sequence[str | None] | None = None) -> list[Result]:
-        """One Result per query row of `maps` (a batch): the model's plan, run probe by probe."""
+                    exclude: Sequence[str | None] | None = None, labels: bool = True,
+                    query_labels: Sequence[Mapping[str, str] | None] | None = None) -> list[Result]:
+        """One Result per query row of `maps` (a batch): the model's plan, run probe by probe.
+
+        labels=True (the product default) ranks `manipulate` queries with the catalogue's labels where the index
+        has the label space (`vestis.catalogue_ranking`); `query_labels[i]` are query i's own catalogue labels
+        (a catalogue item), used as its preferences. labels=False reads no label at all (the papers' protocol)."""
         n = len(next(iter(maps.values())))
         manipulations = [dict(m) for m in manipulations] if manipulations is not None else [{}] * n
         if len(manipulations) != n:
@@ -224,10 +236,50 @@ class Engine:
         filters = self.check_request(mode, manipulations, filters)
         exclude = list(exclude) if exclude is not None else [None] * n
         groups: list[list[Group]] = [[] for _ in range(n)]
-        for probe in self.model.plan(maps, Request(mode, manipulations)):
+        probes = self.model.plan(maps, Request(mode, manipulations))
+        on = labels and mode == "manipulate" and catalogue_ranking.SPACE in self.spaces
+        notes: list[str | None] = [None] * n
+        if on:
+            probes, notes = self._label_probes(maps, probes, manipulations, query_labels)
+        for probe in probes:
             for q, group in self._run_probe(probe, k, filters, exclude, manipulations):
                 groups[q].append(group)
-        return [Result(g) for g in groups]
+        return [Result(g, labels="on" if on else "off", note=note) for g, note in zip(groups, notes)]
+
+    def _label_probes(self, maps, probes: list[Probe], manipulations: list[dict], query_labels):
+        """The model's "main" probe turned into label-space probes, one per distinct set of requested values (their
+        constraints are filters inside the index), and per row a note when no gallery item has the exact target."""
+        (main,) = [p for p in probes if p.space == "main"]
+        schema = self.model.schema
+        with torch.inference_mode():
+            probs = {a: p.numpy() for a, p in self.model.attribute_probabilities(maps).items()}
+        rows = catalogue_ranking.targets(schema, probs, manipulations, query_labels)
+        scale = self.meta["spaces"][catalogue_ranking.SPACE]["labels"]
+        q = catalogue_ranking.query_vectors(schema, rows, main.vectors, scale["main_metric"], scale, self.label_weight)
+        by_request: dict[tuple, list[int]] = {}
+        for i, m in enumerate(manipulations):
+            by_request.setdefault(tuple(sorted(m.items())), []).append(i)
+        out = [Probe(catalogue_ranking.SPACE, q[idx], filters=catalogue_ranking.constraints(dict(key)), rows=np.array(idx))
+               for key, idx in by_request.items()]
+        present = self._label_vectors()
+        notes = []
+        for t in rows:
+            want = catalogue_ranking.target_vector(schema, t)
+            notes.append(None if want in present else "no item has exactly " + ", ".join(
+                f"{a} {v}" for a, v in zip(schema.attributes, want) if v != "unspecified") + "; closest first")
+        return out, notes
+
+    def _label_vectors(self) -> set[tuple[str, ...]]:
+        """The exact label vectors (over the run's attributes) of the indexed gallery, for "no exact match" notes."""
+        if self._present is None:
+            schema = self.model.schema
+            self._present = set()
+            for iid in self.spaces[catalogue_ranking.SPACE].ids():
+                it = self.catalog.by_id.get(iid)
+                attrs = it.attributes if it else {}
+                self._present.add(tuple(attrs.get(a) if attrs.get(a) in schema.values(a) else "unspecified"
+                                        for a in schema.attributes))
+        return self._present
 
     def _run_probe(self, probe: Probe, k: int, filters: dict, exclude: list, manipulations: list):
         space, index = self.space_defs[probe.space], self.spaces[probe.space]
@@ -277,8 +329,9 @@ class Engine:
 
     def search(self, image: Path | bytes | None = None, item_id: str | None = None,
                manipulations: Mapping[str, str] | None = None, k: int = 30, filters: Mapping | None = None,
-               mode: str = "manipulate") -> Result:
-        """Rank the index for one query image (path or bytes) or catalogue item, the query item itself excluded."""
+               mode: str = "manipulate", labels: bool = True) -> Result:
+        """Rank the index for one query image (path or bytes) or catalogue item, the query item itself excluded;
+        labels=True ranks with the catalogue's labels (a catalogue item's own labels are its preferences)."""
         if (image is None) == (item_id is None):
             raise EngineError("give exactly one query: an item id or an image")
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
@@ -286,7 +339,9 @@ class Engine:
         manipulations = dict(manipulations or {})
         self.check_request(mode, [manipulations], filters)  # before any image is decoded
         maps = self.query_maps(image=image, item_id=item_id)
-        result = self.search_maps(maps, [manipulations], k, filters, mode, exclude=[item_id])[0]
+        known = [self.catalog[item_id].attributes] if item_id is not None and labels else None
+        result = self.search_maps(maps, [manipulations], k, filters, mode, exclude=[item_id], labels=labels,
+                                  query_labels=known)[0]
         predicted = self.predict_attributes(maps)
         result.predicted = predicted[0] if predicted else None
         return result

@@ -13,7 +13,9 @@ import re
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from vestis import catalogue_ranking
 from vestis.catalog import Catalog
 from vestis.errors import VestisError
 from vestis.fsutil import atomic_write
@@ -45,6 +47,33 @@ def _space_options(space: str, backend: str, options: dict) -> dict:
         base = options.get("collection", "vestis")
         out["collection"] = f"{base}_{re.sub(r'[^A-Za-z0-9_]', '_', space)}"
     return out
+
+
+def _label_space(model, feats, attrs) -> tuple[np.ndarray, dict] | None:
+    """The label vectors of catalogue-aware ranking, for runs that manipulate, classify every attribute and have
+    one "main" vector per item; None for others (they rank by vision alone)."""
+    main = model.spaces()["main"]
+    if "manipulate" not in model.modes() or main.members != "items" or not model.predicts_attributes:
+        return None
+    names = model.schema.attributes
+
+    def one_batch(m):
+        probs = model.attribute_probabilities(m)
+        if set(probs) != set(names):
+            return None
+        return torch.cat([*(probs[a] for a in names), model.embed(m, "main")], dim=1)
+
+    with torch.inference_mode():
+        probe = one_batch({k: torch.from_numpy(v[:1]).float() for k, v in feats.maps.items()})
+    if probe is None:
+        return None
+    both = run_batched(one_batch, feats.maps)
+    widths = [len(model.schema.values(a)) + 1 for a in names]
+    split = np.cumsum(widths)
+    predicted = dict(zip(names, np.split(both[:, :split[-1]], split[:-1], axis=1)))
+    blocks = catalogue_ranking.label_blocks(model.schema, attrs, predicted)
+    vecs, scale = catalogue_ranking.gallery_vectors(blocks, both[:, split[-1]:], main.metric)
+    return vecs, {**scale, "main_metric": main.metric}
 
 
 def build_index(run_dir: Path, catalog: Catalog, out: Path, *, backend: str = "faiss", kind: str = "auto",
@@ -90,6 +119,18 @@ def build_index(run_dir: Path, catalog: Catalog, out: Path, *, backend: str = "f
         idx.save(out / name)
         spaces[name] = {"kind": idx.kind, "dim": space.dim, "metric": space.metric, "members": space.members,
                         "attribute": space.attribute, "parts": space.parts, "count": len(ids)}
+        idx.close()
+    labels = _label_space(model, feats, attrs)
+    if labels is not None:  # catalogue-aware ranking (labels on): vestis.catalogue_ranking
+        vecs, scale = labels
+        idx = create_index(backend=backend, kind=kind, dim=vecs.shape[1], metric="ip", run_id=info.run_id,
+                           schema_digest=model.schema.digest(), attributes=sorted({a for d in attrs for a in d}),
+                           n_items=len(feats.ids), **_space_options(catalogue_ranking.SPACE, backend, index_options))
+        idx.add(list(feats.ids), vecs, [dict(a) for a in attrs])
+        idx.save(out / catalogue_ranking.SPACE)
+        spaces[catalogue_ranking.SPACE] = {"kind": idx.kind, "dim": int(vecs.shape[1]), "metric": "ip",
+                                           "members": "items", "attribute": None, "parts": 1, "count": len(feats.ids),
+                                           "labels": scale}
         idx.close()
     meta = {"run_id": info.run_id, "run_dir": str(Path(run_dir).resolve()), "model": info.model,
             "catalog": {"path": str(Path(catalog.path).resolve()) if catalog.path else None,

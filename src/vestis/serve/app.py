@@ -29,7 +29,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import quote
 
 from fastapi import FastAPI, HTTPException, Query, Request
@@ -63,6 +63,8 @@ class SearchRequest(BaseModel):
     mode: str = Field("manipulate", description="manipulate | attribute:<name> | same_item | visual | diverse")
     k: int = Field(30, ge=1, le=MAX_K, description=f"results to return (1-{MAX_K})")
     filters: dict[str, str | list[str]] = Field(default_factory=dict, description="only items with these values")
+    labels: Literal["on", "off"] = Field("on", description="on: rank with the catalogue's labels (requested values "
+                                         "as constraints, the query's other attributes as preferences); off: vision only")
 
 
 class BodyTooLarge(Exception):
@@ -216,7 +218,7 @@ class Service:
             self.check_image(image)
         with self.lock:
             result = eng.search(image=image, item_id=req.item_id, manipulations=manip, k=req.k,
-                                filters=req.filters or None, mode=req.mode)
+                                filters=req.filters or None, mode=req.mode, labels=req.labels == "on")
         target = self.target(item, result.predicted, manip, req.mode)
         groups = [{"label": g.label, "box": list(g.box) if g.box is not None else None, "score": g.score,
                    "results": [self.hit_json(h, r, target) for r, h in enumerate(g.hits, 1)]} for g in result.groups]
@@ -225,6 +227,7 @@ class Service:
         return {"query": query, "mode": req.mode, "k": req.k, "manipulations": manip, "filters": req.filters,
                 "understood": understood.to_json() if understood else None, "target": target,
                 "results": [self.hit_json(h, r, target) for r, h in enumerate(result.hits, 1)], "groups": groups,
+                "labels": result.labels, "note": result.note,
                 "took_ms": round((time.perf_counter() - t0) * 1000, 2)}
 
     def hit_json(self, h, rank: int, target: dict) -> dict:
@@ -416,7 +419,8 @@ def create_app(engine, *, max_upload_bytes: int = MAX_UPLOAD_BYTES, max_pixels: 
             "image": {"type": "string", "format": "binary"},
             "manipulations": {"type": "string", "description": "JSON object {attribute: value}"},
             "filters": {"type": "string", "description": "JSON object {attribute: value or [values]}"},
-            "text": {"type": "string"}, "mode": {"type": "string"}, "k": {"type": "integer"}}}}}}})
+            "text": {"type": "string"}, "mode": {"type": "string"}, "k": {"type": "integer"},
+            "labels": {"type": "string", "enum": ["on", "off"]}}}}}}})
     async def search(request: Request):
         ctype = request.headers.get("content-type", "")
         image = None
@@ -467,10 +471,10 @@ async def _read_form(request: Request, max_bytes: int) -> tuple[dict, bytes]:
                 fields[key] = json.loads(value)
             except ValueError:
                 raise HTTPException(400, f"`{key}` must be a JSON object, got {value[:80]!r}") from None
-        elif key in ("text", "mode", "k", "item_id"):
+        elif key in ("text", "mode", "k", "item_id", "labels"):
             fields[key] = value
         else:
-            raise HTTPException(422, f"unknown form field {key!r}; fields: image, manipulations, text, mode, k, filters")
+            raise HTTPException(422, f"unknown form field {key!r}; fields: image, manipulations, text, mode, k, filters, labels")
     if image is None and "item_id" not in fields:
         raise HTTPException(422, "the multipart form has no `image` file")
     return fields, image

@@ -1,0 +1,121 @@
+"""Catalogue-aware ranking (labels on, the product default): the catalogue's own labels as constraints and
+preferences, the run's model as the order within and across them.
+
+For a query with target distributions t_a (a manipulated attribute: all mass on the requested value; any other:
+the query's catalogue label when the query is a catalogue item, else the model's prediction from the photo,
+"unspecified" included), a gallery item g scores
+
+    score(g) = sum_a  sum_v e_g,a(v) log max(t_a(v), 1e-6)   +   w * sim_model(q, g)
+
+where e_g,a is g's catalogue label as a one-hot where the catalogue labels it, and the model's predicted
+distribution for g where it does not (so an unlabelled attribute or item is unknown, not a mismatch). For a
+labelled item the first term is the log-likelihood that g's labels equal a target drawn from t, the quantity a
+Top-k hit needs; for an unlabelled one it is that log-likelihood's expectation under the model's belief.
+sim_model is the run's own similarity ("main" space), scaled to [-1, 1] for inner products (w/2 times the
+negated squared distance, on the same scale, for "l2" models): within items of equal label likelihood it is the
+order, and `w` (`LABEL_WEIGHT`) sets how far it can reach across them. The requested values are also hard
+constraints: the search runs with the filter {a: [requested value, "unspecified"]} inside the index (not a
+post-filter over a short list), so a labelled item of another value is never shown while an unlabelled one can
+still rank by its predicted value.
+
+Both parts live in one vector per item, so any inner-product index (exact, HNSW with filters) ranks exactly by
+this score:
+    gallery g = [e_g,a for every attribute] ++ g_main / G ++ [-|g_main / G|^2 / 2 for l2] ++ [sqrt(B^2 - |.|^2)]
+    query   q = [log t_a for every attribute] ++ w * q_main / |q_main| (ip) or w * [q_main / G, 1] (l2) ++ [0]
+G is the largest "main" norm in the gallery; the last coordinate gives every gallery vector the norm B, which
+turns the maximum inner-product search into a nearest-neighbour search graph indexes answer well (as in
+`attribute_baseline`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from vestis.catalog.schema import UNSPECIFIED
+
+SPACE = "labels"  # the index space that holds the label vectors
+LABEL_WEIGHT = 1.0  # w: how much the model's similarity counts against label log-likelihoods (README, measured)
+PROB_FLOOR = 1e-6
+
+
+def label_blocks(schema, attributes: Sequence[Mapping[str, str]], predicted: Mapping[str, np.ndarray]) -> np.ndarray:
+    """(N, sum of value counts + 1) rows: per attribute of `schema`, the catalogue label's one-hot where the item's
+    attributes give a known value, else the model's predicted distribution `predicted[a]` (N, values + 1)."""
+    blocks = []
+    for a in schema.attributes:
+        values = schema.values(a)
+        p = np.asarray(predicted[a], dtype=np.float32).copy()
+        code = {v: i for i, v in enumerate(values)}
+        for i, attrs in enumerate(attributes):
+            j = code.get(attrs.get(a))
+            if j is not None:
+                p[i] = 0.0
+                p[i, j] = 1.0
+        blocks.append(p)
+    return np.concatenate(blocks, axis=1) if blocks else np.zeros((len(attributes), 0), np.float32)
+
+
+def gallery_vectors(blocks: np.ndarray, main: np.ndarray, metric: str) -> tuple[np.ndarray, dict]:
+    """The gallery side: label blocks ++ the scaled model vectors (++ the l2 term) ++ the norm-equalising
+    coordinate. Returns (vectors, scale) with scale = {"main_norm": G, "bound": B}, which queries need."""
+    g_norm = float(np.linalg.norm(main, axis=1).max(initial=0.0)) or 1.0
+    m = main / g_norm
+    parts = [blocks, m]
+    if metric == "l2":
+        parts.append(-0.5 * (m ** 2).sum(1, keepdims=True))
+    x = np.concatenate(parts, axis=1).astype(np.float32)
+    sq = (x ** 2).sum(1)
+    bound = float(np.sqrt(sq.max(initial=0.0))) * 1.0001 + 1e-6
+    x = np.concatenate([x, np.sqrt(np.maximum(bound ** 2 - sq, 0))[:, None]], axis=1).astype(np.float32)
+    return x, {"main_norm": g_norm, "bound": bound}
+
+
+def targets(schema, predicted: Mapping[str, np.ndarray] | None, manipulations: Sequence[Mapping[str, str]],
+            known: Sequence[Mapping[str, str] | None]) -> list[dict[str, np.ndarray]]:
+    """Per query row, {attribute: t_a (values + 1,)}: the requested value for a manipulated attribute, the query's
+    catalogue label (`known[i]`, for a catalogue item) for the others where it has one, else the model's
+    prediction (uniform where the model predicts nothing for the attribute)."""
+    out = []
+    for i, manip in enumerate(manipulations):
+        row = {}
+        for a in schema.attributes:
+            values = schema.values(a)
+            value = manip.get(a) or ((known[i] or {}).get(a) if known else None)
+            if value is not None and value in values:
+                t = np.zeros(len(values) + 1, np.float32)
+                t[values.index(value)] = 1.0
+            elif predicted is not None and a in predicted:
+                t = np.asarray(predicted[a][i], dtype=np.float32)
+            else:
+                t = np.full(len(values) + 1, 1.0 / (len(values) + 1), np.float32)
+            row[a] = t
+        out.append(row)
+    return out
+
+
+def query_vectors(schema, target_rows: Sequence[Mapping[str, np.ndarray]], main: np.ndarray, metric: str,
+                  scale: Mapping[str, float], weight: float = LABEL_WEIGHT) -> np.ndarray:
+    """The query side of `gallery_vectors` (see the module docstring)."""
+    logs = np.stack([np.concatenate([np.log(np.maximum(t[a], PROB_FLOOR)) for a in schema.attributes])
+                     for t in target_rows]).astype(np.float32)
+    if metric == "l2":
+        m = np.concatenate([main / scale["main_norm"], np.ones((len(main), 1), np.float32)], axis=1)
+    else:
+        m = main / np.maximum(np.linalg.norm(main, axis=1, keepdims=True), 1e-12)
+    return np.concatenate([logs, weight * m, np.zeros((len(main), 1), np.float32)], axis=1).astype(np.float32)
+
+
+def constraints(manipulation: Mapping[str, str]) -> dict[str, list[str]]:
+    """The requested values as filters that still let items without a label for the attribute through."""
+    return {a: [v, UNSPECIFIED] for a, v in manipulation.items()}
+
+
+def target_vector(schema, target_row: Mapping[str, np.ndarray]) -> tuple[str, ...]:
+    """The most likely exact label vector of a target (its argmax per attribute; "unspecified" a state)."""
+    out = []
+    for a in schema.attributes:
+        values = (*schema.values(a), UNSPECIFIED)
+        out.append(values[int(np.argmax(target_row[a]))])
+    return tuple(out)
