@@ -252,7 +252,8 @@ def cmd_queries(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from vestis.eval import evaluate, machine_info, write_report
+    from vestis.eval import evaluate, write_report
+    from vestis.machine import machine_info
 
     cat = _with_images(_load_catalog(args))
     gallery = [it.id for it in cat.split(args.gallery_split)]
@@ -299,8 +300,8 @@ def cmd_compare(args) -> int:
 
 
 def cmd_localisation(args) -> int:
-    from vestis.eval import machine_info
     from vestis.eval.localisation import localisation_report, report_markdown
+    from vestis.machine import machine_info
 
     cat = _load_catalog(args)
     report = localisation_report(args.run, cat, split=None if args.split == "all" else args.split,

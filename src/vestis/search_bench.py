@@ -185,10 +185,10 @@ def bench_search(run_dir: Path, index_dir: Path, queries_file: Path, n: int = GO
                  json_out: Path | None = None, kinds: Sequence[str] = DEFAULT_KINDS, log=print) -> str:
     from vestis.bench_gallery import augmented_gallery, cached_gallery
     from vestis.eval.queries import read_queries
-    from vestis.index.faiss_index import _cpu_count
+    from vestis.machine import cpu_count
     from vestis.train import catalogue_features
 
-    threads = threads or _cpu_count()
+    threads = threads or cpu_count()
     torch_threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

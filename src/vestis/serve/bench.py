@@ -95,7 +95,7 @@ def bench_serve(run: Path, index: Path, catalog: Path | None = None, n_requests:
                 repeats: int = 3, cache_dir: Path | None = None, port: int | None = None) -> str:
     import httpx
 
-    from vestis.eval.machine import machine_info
+    from vestis.machine import machine_info
     from vestis.serve import load_engine
 
     engine = load_engine(run, index, catalog, cache_dir=cache_dir)  # for the query list only
