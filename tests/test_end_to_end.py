@@ -52,8 +52,11 @@ def test_engine_search_modes_and_errors(pipeline):
     hits = eng.search(item_id=query.id, manipulations={"colour": new}, k=5)
     assert 0 < len(hits) <= 5 and all(h.id in gallery for h in hits)
     assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
-    by_image = eng.search(image=query.image, manipulations={"colour": new}, k=5)
-    assert [h.id for h in by_image] == [h.id for h in hits]  # cached features == freshly encoded
+    # cached features == freshly encoded (vision only: with labels on an item query's own labels are its preferences)
+    by_image = eng.search(image=query.image, manipulations={"colour": new}, k=5, labels=False)
+    assert [h.id for h in by_image] == [h.id for h in eng.search(item_id=query.id, manipulations={"colour": new}, k=5,
+                                                               labels=False)]
+    assert hits.labels == "on" and all(h.attributes.get("colour") in (new, None) for h in hits if h.matches["colour"])
     vis = eng.search(item_id=query.id, mode="visual", k=3)
     assert len(vis) == 3
     only = eng.search(item_id=query.id, k=5, filters={"colour": new})

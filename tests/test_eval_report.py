@@ -6,10 +6,10 @@ import pytest
 from PIL import Image
 
 from vestis.catalog import AttributeSchema, Catalog, Item
-from vestis.eval import evaluate, machine_info
+from vestis.eval import evaluate
 from vestis.eval.errors import EvalError
-from vestis.eval.machine import format_machine
 from vestis.eval.report import compare_reports, comparison_markdown, read_report, report_markdown, write_report
+from vestis.machine import format_machine, machine_info
 
 SCHEMA = AttributeSchema({"colour": ["red", "blue"], "length": ["long", "short"]})
 

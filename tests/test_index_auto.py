@@ -14,7 +14,8 @@ from vestis.index import (
     load_index,
     read_manifest,
 )
-from vestis.index.bench import clustered_vectors, exact_neighbours, recall_at_k
+from vestis.bench.index import clustered_vectors
+from vestis.bench.recall import exact_scores, recall_at_k
 
 
 def test_auto_picks_flat_below_the_threshold_and_hnsw_above():
@@ -75,4 +76,4 @@ def test_auto_hnsw_recall_on_a_small_synthetic_set():
     assert idx.kind == "hnsw"
     idx.add([str(i) for i in range(len(x))], x)
     found = [[int(i) for i in r] for r in idx.search(q, 30).ids]
-    assert recall_at_k(found, exact_neighbours(x, q, 30), 30) >= 0.95
+    assert recall_at_k(found, exact_scores(x, q), 30).plain >= 0.95

@@ -36,7 +36,7 @@ from vestis.index import (
     load_index,
     read_manifest,
 )
-from vestis.index.bench import clustered_vectors
+from vestis.bench.index import clustered_vectors
 from vestis.index.errors import VectorIndexError
 
 

@@ -22,6 +22,21 @@ def _resolution(text: str) -> tuple[int, int]:
     return h, w
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def cache_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--cache", type=Path, default=default_cache_dir(),
+                        help="feature cache (default $VESTIS_CACHE or ~/.cache/vestis)")
+
+
 # --- synth ----------------------------------------------------------------------------------------
 def cmd_synth(args) -> int:
     from vestis.catalog.synthetic import generate
@@ -69,41 +84,38 @@ def cmd_extract(args) -> int:
     return 0
 
 
-def cmd_bench(args) -> int:
-    if args.what == "extract":
-        from vestis.vision.bench import bench_extract
+def cmd_bench_extract(args) -> int:
+    from vestis.bench.extract import bench_extract
 
-        print(bench_extract(catalog_path=args.catalog, n_images=args.n or 256, batch_size=args.batch_size,
-                            repeats=args.repeats, weights=args.weights))
-        return 0
-    if args.what == "serve":
-        from vestis.serve.bench import bench_serve
+    print(bench_extract(catalog_path=args.catalog, n_images=args.n, batch_size=args.batch_size, repeats=args.repeats,
+                        weights=args.weights))
+    return 0
 
-        if not (args.run and args.index):
-            raise VestisError("bench serve needs --run and --index")
-        print(bench_serve(args.run, args.index, catalog=args.catalog, n_requests=args.n or 2000, concurrency=args.concurrency,
-                          repeats=args.repeats, cache_dir=args.cache))
-        return 0
-    if args.what == "search":
-        from vestis.search_bench import bench_search
 
-        if not (args.run and args.index and args.queries):
-            raise VestisError("bench search needs --run, --index and --queries")
-        print(bench_search(args.run, args.index, args.queries, n=args.items, n_queries=args.n or 300, sweep=args.sweep,
-                           gallery=args.gallery, repeats=args.repeats, milvus_n=args.milvus_items, threads=args.threads,
-                           cache_dir=args.cache, json_out=args.json, kinds=args.kinds.split(",")))
-        return 0
-    if args.what == "query":
-        from vestis.query_bench import bench_query, describe
+def cmd_bench_search(args) -> int:
+    from vestis.bench.search import bench_search
 
-        if not (args.run and args.index and args.queries):
-            raise VestisError("bench query needs --run, --index and --queries")
-        r = bench_query(args.run, args.index, args.queries, n_queries=args.n or 500, repeats=args.repeats,
-                        cache_dir=args.cache)
-        print(describe(r))
-        print(json.dumps(r))
-        return 0
-    raise VestisError(f"unknown benchmark {args.what!r}")
+    print(bench_search(args.run, args.index, args.queries, n=args.items, n_queries=args.n, sweep=args.sweep,
+                       gallery=args.gallery, repeats=args.repeats, milvus_n=args.milvus_items, threads=args.threads,
+                       cache_dir=args.cache, json_out=args.json, kinds=args.kinds.split(",")))
+    return 0
+
+
+def cmd_bench_query(args) -> int:
+    from vestis.bench.query import bench_query, describe
+
+    r = bench_query(args.run, args.index, args.queries, n_queries=args.n, repeats=args.repeats, cache_dir=args.cache)
+    print(describe(r))
+    print(json.dumps(r))
+    return 0
+
+
+def cmd_bench_serve(args) -> int:
+    from vestis.bench.serve import bench_serve
+
+    print(bench_serve(args.run, args.index, catalog=args.catalog, n_requests=args.n, concurrency=args.concurrency,
+                      repeats=args.repeats, cache_dir=args.cache))
+    return 0
 
 
 # --- train / index / search ----------------------------------------------------------------------
@@ -238,7 +250,8 @@ def cmd_queries(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from vestis.eval import evaluate, machine_info, write_report
+    from vestis.eval import evaluate, write_report
+    from vestis.machine import machine_info
 
     cat = _with_images(_load_catalog(args))
     gallery = [it.id for it in cat.split(args.gallery_split)]
@@ -285,8 +298,8 @@ def cmd_compare(args) -> int:
 
 
 def cmd_localisation(args) -> int:
-    from vestis.eval import machine_info
     from vestis.eval.localisation import localisation_report, report_markdown
+    from vestis.machine import machine_info
 
     cat = _load_catalog(args)
     report = localisation_report(args.run, cat, split=None if args.split == "all" else args.split,
@@ -361,7 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--weights", type=Path, default=None,
                        help="weights file (default: the packaged EfficientNet-Lite0 ImageNet weights)")
         s.add_argument("--resolution", type=_resolution, default=(160, 128), help="HEIGHTxWIDTH (default 160x128)")
-        s.add_argument("--cache", type=Path, default=default_cache_dir(), help="feature cache (default $VESTIS_CACHE or ~/.cache/vestis)")
+        cache_option(s)
 
     s = sub.add_parser("extract", help="encode a catalogue's images into cached trunk feature maps")
     s.add_argument("catalog", type=Path)
@@ -372,34 +385,51 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--limit", type=int, default=None, help="only the first N items (for a quick look)")
     s.set_defaults(func=cmd_extract)
 
-    s = sub.add_parser("bench", help="speed benchmarks")
-    s.add_argument("what", choices=["extract", "search", "query", "serve"],
-                   help="extract: trunk throughput; search: index speed and recall at catalogue scale; query: one manipulation "
-                        "query through the engine on a built index; serve: HTTP load test on loopback")
-    s.add_argument("--catalog", type=Path, default=None,
-                   help="extract: images to time (default: a fresh synthetic catalogue); serve: the catalogue "
-                        "(default: the index's)")
-    s.add_argument("--n", type=int, default=None, help="extract: images per timed run (256); search: queries (300); query: queries (500); "
-                                                        "serve: requests per repeat (2000)")
-    s.add_argument("--concurrency", type=int, default=8, help="serve: concurrent clients")
-    s.add_argument("--batch-size", type=int, default=32)
-    s.add_argument("--repeats", type=int, default=5, help="timed passes (search: give 3)")
-    s.add_argument("--weights", type=Path, default=None)
-    s.add_argument("--run", type=Path, default=None, help="search: the trained run")
-    s.add_argument("--index", type=Path, default=None, help="search, query, serve: an index built from the run")
-    s.add_argument("--queries", type=Path, default=None, help="search: a manipulation query file")
-    s.add_argument("--items", type=int, default=200_000, help="search: gallery size (real items + feature-map variants)")
-    s.add_argument("--gallery", choices=["augmented", "tiled"], default="augmented",
-                   help="search: how the gallery grows past the real items (vestis.bench_gallery; tiled = the older "
-                        "noisy copies)")
-    s.add_argument("--sweep", action="store_true",
-                   help="search: also HNSW M x efConstruction x efSearch, IVF nprobe, IVF-Flat, IVF-SQ8 + re-rank, fp16 / SQ8 flat")
-    s.add_argument("--milvus-items", type=int, default=20_000, help="search: Milvus Lite gallery size (0: skip)")
-    s.add_argument("--threads", type=int, default=None, help="search: FAISS threads for index builds (default: all cores)")
-    s.add_argument("--json", type=Path, default=None, help="search: also write the rows as JSON here")
-    s.add_argument("--kinds", default="auto,flat,hnsw,ivfpq", help="search, without --sweep: the FAISS kinds to measure")
-    s.add_argument("--cache", type=Path, default=default_cache_dir())
-    s.set_defaults(func=cmd_bench)
+    s = sub.add_parser("bench", help="speed benchmarks (PROTOCOLS.md section 5)")
+    bench = s.add_subparsers(dest="benchmark", required=True, metavar="{extract,search,query,serve}")
+
+    def bench_run_options(b, n: int, n_help: str, repeats: int):
+        b.add_argument("--run", type=Path, required=True, help="the trained run")
+        b.add_argument("--index", type=Path, required=True, help="an index built from the run (`vestis index`)")
+        b.add_argument("--n", type=_positive, default=n, help=f"{n_help} (default {n})")
+        b.add_argument("--repeats", type=_positive, default=repeats, help=f"timed passes (default {repeats})")
+        cache_option(b)
+
+    b = bench.add_parser("extract", help="images/s of the trunk paths and of end-to-end extraction")
+    b.add_argument("--catalog", type=Path, default=None,
+                   help="a catalogue whose first images to time (default: synthetic product shots made on the fly)")
+    b.add_argument("--n", type=_positive, default=256, help="images per timed run (default 256)")
+    b.add_argument("--batch-size", type=_positive, default=32)
+    b.add_argument("--repeats", type=_positive, default=5, help="timed runs (default 5)")
+    b.add_argument("--weights", type=Path, default=None, help="trunk weights file (default: the packaged ones)")
+    b.set_defaults(func=cmd_bench_extract)
+
+    b = bench.add_parser("search", help="manipulation + index search latency and recall at catalogue scale")
+    bench_run_options(b, 300, "queries", 3)
+    b.add_argument("--queries", type=Path, required=True, help="a manipulation query file")
+    b.add_argument("--items", type=_positive, default=200_000,
+                   help="gallery size (real items + feature-map variants; default 200000)")
+    b.add_argument("--gallery", choices=["augmented", "tiled"], default="augmented",
+                   help="how the gallery grows past the real items (vestis.bench.gallery; tiled = the older noisy "
+                        "copies)")
+    b.add_argument("--sweep", action="store_true",
+                   help="also HNSW M x efConstruction x efSearch, IVF nprobe, IVF-Flat, IVF-SQ8 + re-rank, fp16 / SQ8 flat")
+    b.add_argument("--milvus-items", type=int, default=20_000, help="Milvus Lite gallery size (0: skip)")
+    b.add_argument("--threads", type=_positive, default=None, help="FAISS threads for index builds (default: all cores)")
+    b.add_argument("--json", type=Path, default=None, help="also write the report as JSON here")
+    b.add_argument("--kinds", default="auto,flat,hnsw,ivfpq", help="without --sweep: the FAISS kinds to measure")
+    b.set_defaults(func=cmd_bench_search)
+
+    b = bench.add_parser("query", help="one manipulation query through the engine on a built index")
+    bench_run_options(b, 500, "queries", 3)
+    b.add_argument("--queries", type=Path, required=True, help="a manipulation query file")
+    b.set_defaults(func=cmd_bench_query)
+
+    b = bench.add_parser("serve", help="HTTP load test of `vestis serve` on loopback")
+    bench_run_options(b, 2000, "requests per repeat", 3)
+    b.add_argument("--catalog", type=Path, default=None, help="the catalogue to serve (default: the index's)")
+    b.add_argument("--concurrency", type=_positive, default=8, help="concurrent clients (default 8)")
+    b.set_defaults(func=cmd_bench_serve)
 
     def catalog_option(s, required=True):
         s.add_argument("--catalog", type=Path, required=required, help="catalogue folder or file (any supported format)")
@@ -429,7 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "graph (README, search speed)")
     s.add_argument("--split", default=None, help="index only this split (e.g. gallery, for evaluation)")
     s.add_argument("--options", default=None, help='JSON index options, e.g. \'{"uri": "http://host:19530"}\'')
-    s.add_argument("--cache", type=Path, default=default_cache_dir())
+    cache_option(s)
     s.set_defaults(func=cmd_index)
 
     s = sub.add_parser("search", help="answer one query, or a query file into rankings.jsonl")
@@ -444,7 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--mode", default="manipulate", help="manipulate, same_item, visual, attribute:<name> (the run's "
                                                         "modes; an unknown one is refused with the list)")
     s.add_argument("--k", type=int, default=None, help="results (default 30; 50 with --queries)")
-    s.add_argument("--cache", type=Path, default=default_cache_dir())
+    cache_option(s)
     s.set_defaults(func=cmd_search)
 
     s = sub.add_parser("queries", help="generate a seeded query file for an evaluation protocol")
@@ -469,7 +499,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-curve", action="store_true", help="skip the gallery-size curve (needs long rankings)")
     s.add_argument("--views", default=None, help="same-item data: real multi-view / synthetic multi-view / augmented")
     s.add_argument("--classify", action="store_true", help="also category top-1/3/5 of the run on the query split")
-    s.add_argument("--cache", type=Path, default=default_cache_dir())
+    cache_option(s)
     s.set_defaults(func=cmd_eval)
 
     s = sub.add_parser("compare", help="one table and plot from several eval reports")
@@ -483,7 +513,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--run", type=Path, required=True, help="a trained run of a model that localises attributes")
     s.add_argument("--out", type=Path, default=Path("explain"), help="folder for the PNGs (or one .png for one image)")
     s.add_argument("--threshold", type=float, default=None, help="box threshold as a share of the map's maximum")
-    s.add_argument("--cache", type=Path, default=default_cache_dir())
+    cache_option(s)
     s.set_defaults(func=cmd_explain)
 
     s = sub.add_parser("localisation", help="score a run's attribute boxes against a catalogue's labelled regions")
@@ -493,7 +523,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--split", default="query", help="train, gallery, query or all (default query)")
     s.add_argument("--threshold", type=float, default=None, help="box threshold (default: the run's)")
     s.add_argument("--report", type=Path, default=None, help="folder for localisation.json / .md")
-    s.add_argument("--cache", type=Path, default=default_cache_dir())
+    cache_option(s)
     s.set_defaults(func=cmd_localisation)
 
     s = sub.add_parser("serve", help="serve the HTTP API and the web page for a run and its index")
@@ -506,14 +536,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-megapixels", type=float, default=20.0, help="largest uploaded image in megapixels (default 20)")
     s.add_argument("--image-root", type=Path, action="append", default=[], metavar="DIR",
                    help="folder item images may be served from (repeatable; default: the catalogue's folder)")
-    s.add_argument("--cache", type=Path, default=default_cache_dir())
+    cache_option(s)
     s.set_defaults(func=cmd_serve)
 
     s = sub.add_parser("demo", help="synthetic catalogue (or --data), features, training, index, a search, then the web page")
     s.add_argument("--data", type=Path, default=None, help="a catalogue to use instead of the synthetic one")
     s.add_argument("--workdir", type=Path, default=Path("runs/demo"))
     s.add_argument("-n", type=int, default=2000)
-    s.add_argument("--cache", type=Path, default=default_cache_dir())
+    cache_option(s)
     s.add_argument("--no-serve", action="store_true", help="stop after the example search (no web server)")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)

@@ -242,7 +242,18 @@ class Engine:
         if on:
             probes, notes = self._label_probes(maps, probes, manipulations, query_labels)
         for probe in probes:
-            for q, group in self._run_probe(probe, k, filters, exclude, manipulations):
+            got = dict(self._run_probe(probe, k, filters, exclude, manipulations))
+            short = [j for j, q in enumerate(self._probe_rows(probe)) if len(got[q].hits) < k]
+            if on and short:  # fewer than k items meet the requested values: the closest others follow them
+                relaxed = Probe(probe.space, probe.vectors[short], rows=self._probe_rows(probe)[short])
+                for q, more in self._run_probe(relaxed, 2 * k, filters, exclude, manipulations):
+                    seen = {h.id for h in got[q].hits}
+                    n_met = len(got[q].hits)
+                    got[q].hits += [h for h in more.hits if h.id not in seen][:k - n_met]
+                    wanted = ", ".join(f"{a} {v}" for a, v in manipulations[q].items())
+                    notes[q] = (f"only {n_met} item{'s' if n_met != 1 else ''} ha{'ve' if n_met != 1 else 's'} "
+                                f"{wanted}; the closest others follow") if n_met else f"no item has {wanted}; closest first"
+            for q, group in got.items():
                 groups[q].append(group)
         return [Result(g, labels="on" if on else "off", note=note) for g, note in zip(groups, notes)]
 
@@ -281,9 +292,13 @@ class Engine:
                                         for a in schema.attributes))
         return self._present
 
+    @staticmethod
+    def _probe_rows(probe: Probe) -> np.ndarray:
+        return np.arange(len(probe.vectors)) if probe.rows is None else np.asarray(probe.rows)
+
     def _run_probe(self, probe: Probe, k: int, filters: dict, exclude: list, manipulations: list):
         space, index = self.space_defs[probe.space], self.spaces[probe.space]
-        rows = np.arange(len(probe.vectors)) if probe.rows is None else np.asarray(probe.rows)
+        rows = self._probe_rows(probe)
         extra = 1 if any(exclude[q] for q in rows) else 0
         fetch = (k + extra) * (space.parts if space.members == "parts" else 1)
         flt = _merge_filters(filters, probe.filters)

@@ -6,13 +6,12 @@
 - `rankings`: rankings files (what a run returned per query);
 - `protocols.evaluate`: query file + rankings file + catalogue -> report dict;
 - `report`: report.json / report.md / PNG plots, and multi-run comparison tables;
-- `machine.machine_info`: the machine every report names.
 
-`report` imports matplotlib only when a plot is drawn.
+`report` imports matplotlib only when a plot is drawn. Every report names its machine with
+`vestis.machine.machine_info` (a ground-floor module: the benchmarks use it too).
 """
 
 from vestis.eval.errors import EvalError, QueryFileError, QueryInRankingError, RankingsError, RankingTooShortError
-from vestis.eval.machine import machine_info
 from vestis.eval.protocols import PROTOCOL_VERSIONS, classification_report, evaluate
 from vestis.eval.queries import (
     attribute_queries,
@@ -28,7 +27,7 @@ from vestis.eval.report import compare_reports, comparison_markdown, report_mark
 
 __all__ = [
     "EvalError", "QueryFileError", "QueryInRankingError", "RankingsError", "RankingTooShortError",
-    "machine_info", "PROTOCOL_VERSIONS", "classification_report", "evaluate",
+    "PROTOCOL_VERSIONS", "classification_report", "evaluate",
     "attribute_queries", "file_sha256", "manipulation_queries", "read_queries", "same_item_queries",
     "triplet_queries", "write_queries", "read_rankings", "rows_from_indices", "write_rankings",
     "compare_reports", "comparison_markdown", "report_markdown", "write_report",

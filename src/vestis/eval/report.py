@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from vestis.eval.errors import EvalError
-from vestis.eval.machine import format_machine
+from vestis.machine import format_machine
 
 GROUP_LABELS = {"all": "all queries", "single": "single-attribute queries", "two": "two-attribute queries"}
 

@@ -38,7 +38,7 @@ Kinds:
 Threads: FAISS uses ``threads`` OpenMP threads (default: all cores) for adding, training and
 batched searches, and ``single_query_threads`` (default 1) for a single query: HNSW and IVF
 parallelise over queries, so a second thread only adds fork/join overhead there (measured by
-`vestis.index.bench`).
+`vestis.bench.index`).
 
 Thread safety: one lock serialises every call on an index object, searches included.
 """
@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -75,8 +74,9 @@ from vestis.index.errors import (
     UnsupportedIndexError,
 )
 from vestis.index.manifest import Manifest, write_index_dir
+from vestis.machine import cpu_count
 
-# Defaults measured on 200,000 x 128-d clustered vectors, 2 cores (see vestis.index.bench); HNSW's
+# Defaults measured on 200,000 x 128-d clustered vectors, 2 cores (see vestis.bench.index); HNSW's
 # ef_search 256 from `vestis bench search` on 200,000 attribute_baseline vectors (README, search speed):
 # recall@30 0.947 at ef 128 is on the goal's edge (0.95), 0.985 at 256, where manipulation + search
 # still took a p50 of 1.7-2.2 ms on the loaded 2-core machine.
@@ -228,13 +228,6 @@ class _Items:
         return t
 
 
-def _cpu_count() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
 def _selector(mask: np.ndarray):
     """IDSelectorBitmap over labels 0..len(mask)-1; returns (selector, buffer to keep alive)."""
     bits = np.packbits(mask, bitorder="little")
@@ -251,7 +244,7 @@ class FaissIndex(VectorIndex):
         super().__init__(meta, attributes)
         opts = check_options(options, {**COMMON, **DEFAULTS[self.kind]}, f"faiss {self.kind} index")
         self._opts = self._validate(opts)
-        self._threads = self._opts["threads"] or _cpu_count()
+        self._threads = self._opts["threads"] or cpu_count()
         self._items = _Items()
         self._tombstones = 0  # hnsw: dead labels still stored in the graph
         self._pos_labels: np.ndarray | None = None  # hnsw: storage position -> label (cache)

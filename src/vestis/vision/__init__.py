@@ -6,5 +6,4 @@ Modules (import them directly; this package imports nothing heavy):
   trunk       TrunkSpec (name, weights, resolution -> cache key), build_trunk -> Trunk: (s16, s32) maps, logits
   cache       FeatureCache (float16 maps per image content hash, sharded, atomic) -> FeatureSet
   extract     extract_catalog: batched, resumable extraction with ONNX Runtime / PyTorch backends
-  bench       bench_extract: speed table for `vestis bench extract`
 """

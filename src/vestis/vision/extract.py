@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from vestis.errors import VestisError
+from vestis.machine import cpu_count
 from vestis.vision.cache import DEFAULT_SHARD_SIZE, FeatureCache, chunked_map, content_hash
 from vestis.vision.images import ImageReadError
 from vestis.vision.preprocess import load_letterboxed
@@ -49,13 +50,6 @@ log = logging.getLogger(__name__)
 
 ONNX_TOLERANCE = 1e-3  # max abs diff vs eager PyTorch on the fp32 maps for ONNX to count as "the same"
 BACKENDS = ("auto", "onnx", "torch")
-
-
-def cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
 
 
 # --- backends ---------------------------------------------------------------------------------------------

@@ -10,7 +10,6 @@ those of a run with n = k.
 from __future__ import annotations
 
 import multiprocessing
-import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from vestis.catalog.synthetic.contact_sheet import make_contact_sheet
 from vestis.catalog.synthetic.garments import ATTRIBUTES
 from vestis.catalog.synthetic.scene import render, sample_look
 from vestis.errors import VestisError
+from vestis.machine import cpu_count
 
 DEFAULT_SIZE = (160, 200)  # width, height: portrait, like the trunk's 160x128 (HxW) input
 OUTFIT_SHARE = 0.14        # of instances; outfits have fewer views, so they are about 10 % of images
@@ -110,7 +110,7 @@ def generate(n: int, seed: int, out: Path, workers: int | None = None, contact_s
     image_dir = out / "images"
     image_dir.mkdir(parents=True, exist_ok=True)
     tasks = [(seed, shot, size, image_dir) for shot in plan(n, seed)]
-    workers = max(1, min(workers or os.cpu_count() or 1, len(tasks)))
+    workers = max(1, min(workers or cpu_count(), len(tasks)))
     if workers == 1:
         items = [_render_task(t) for t in tasks]
     else:

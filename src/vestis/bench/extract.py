@@ -6,31 +6,29 @@ For each resolution (160x128, 224x224), with the same images:
   * end to end (hash + decode + letterbox + trunk + float16 cache write into a fresh cache): a plain
     sequential eager loop (the reference), and `extract_catalog` with the torch and the onnx backend
     (decode threads overlapping the trunk). Model build / ONNX export are done once, outside the timings.
-Each path runs once per repeat, round-robin, so load from other processes hits all paths alike; the table
-gives the median images/s and the median of the per-repeat ratios to the reference. "max abs diff" compares
-each path's float32 maps with eager PyTorch on the same batches (end to end: the stored float16 maps, so the
-figure includes float16 rounding).
+Each path runs once per repeat, round-robin (`vestis.bench.timing`), so load from other processes hits all
+paths alike; the table gives the median images/s and the median of the per-repeat ratios to the reference.
+"max abs diff" compares each path's float32 maps with eager PyTorch on the same batches (end to end: the
+stored float16 maps, so the figure includes float16 rounding).
 """
 
 from __future__ import annotations
 
 import copy
-import os
-import platform
 import shutil
-import statistics
 import tempfile
-import time
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from vestis.bench.timing import time_calls
 from vestis.catalog import Catalog, Item
+from vestis.machine import format_load, format_machine, load_average, machine_info
 from vestis.vision.cache import FeatureCache, content_hash
-from vestis.vision.extract import (BackendChoice, OnnxBackend, PreprocessedTrunk, TorchBackend, cpu_count,
-                                   ensure_onnx, extract_catalog)
+from vestis.vision.extract import (BackendChoice, OnnxBackend, PreprocessedTrunk, TorchBackend, ensure_onnx,
+                                   extract_catalog)
 from vestis.vision.preprocess import load_letterboxed
 from vestis.vision.trunk import LEVELS, TrunkSpec, build_trunk
 
@@ -83,30 +81,6 @@ def _catalog_images(catalog_path: Path, n: int) -> list[Path]:
             if len(out) == n:
                 break
     return out
-
-
-def machine_info() -> str:
-    import onnxruntime
-    import PIL
-    import timm
-
-    model = platform.processor() or "?"
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
-    except OSError:
-        pass
-    ram = "?"
-    try:
-        with open("/proc/meminfo") as f:
-            kb = int(next(line.split()[1] for line in f if line.startswith("MemTotal")))
-            ram = f"{kb / 2**20:.1f} GiB"
-    except (OSError, StopIteration, ValueError):
-        pass
-    load = ", ".join(f"{v:.2f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
-    return (f"{cpu_count()} cores ({model}), {ram} RAM; Python {platform.python_version()}, "
-            f"torch {torch.__version__} ({torch.get_num_threads()} threads), onnxruntime {onnxruntime.__version__}, "
-            f"timm {timm.__version__}, numpy {np.__version__}, Pillow {PIL.__version__}; load average {load} at start")
 
 
 # --- timing -----------------------------------------------------------------------------------------------
@@ -163,42 +137,42 @@ def _bench_resolution(paths, spec, batch_size, repeats, work: Path, log) -> list
     catalog = Catalog([Item(f"img{i}", p) for i, p in enumerate(paths)])
     choices = {"extract_catalog, torch backend": BackendChoice(TorchBackend(trunk), "torch"),
                "extract_catalog, onnx backend": BackendChoice(OnnxBackend(onnx_path), "onnx")}
-
-    def e2e(name: str) -> float:
-        d = work / "e2e"
-        shutil.rmtree(d, ignore_errors=True)
-        t = time.perf_counter()
-        if name in choices:
-            extract_catalog(catalog, spec, d, batch_size=batch_size, backend=choices[name], progress=False)
-        else:
-            _eager_loop(paths, spec, eager, d, batch_size)
-        elapsed = time.perf_counter() - t
-        if name not in diffs:
-            fs = FeatureCache(d, spec).load(catalog)
-            diffs[name] = _diff(fs.maps, ref) if len(fs) == n else float("nan")
-        return elapsed
-
     e2e_names = ["plain eager loop (reference)", *choices]
-    times: dict[str, list[float]] = {k: [] for k in [*trunk_paths, *e2e_names]}
-    for name, run in trunk_paths.items():  # warm-up
-        run(batches[0])
-    for r in range(repeats):
-        for name, run in trunk_paths.items():
-            t = time.perf_counter()
+    e2e_dirs = {name: work / "e2e" / str(i) for i, name in enumerate(e2e_names)}
+
+    def run_path(name: str) -> None:
+        if name in trunk_paths:
             for b in batches:
-                run(b)
-            times[name].append(time.perf_counter() - t)
-        for name in e2e_names:
-            times[name].append(e2e(name))
+                trunk_paths[name](b)
+        elif name in choices:
+            extract_catalog(catalog, spec, e2e_dirs[name], batch_size=batch_size, backend=choices[name], progress=False)
+        else:
+            _eager_loop(paths, spec, eager, e2e_dirs[name], batch_size)
+
+    def fresh_cache(name: str) -> None:  # end to end always writes into a fresh cache
+        if name in e2e_dirs:
+            shutil.rmtree(e2e_dirs[name], ignore_errors=True)
+
+    names = [*trunk_paths, *e2e_names]
+
+    def progress(r: int, seconds: np.ndarray) -> None:
         log(f"  {spec.resolution[0]}x{spec.resolution[1]} repeat {r + 1}/{repeats}: "
-            + ", ".join(f"{k.split(' (')[0]} {n / v[-1]:.0f}/s" for k, v in times.items()))
+            + ", ".join(f"{k.split(' (')[0]} {n / t:.0f}/s" for k, t in zip(names, seconds)))
+
+    for run in trunk_paths.values():  # warm-up
+        run(batches[0])
+    seconds = time_calls(run_path, names, repeats, warmup=0, before=fresh_cache, after_pass=progress).seconds
+    for name, d in e2e_dirs.items():  # the stored float16 maps of the last repeat
+        fs = FeatureCache(d, spec).load(catalog)
+        diffs[name] = _diff(fs.maps, ref) if len(fs) == n else float("nan")
     rows = []
     h, w = spec.resolution
-    for group, names in (("trunk", list(trunk_paths)), ("end to end", e2e_names)):
-        base = times[names[0]]
-        for name in names:
-            ips = statistics.median(n / t for t in times[name])
-            ratio = statistics.median(b / t for b, t in zip(base, times[name]))
+    for group, group_names in (("trunk", list(trunk_paths)), ("end to end", e2e_names)):
+        base = seconds[:, names.index(group_names[0])]
+        for name in group_names:
+            t = seconds[:, names.index(name)]
+            ips = float(np.median(n / t))
+            ratio = float(np.median(base / t))
             rows.append((f"{h}x{w}", group, name, ips, ratio, diffs[name]))
     shutil.rmtree(work / "e2e", ignore_errors=True)
     return rows
@@ -210,7 +184,7 @@ def bench_extract(catalog_path: Path | None = None, n_images: int = 256, batch_s
     import sys
 
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-    header = machine_info()
+    machine = machine_info()
     with tempfile.TemporaryDirectory(prefix="vestis-bench-") as tmp:
         tmp = Path(tmp)
         if catalog_path is None:
@@ -234,8 +208,9 @@ def bench_extract(catalog_path: Path | None = None, n_images: int = 256, batch_s
              "| --- | --- | --- | ---: | ---: | ---: |"]
     for res, group, name, ips, ratio, diff in rows:
         lines.append(f"| {res} | {group} | {name} | {ips:.1f} | {ratio:.2f}x | {diff:.1e} |")
-    load_end = ", ".join(f"{v:.2f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
-    lines += ["", f"Images: {source}.", f"Machine: {header}; load average {load_end} at the end "
+    lines += ["", f"Images: {source}.",
+              f"Machine: {format_machine(machine, ('torch', 'onnxruntime', 'timm', 'numpy', 'pillow'))} at the start, "
+              f"{format_load(load_average())} at the end; torch {torch.get_num_threads()} threads "
               "(other processes share the cores: compare ratios, not absolute images/s, across runs).",
               "trunk = on preprocessed uint8 batches (normalisation included); end to end = hash + JPEG decode + "
               "letterbox + trunk + float16 cache write into a fresh cache, model already built. "

@@ -2,7 +2,7 @@
 section 5), on a trained run's own embeddings, and whether the default index meets the speed goal
 (p50 under 5 ms at recall@30 >= 0.95 over 200,000 items).
 
-Gallery (``gallery="augmented"``, the default; `vestis.bench_gallery` has the details): every catalogue
+Gallery (``gallery="augmented"``, the default; `vestis.bench.gallery` has the details): every catalogue
 item with cached feature maps, all splits, embedded by the run (35,469 items of
 fashion-product-images-small), then new items up to `n` made in trunk feature-map space - a random
 crop (60-100 % of the area) resampled to the map size, a horizontal flip (p = 1/2) and, with p = 1/2, a
@@ -20,7 +20,7 @@ represented), each with its manipulations. One query at a time (batch size 1), t
 warm-up of 20; p50 / p99 are per pass and the median over passes is reported. Threads: torch 1, FAISS 1
 per single query; index builds use `threads` FAISS threads (default: every core).
 
-Recall@k of every index is against exact scores over the same vectors (numpy, float32):
+Recall@k of every index is against exact scores over the same vectors (numpy, float32; `vestis.bench.recall`):
 "recall" = |returned top-k  intersect  exact top-k| / k; "recall ties" also counts a returned item whose
 exact score is >= the k-th exact score (minus a relative 1e-5), so exact ties (duplicate items) cannot
 cost recall. Both are averaged over queries.
@@ -44,17 +44,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vestis.engine import Engine
-from vestis.models import run_batched as _embed
+from vestis.bench.adapter import BenchRun
+from vestis.bench.recall import exact_scores, recall_at_k
+from vestis.bench.timing import time_calls
 from vestis.index import AUTO, create_index
-from vestis.index.bench import exact_scores, machine_info, recall_at_k, recall_with_ties
+from vestis.machine import cpu_count, format_machine, machine_info
 
 import faiss  # noqa: E402  (after vestis.index on purpose: it sets OMP_WAIT_POLICY)
 
 GOAL_P50_MS = 5.0
 GOAL_RECALL = 0.95
 GOAL_ITEMS = 200_000
-WARMUP = 20
 
 
 @dataclass
@@ -134,27 +134,11 @@ class _RawFaiss:
         return L[0].tolist()
 
 
-def _percentiles(ms: Sequence[float]) -> tuple[float, float]:
-    return float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
-
-
 def _time_queries(search: Callable, embed_query: Callable, queries: list, k: int, repeats: int) -> tuple[float, float, list]:
     """Median over `repeats` passes of per-pass p50 / p99 (ms) of embed_query + search, and the ids found."""
     with torch.inference_mode():
-        for m, manip in queries[:WARMUP]:
-            search(embed_query(m, [manip]).numpy(), k)
-        passes, found = [], []
-        for r in range(repeats):
-            lat = []
-            for m, manip in queries:
-                t = time.perf_counter()
-                res = search(embed_query(m, [manip]).numpy(), k)
-                lat.append((time.perf_counter() - t) * 1000)
-                if r == 0:
-                    found.append(res)
-            passes.append(_percentiles(lat))
-    p = np.median(np.array(passes), axis=0)
-    return float(p[0]), float(p[1]), found
+        t = time_calls(lambda q: search(embed_query(*q), k), queries, repeats)
+    return t.ms(50), t.ms(99), t.results
 
 
 def _build(cfg: Config, vectors: np.ndarray, metric: str, threads: int, work_dir: str):
@@ -184,30 +168,28 @@ def bench_search(run_dir: Path, index_dir: Path, queries_file: Path, n: int = GO
                  k: int = 30, sweep: bool = False, gallery: str = "augmented", repeats: int = 3,
                  milvus_n: int = 20_000, threads: int | None = None, seed: int = 0, cache_dir: Path | None = None,
                  json_out: Path | None = None, kinds: Sequence[str] = DEFAULT_KINDS, log=print) -> str:
-    from vestis.bench_gallery import augmented_gallery, cached_gallery
+    from vestis.bench.gallery import augmented_gallery, cached_gallery
     from vestis.eval.queries import read_queries
-    from vestis.index.faiss_index import _cpu_count
-    from vestis.vision.extract import catalogue_features
 
-    threads = threads or _cpu_count()
+    threads = threads or cpu_count()
     torch_threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        engine = Engine.load(run_dir, index_dir, cache_dir=cache_dir)
-        model = engine.model
+        run = BenchRun.load(run_dir, index_dir, cache_dir=cache_dir)
+        model = run.model
         t = time.perf_counter()
         if gallery == "augmented":
-            feats = catalogue_features(engine.catalog, engine.spec, engine.cache_dir, progress=False)
+            feats = run.catalogue_maps()
             n_real = len(feats)
-            vectors = cached_gallery(engine.cache_dir, f"{engine.info.run_id}-{engine.catalog.name}-n{n}-s{seed}",
-                                     lambda: augmented_gallery(model.embed, feats.maps, n, seed=seed, log=log))
+            vectors = cached_gallery(run.cache_dir, f"{run.run_id}-{run.catalog.name}-n{n}-s{seed}",
+                                     lambda: augmented_gallery(run.embed_maps, feats.maps, n, seed=seed, log=log))
             del feats
             what = (f"{min(n, n_real)} real catalogue items (all splits) + {max(0, n - n_real)} made in feature-map "
                     f"space (crop / flip / mix with a similar item, seed {seed}) through the run's embed")
         elif gallery == "tiled":
-            ids = engine.spaces["main"].ids()
-            part = engine.catalog.filter(lambda it, keep=set(ids): it.id in keep)
-            base = _embed(model.embed, catalogue_features(part, engine.spec, engine.cache_dir, progress=False).maps)
+            ids = run.space.ids()
+            part = run.catalog.filter(lambda it, keep=set(ids): it.id in keep)
+            base = run.embed_maps(run.catalogue_maps(part).maps)
             vectors = tiled_gallery(base, n, seed)
             what = f"{len(base)} gallery-split embeddings tiled with 5 % Gaussian noise"
         else:
@@ -217,13 +199,13 @@ def bench_search(run_dir: Path, index_dir: Path, queries_file: Path, n: int = GO
 
         qs = [q for q in read_queries(queries_file) if q.get("item_id")]
         qs = [qs[i] for i in np.unique(np.linspace(0, len(qs) - 1, min(n_queries, len(qs))).astype(int))]
-        maps = engine.item_maps([q["item_id"] for q in qs])
-        queries = [({lv: v[i:i + 1] for lv, v in maps.items()}, q.get("manipulations") or {}) for i, q in enumerate(qs)]
+        maps = run.query_maps([q["item_id"] for q in qs])
+        queries = [(m, q.get("manipulations") or {}) for m, q in zip(maps, qs)]
         with torch.inference_mode():
-            qvec = np.concatenate([model.embed_query(m, [man]).numpy() for m, man in queries])
+            qvec = np.concatenate([run.embed_query(m, man) for m, man in queries])
         scores = exact_scores(vectors, qvec, model.metric)
         # the manipulation alone (no index), to tell the model's share of a row's latency from the index's
-        q50, q99, _ = _time_queries(lambda q, kk: [], model.embed_query, queries, k, repeats)
+        q50, q99, _ = _time_queries(lambda q, kk: [], run.embed_query, queries, k, repeats)
         log(f"[bench] embed_query alone: p50 {q50:.2f} ms, p99 {q99:.2f} ms")
         configs = sweep_configs(milvus_n) if sweep else default_configs(milvus_n, kinds)
         rows = []
@@ -231,35 +213,34 @@ def bench_search(run_dir: Path, index_dir: Path, queries_file: Path, n: int = GO
             size = min(cfg.items or n, n)
             sub = vectors[:size]
             sub_scores = scores if size == n else exact_scores(sub, qvec, model.metric)
-            truth = np.argsort(-sub_scores, axis=1, kind="stable")[:, :k]
             nq = len(queries) if cfg.backend != "milvus" else min(len(queries), 50)
             with tempfile.TemporaryDirectory(prefix="vestis-bench-") as tmp:
                 t = time.perf_counter()
                 search, shown, built_kind, close = _build(cfg, sub, model.metric, threads, tmp)
                 build_s = time.perf_counter() - t
                 for params in cfg.searches:
-                    p50, p99, found = _time_queries(lambda q, kk: search(q, kk, **params), model.embed_query,
+                    p50, p99, found = _time_queries(lambda q, kk: search(q, kk, **params), run.embed_query,
                                                     queries[:nq], k, repeats if cfg.backend != "milvus" else 1)
+                    recall = recall_at_k(found, sub_scores[:nq], k)
                     row = {"backend": cfg.backend, "kind": cfg.kind, "built": built_kind,
                            "options": {**shown, **cfg.build, **params}, "items": size, "queries": nq,
                            "build_s": round(build_s, 1), "p50_ms": round(p50, 3), "p99_ms": round(p99, 3),
-                           "recall": round(recall_at_k(found, truth[:nq], k), 4),
-                           "recall_ties": round(recall_with_ties(found, sub_scores[:nq], k), 4),
+                           "recall": round(recall.plain, 4), "recall_ties": round(recall.with_ties, 4),
                            "default": cfg.kind == AUTO and cfg.backend == "faiss"}
                     rows.append(row)
                     log(f"[bench] {cfg.backend} {cfg.kind} {row['options']}: build {build_s:.0f} s, p50 {p50:.2f} ms, "
                         f"p99 {p99:.2f} ms, recall@{k} {row['recall']:.4f} (ties {row['recall_ties']:.4f})")
                 close()
-        enc = []
-        for q in qs[:30]:
-            t = time.perf_counter()
-            engine.encode_images([engine.catalog[q["item_id"]].image])
-            enc.append((time.perf_counter() - t) * 1000)
-        e50, e99 = _percentiles(enc[3:])
+        images = [run.catalog[q["item_id"]].image for q in qs[:30]]
+        warm = min(3, len(images) - 1)  # the first calls build the encoder: untimed
+        for image in images[:warm]:
+            run.encode_image(image)
+        encoding = time_calls(run.encode_image, images[warm:], 1, warmup=0)
+        e50, e99 = encoding.ms(50), encoding.ms(99)
     finally:
         torch.set_num_threads(torch_threads)
     m = machine_info()
-    report = {"run_id": engine.info.run_id, "model": model.name, "dim": int(vectors.shape[1]), "metric": model.metric,
+    report = {"run_id": run.run_id, "model": model.name, "dim": int(vectors.shape[1]), "metric": model.metric,
               "k": k, "items": n, "gallery": gallery, "gallery_description": what, "queries": len(queries),
               "repeats": repeats, "threads_build": threads, "rows": rows, "embed_query_p50_ms": q50,
               "embed_query_p99_ms": q99, "encoding_p50_ms": e50,
@@ -297,8 +278,8 @@ def format_report(report: dict) -> str:
     lines = [f"Search latency (PROTOCOLS.md section 5): run `{report['run_id']}` ({report['model']}), "
              f"{report['dim']}-d vectors, metric {report['metric']}, k={k}, batch size 1, {report['queries']} queries, "
              f"median of {report['repeats']} passes; gallery: {report['gallery_description']}",
-             f"machine: {m['cores']} cores, {m['cpu']}, {m['memory_gib']} GiB, no accelerator; load avg {m['load_avg_1m']} "
-             f"at the end; faiss {m['faiss']}; threads: torch 1, FAISS 1 per query, {report['threads_build']} for builds",
+             f"machine: {format_machine(m, ('faiss-cpu', 'faiss-gpu', 'torch'))} at the end; "
+             f"threads: torch 1, FAISS 1 per query, {report['threads_build']} for builds",
              "", f"| backend | kind | options | items | build s | p50 ms | p99 ms | recall@{k} | recall@{k} ties |",
              "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in report["rows"]:

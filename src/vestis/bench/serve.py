@@ -5,8 +5,8 @@ clients are threads in this process, each with its own keep-alive connection (ht
 queries: catalogue items whose image file exists (the query split first) and, per request, one manipulation of a
 seeded random attribute to another value (mode manipulate, k 30). After a warm-up, each repeat sends
 `n_requests` requests from `concurrency` clients and records every latency (request sent -> response
-read) and every non-200 answer. Reported: the median over repeats of p50, p99 and requests/s, and the
-total error count (the goal is zero).
+read) and every non-200 answer. Reported: the median over repeats of p50, p99 and requests/s
+(`vestis.bench.timing`), and the total error count (the goal is zero).
 """
 
 from __future__ import annotations
@@ -22,7 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
+from vestis.bench.adapter import BenchRun
+from vestis.bench.timing import Timings
 from vestis.errors import VestisError
+from vestis.machine import format_machine, machine_info
 
 WARMUP = 50
 
@@ -95,11 +98,8 @@ def bench_serve(run: Path, index: Path, catalog: Path | None = None, n_requests:
                 repeats: int = 3, cache_dir: Path | None = None, port: int | None = None) -> str:
     import httpx
 
-    from vestis.eval.machine import machine_info
-    from vestis.serve import load_engine
-
-    engine = load_engine(run, index, catalog, cache_dir=cache_dir)  # for the query list only
-    bodies = _queries(engine.catalog, engine.model.schema, n_requests * repeats + WARMUP)
+    bench_run = BenchRun.load(run, index, cache_dir=cache_dir, catalog_path=catalog)  # for the query list only
+    bodies = _queries(bench_run.catalog, bench_run.model.schema, n_requests * repeats + WARMUP)
     port = port or _free_port()
     cmd = [sys.executable, "-m", "vestis.cli", "serve", "--run", str(run), "--index", str(index), "--port", str(port)]
     if catalog is not None:
@@ -124,33 +124,34 @@ def bench_serve(run: Path, index: Path, catalog: Path | None = None, n_requests:
                 raise VestisError("the server did not start within 300 s")
             time.sleep(0.3)
         _run(base, bodies[:WARMUP], concurrency)
-        rows = []
+        latencies, rows = [], []
         total_errors, samples = 0, []
         for r in range(repeats):
             chunk = bodies[WARMUP + r * n_requests: WARMUP + (r + 1) * n_requests]
             lat, n_err, wall, errs = _run(base, chunk, concurrency)
             total_errors += n_err
             samples += errs
-            rows.append({"p50": float(np.percentile(lat, 50) * 1000), "p99": float(np.percentile(lat, 99) * 1000),
-                         "rps": len(chunk) / wall, "wall": wall, "errors": n_err})
+            latencies.append(lat)
+            rows.append({"rps": len(chunk) / wall, "wall": wall, "errors": n_err})
     finally:
         server.terminate()
         try:
             server.wait(timeout=20)
         except subprocess.TimeoutExpired:
             server.kill()
+    timings = Timings(np.stack(latencies))
     m = machine_info()
     lines = [f"vestis bench serve: {n_requests} POST /search item-id queries (one manipulation each, k 30) x {repeats} "
              f"repeats, {concurrency} concurrent keep-alive clients, server: `vestis serve` (uvicorn, 1 process) on "
              f"loopback",
-             f"run {engine.info.run_id} ({engine.model.name}), {len(engine.spaces['main'])} items indexed "
-             f"({engine.meta.get('backend', '?')} {engine.meta.get('kind', '?')})",
-             f"machine: {m.get('cpu', '?')}, {m.get('cores', '?')} cores, load average {os.getloadavg()[0]:.1f} at the end",
+             f"run {bench_run.run_id} ({bench_run.model.name}), {len(bench_run.space)} items indexed "
+             f"({bench_run.index_name})",
+             f"machine: {format_machine(m, ())} at the end",
              "", "| repeat | p50 ms | p99 ms | requests/s | errors |", "| ---: | ---: | ---: | ---: | ---: |"]
-    for i, r in enumerate(rows, 1):
-        lines.append(f"| {i} | {r['p50']:.1f} | {r['p99']:.1f} | {r['rps']:.1f} | {r['errors']} |")
-    med = {k: statistics.median(r[k] for r in rows) for k in ("p50", "p99", "rps")}
-    lines.append(f"| median | {med['p50']:.1f} | {med['p99']:.1f} | {med['rps']:.1f} | {total_errors} total |")
+    for i, (r, p50, p99) in enumerate(zip(rows, timings.per_pass_ms(50), timings.per_pass_ms(99)), 1):
+        lines.append(f"| {i} | {p50:.1f} | {p99:.1f} | {r['rps']:.1f} | {r['errors']} |")
+    rps = statistics.median(r["rps"] for r in rows)
+    lines.append(f"| median | {timings.ms(50):.1f} | {timings.ms(99):.1f} | {rps:.1f} | {total_errors} total |")
     if samples:
         lines.append("errors, first ones: " + " | ".join(samples))
     return "\n".join(lines)

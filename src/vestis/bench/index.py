@@ -1,33 +1,29 @@
-"""Index benchmark (PROTOCOLS.md section 5): build time, single-query latency p50 / p99 and recall@k
-against exact search on the same vectors, with the machine it ran on.
+"""Index benchmark on synthetic clustered vectors (PROTOCOLS.md section 5): build time, single-query
+latency p50 / p99 and recall@k against exact search on the same vectors, with the machine it ran on.
 
-    python -m vestis.index.bench --n 200000 --dim 128 --queries 500 --k 30
+    python -m vestis.bench.index --n 200000 --dim 128 --queries 500 --k 30
 
 `bench_index` takes arrays and returns rows (dicts); `format_table` renders them as Markdown.
 Latency is per query at batch size 1 (one `search` call per query, filters off unless given),
-timed with `time.perf_counter` after a warm-up; p50 / p99 are computed per repeat and the median
-over repeats is reported. Recall@k = |returned top-k  intersect  exact top-k| / k, averaged over queries
-(the exact top-k from a FAISS flat index over the same vectors and metric). Where exact ties decide
-which items make the top k (duplicate vectors), `recall_with_ties` also counts a returned item as a hit
-when its exact score is >= the k-th exact score (minus a relative 1e-5 for float rounding); both are
-reported by `vestis bench search` ("recall@k" and "recall@k ties").
+timed after a warm-up; p50 / p99 are computed per repeat and the median over repeats is reported
+(`vestis.bench.timing`). Recall@k = |returned top-k  intersect  exact top-k| / k, averaged over queries
+(`vestis.bench.recall`: exact scores over the same vectors and metric; with filters, over the matching items).
+`vestis bench search` measures the same on a trained run's own vectors, and also reports recall with ties.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-import sys
 import tempfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from vestis.index import create_index  # first: it sets OMP_WAIT_POLICY before FAISS loads
-
-import faiss  # noqa: E402  (after vestis.index on purpose)
+from vestis.bench.recall import exact_scores, recall_at_k
+from vestis.bench.timing import time_calls
+from vestis.index import create_index
+from vestis.machine import format_machine, machine_info
 
 DEFAULT_SWEEPS: dict[str, list[dict]] = {
     "flat": [{}],
@@ -55,80 +51,10 @@ def clustered_vectors(n: int, dim: int, n_clusters: int = 2000, spread: float = 
     return out, centers
 
 
-def exact_neighbours(vectors: np.ndarray, queries: np.ndarray, k: int, metric: str = "ip") -> np.ndarray:
-    """Row numbers of the exact top-k per query."""
-    idx = faiss.IndexFlatIP(vectors.shape[1]) if metric == "ip" else faiss.IndexFlatL2(vectors.shape[1])
-    idx.add(np.ascontiguousarray(vectors, dtype=np.float32))
-    return idx.search(np.ascontiguousarray(queries, dtype=np.float32), k)[1]
-
-
-def recall_at_k(found: Sequence[Sequence[int]], truth: np.ndarray, k: int) -> float:
-    hits = [len(set(f[:k]) & set(t[:k].tolist())) for f, t in zip(found, truth)]
-    return float(np.mean(hits) / k) if hits else float("nan")
-
-
-def exact_scores(vectors: np.ndarray, queries: np.ndarray, metric: str = "ip", chunk: int = 65536) -> np.ndarray:
-    """(n_queries, n) float32 exact scores, higher is better (inner product, or minus squared L2)."""
-    q = np.ascontiguousarray(queries, dtype=np.float32)
-    out = np.empty((len(q), len(vectors)), dtype=np.float32)
-    for s in range(0, len(vectors), chunk):
-        x = np.ascontiguousarray(vectors[s: s + chunk], dtype=np.float32)
-        ip = q @ x.T
-        if metric == "l2":
-            ip = 2 * ip - (q * q).sum(1, keepdims=True) - (x * x).sum(1)[None, :]
-        out[:, s: s + chunk] = ip
-    return out
-
-
-def recall_with_ties(found: Sequence[Sequence[int]], scores: np.ndarray, k: int, rel_eps: float = 1e-5) -> float:
-    """Recall@k counting ties: a returned row number is a hit when its exact score (`scores`, from
-    `exact_scores`) is >= the k-th best exact score minus rel_eps * max(1, |k-th score|)."""
-    kk = min(k, scores.shape[1])
-    kth = np.partition(scores, -kk, axis=1)[:, -kk]
-    hits = []
-    for i, f in enumerate(found):
-        f = np.asarray(list(f)[:k], dtype=np.int64)
-        f = f[f >= 0]
-        eps = rel_eps * max(1.0, abs(float(kth[i])))
-        hits.append(int((scores[i, f] >= kth[i] - eps).sum()) if len(f) else 0)
-    return float(np.mean(hits) / kk) if hits else float("nan")
-
-
-def machine_info() -> dict:
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count()
-    cpu, mem = platform.processor() or "unknown", None
-    try:
-        for line in open("/proc/cpuinfo", encoding="utf-8"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-        for line in open("/proc/meminfo", encoding="utf-8"):
-            if line.startswith("MemTotal"):
-                mem = round(int(line.split()[1]) / 1024 / 1024, 1)
-                break
-    except OSError:
-        pass
-    try:
-        load = round(os.getloadavg()[0], 2)
-    except (AttributeError, OSError):
-        load = None
-    return {"cores": cores, "cpu": cpu, "memory_gib": mem, "accelerator": "none", "load_avg_1m": load,
-            "python": sys.version.split()[0],
-            "platform": platform.platform(), "faiss": faiss.__version__, "numpy": np.__version__}
-
-
-def _latencies(index, queries: np.ndarray, k: int, params: dict, warmup: int = 20) -> np.ndarray:
-    for q in queries[:warmup]:
-        index.search(q, k, **params)
-    out = np.empty(len(queries))
-    for i, q in enumerate(queries):
-        t = time.perf_counter()
-        index.search(q, k, **params)
-        out[i] = time.perf_counter() - t
-    return out * 1000.0
+def _matching(attributes: Sequence[Mapping[str, str]], filters: Mapping) -> np.ndarray:
+    """Which items pass `filters` ({attribute: value or values}, every attribute must match)."""
+    allowed = {a: {v} if isinstance(v, str) else set(v) for a, v in filters.items()}
+    return np.array([all(it.get(a) in vals for a, vals in allowed.items()) for it in attributes], dtype=bool)
 
 
 def bench_index(vectors: np.ndarray, queries: np.ndarray, k: int = 30, kinds: Iterable[str] = ("flat", "hnsw", "ivfpq"),
@@ -148,13 +74,9 @@ def bench_index(vectors: np.ndarray, queries: np.ndarray, k: int = 30, kinds: It
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     n, dim = vectors.shape
     ids = [str(i) for i in range(n)]
+    scores = exact_scores(vectors, queries, metric)
     if filters:
-        ref = create_index("faiss", "flat", dim, metric)
-        ref.add(ids, vectors, attributes)
-        truth = np.array([[int(i) for i in r] + [-1] * (k - len(r)) for r in ref.search(queries, k, filters).ids])
-        ref.close()
-    else:
-        truth = exact_neighbours(vectors, queries, k, metric)
+        scores[:, ~_matching(attributes, filters)] = -np.inf
     info = machine_info()
     rows = []
     for backend in backends:
@@ -174,8 +96,8 @@ def bench_index(vectors: np.ndarray, queries: np.ndarray, k: int = 30, kinds: It
                     sq_threads = params.pop("single_query_threads", None)
                     if sq_threads is not None:  # a faiss construction option, switched in place for the sweep
                         index._opts["single_query_threads"] = int(sq_threads)
-                    lat = [_latencies(index, queries, k, dict(params, **({"filters": filters} if filters else {})))
-                           for _ in range(repeats)]
+                    one = dict(params, **({"filters": filters} if filters else {}))
+                    lat = time_calls(lambda q: index.search(q, k, **one), queries, repeats)
                     res = index.search(queries, k, filters, **params)
                     found = [[int(i) for i in r] for r in res.ids]
                     t = time.perf_counter()
@@ -190,11 +112,9 @@ def bench_index(vectors: np.ndarray, queries: np.ndarray, k: int = 30, kinds: It
                         "n": n, "dim": dim, "metric": metric, "k": k, "queries": len(queries),
                         "filters": dict(filters) if filters else None, "batch_size": 1,
                         "build_s": round(build_s, 2),
-                        "p50_ms": round(float(np.median([np.percentile(x, 50) for x in lat])), 3),
-                        "p99_ms": round(float(np.median([np.percentile(x, 99) for x in lat])), 3),
+                        "p50_ms": round(lat.ms(50), 3), "p99_ms": round(lat.ms(99), 3),
                         "batch_ms_per_query": round(batch_ms, 3),
-                        f"recall@{k}": round(recall_at_k(found, truth, k) if not filters else
-                                             _filtered_recall(found, truth), 4),
+                        f"recall@{k}": round(recall_at_k(found, scores, k).plain, 4),
                         "repeats": repeats, "machine": info,
                     }
                     log(f"[bench] {backend}/{kind} {params}: p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms, "
@@ -202,15 +122,6 @@ def bench_index(vectors: np.ndarray, queries: np.ndarray, k: int = 30, kinds: It
                     rows.append(row)
                 index.close()
     return rows
-
-
-def _filtered_recall(found, truth) -> float:
-    vals = []
-    for f, t in zip(found, truth):
-        t = [x for x in t.tolist() if x >= 0]
-        if t:
-            vals.append(len(set(f) & set(t)) / len(t))
-    return float(np.mean(vals)) if vals else float("nan")
 
 
 def format_table(rows: Sequence[dict]) -> str:
@@ -223,11 +134,9 @@ def format_table(rows: Sequence[dict]) -> str:
         params = ", ".join(f"{a}={b}" for a, b in r["params"].items() if b is not None)
         lines.append(f"| {r['backend']} | {r['kind']} | {params} | {r['build_s']} | {r['p50_ms']} | {r['p99_ms']} | "
                      f"{r['batch_ms_per_query']} | {r[f'recall@{k}']} |")
-    m = rows[0]["machine"]
     lines.append("")
-    lines.append(f"Machine: {m['cores']} cores ({m['cpu']}), {m['memory_gib']} GiB, accelerator: none, "
-                 f"1-min load average {m.get('load_avg_1m')} when the run began; "
-                 f"faiss {m['faiss']}, numpy {m['numpy']}, Python {m['python']}. Gallery {rows[0]['n']} x "
+    lines.append(f"Machine: {format_machine(rows[0]['machine'], ('faiss-cpu', 'faiss-gpu', 'numpy'))} when the run "
+                 f"began. Gallery {rows[0]['n']} x "
                  f"{rows[0]['dim']} float32 ({rows[0]['metric']}), {rows[0]['queries']} queries, batch size 1, "
                  f"median of {rows[0]['repeats']} repeats.")
     return "\n".join(lines)

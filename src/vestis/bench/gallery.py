@@ -91,13 +91,12 @@ def similar_items(maps: Mapping[str, np.ndarray], k: int = NEIGHBOURS, level: st
     return out
 
 
-def augmented_gallery(embed, maps: Mapping[str, np.ndarray], n: int, seed: int = 0, batch: int = 512,
+def augmented_gallery(embed_maps, maps: Mapping[str, np.ndarray], n: int, seed: int = 0, batch: int = 512,
                       log=None) -> np.ndarray:
     """(n, D) float32: the embeddings of every real item (`maps`, float16 (N, C, H, W) per level), then
-    n - N embeddings of augmented maps (module docstring). `embed` maps {level: float32 tensor} -> tensor."""
-    from vestis.models import run_batched as _embed
-
-    real = _embed(embed, maps, batch)
+    n - N embeddings of augmented maps (module docstring). `embed_maps` maps {level: numpy maps} -> (N, D) float32
+    (`BenchRun.embed_maps`: the run's `embed`)."""
+    real = embed_maps(maps)
     n_real = len(real)
     if n <= n_real:
         return real[:n]
@@ -120,8 +119,8 @@ def augmented_gallery(embed, maps: Mapping[str, np.ndarray], n: int, seed: int =
             for lv, x in maps.items():
                 a = _augment(torch.from_numpy(x[base[sl]]).float(), boxes_a[sl], flip_a[sl])
                 b = _augment(torch.from_numpy(x[partner[sl]]).float(), boxes_b[sl], flip_b[sl])
-                aug[lv] = (1 - w) * a + w * b
-            out[n_real + s: n_real + sl.stop] = embed(aug).float().numpy()
+                aug[lv] = ((1 - w) * a + w * b).numpy()
+            out[n_real + s: n_real + sl.stop] = embed_maps(aug)
             if log and (s // batch) % 50 == 0:
                 log(f"[gallery] {n_real + sl.stop}/{n} vectors")
     return out
