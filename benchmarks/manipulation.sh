@@ -23,7 +23,7 @@ test -f "$OUT/$NAME/run/run.json"
 $V index --run "$OUT/$NAME/run" --catalog "$DATA" --out "$OUT/$NAME/index" --split gallery --kind flat  # exact: protocol figures
 for c in 1 2; do
   $V search --run "$OUT/$NAME/run" --index "$OUT/$NAME/index" --queries "$OUT/queries-manipulation-$c.jsonl" \
-    --output "$OUT/$NAME/rankings-$c.jsonl" --k 1000
+    --output "$OUT/$NAME/rankings-$c.jsonl" --k 1000 --labels "${LABELS:-off}"
   $V eval --queries "$OUT/queries-manipulation-$c.jsonl" --rankings "$OUT/$NAME/rankings-$c.jsonl" --catalog "$DATA" \
     --run "$OUT/$NAME/run" --name "$NAME" --report "$OUT/$NAME/report-$c" > /dev/null
   echo "report: $OUT/$NAME/report-$c/report.md"

@@ -19,7 +19,7 @@ for model in visual global_embed; do
   R="$OUT/$model"
   $V train --model "$model" --catalog "$CAT" --out "$R/run"
   $V index --run "$R/run" --catalog "$CAT" --out "$R/index" --split gallery --kind flat  # exact: protocol figures
-  $V search --run "$R/run" --index "$R/index" --queries "$Q" --output "$R/rankings.jsonl" --k 50
+  $V search --run "$R/run" --index "$R/index" --queries "$Q" --output "$R/rankings.jsonl" --k 50 --labels off
   extra=$([ "$model" = global_embed ] && echo --classify || true)
   $V eval --queries "$Q" --rankings "$R/rankings.jsonl" --catalog "$CAT" --run "$R/run" --name "$model" \
     --views "synthetic multi-view" --no-curve $extra --report "$R/report" > /dev/null

@@ -194,7 +194,7 @@ def cmd_search(args) -> int:
         if not args.output:
             raise VestisError("--queries needs --output rankings.jsonl")
         queries = read_queries(args.queries)
-        rows = rank_queries(engine, queries, k=args.k or 50)
+        rows = rank_queries(engine, queries, k=args.k or 50, labels=args.labels == "on", photos=args.photos)
         write_rankings(args.output, rows)
         print(f"ranked {len(rows)} queries into {args.output}")
         return 0
@@ -202,7 +202,8 @@ def cmd_search(args) -> int:
         raise VestisError("give one of --queries FILE, --image PATH or --item ID")
     filters = _parse_sets(args.filter)
     result = engine.search(image=args.image, item_id=args.item, manipulations=_parse_sets(args.set), k=args.k or 30,
-                           filters=filters or None, mode=args.mode)
+                           filters=filters or None, mode=args.mode, labels=args.labels == "on")
+    print(f"labels {result.labels}" + (f": {result.note}" if result.note else ""))
     attrs = engine.model.schema.attributes
     for g in result.groups:  # one table per group (one for the flat modes)
         if len(result.groups) > 1 or g.box is not None:
@@ -474,6 +475,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--mode", default="manipulate", help="manipulate, same_item, visual, attribute:<name> (the run's "
                                                         "modes; an unknown one is refused with the list)")
     s.add_argument("--k", type=int, default=None, help="results (default 30; 50 with --queries)")
+    s.add_argument("--labels", choices=["on", "off"], default="on",
+                   help="on (default): rank with the catalogue's labels (requested values as constraints, the query's "
+                        "other attributes as preferences); off: vision only, the papers' protocol")
+    s.add_argument("--photos", action="store_true",
+                   help="with --queries: search catalogue-item queries by their image file, as shopper photos (their "
+                        "own labels unseen)")
     cache_option(s)
     s.set_defaults(func=cmd_search)
 

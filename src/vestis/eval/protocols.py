@@ -377,6 +377,17 @@ def classification_report(scores, labels, class_names: Sequence[str] | None = No
 
 
 # --- entry point ---------------------------------------------------------------------------------------
+def _labels(rows) -> str:
+    """Whether the run read catalogue labels (rows written by `vestis search` say so): "off" (vision only, the
+    papers' protocol), "on" (catalogue-aware), "mixed", or "not recorded" (rankings from another tool)."""
+    seen = {r.get("labels") for r in rows if "ranked" in r}
+    if seen <= {"off"} and seen:
+        return "off"
+    if seen == {"on"}:
+        return "on"
+    return "not recorded" if seen <= {None} else "mixed"
+
+
 def evaluate(queries: str | Path | Sequence[dict], rankings: str | Path | Sequence[Mapping] | Mapping[str, Mapping],
              catalog: Catalog, attributes: Sequence[str] | None = None, *, protocol: str | None = None,
              query_split: str = "query", gallery_split: str = "gallery", gallery_ids: Iterable[str] | None = None,
@@ -460,6 +471,7 @@ def evaluate(queries: str | Path | Sequence[dict], rankings: str | Path | Sequen
         "n_queries": len(queries),
         "n_scored": sum(s["n_scored"] for s in report.values()),
         "skipped": dict(skipped),
+        "labels": _labels(rows.values()),
         "run": None,
         "machine": None,
     }

@@ -73,11 +73,13 @@ def _header(runs: Runs, title: str) -> list[str]:
         f"- Protocol: `{first.get('protocol')}`",
         f"- Dataset: {first.get('dataset') or '?'}" + (f" ({first['catalog_source']})" if first.get("catalog_source") else "")
         + f"; query split `{first['splits']['query']}`, gallery split `{first['splits']['gallery']}`",
+        f"- Labels: {first.get('labels', 'not recorded')}" + {"off": " (vision only: the engine read no catalogue label)",
+                                                            "on": " (catalogue-aware ranking)"}.get(first.get("labels"), ""),
         f"- Query file: `{first.get('query_file') or '?'}`" + (f" (sha256 `{sha}`)" if sha else " (sha256 unknown)")
         + f"; {first.get('n_queries')} queries",
     ]
     for name, r in runs:
-        line = f"- {name}: {r.get('n_scored')} scored{skipped if r is first else ''}"
+        line = f"- {name}: labels {r.get('labels', 'not recorded')}, {r.get('n_scored')} scored{skipped if r is first else ''}"
         if r is not first and r.get("skipped"):
             line += ", skipped: " + ", ".join(f"{k} {v}" for k, v in r["skipped"].items())
         if r.get("machine"):
