@@ -1,7 +1,7 @@
 import pytest
 from PIL import Image
 
-from vestis.vision.images import ImageReadError, load_rgb
+from vestis.images import ImageReadError, load_rgb
 
 
 def test_loads_and_converts_modes(tmp_path):

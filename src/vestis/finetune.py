@@ -54,7 +54,7 @@ def finetune_trunk(catalog, spec, out_weights: Path, *, epochs: int = 2, blocks:
 
     from vestis.losses import multi_attribute_ce
     from vestis.models.layers import AttributeClassifiers
-    from vestis.vision.images import ImageReadError
+    from vestis.images import ImageReadError
     from vestis.vision.preprocess import load_letterboxed, normalize
     from vestis.vision.trunk import build_trunk
 

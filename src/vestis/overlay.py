@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from vestis.vision.images import load_rgb
+from vestis.images import load_rgb
 from vestis.vision.preprocess import letterbox_geometry
 
 PANEL = 220       # longest side of a panel's photo, pixels

@@ -41,7 +41,7 @@ from torch import nn
 
 from vestis.errors import VestisError
 from vestis.vision.cache import DEFAULT_SHARD_SIZE, FeatureCache, chunked_map, content_hash
-from vestis.vision.images import ImageReadError
+from vestis.images import ImageReadError
 from vestis.vision.preprocess import load_letterboxed
 from vestis.vision.trunk import LEVELS, Trunk, TrunkSpec, build_trunk
 

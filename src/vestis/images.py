@@ -1,4 +1,7 @@
-"""Reading images safely: one place that turns a file (or bytes) into an RGB PIL image or a clear error."""
+"""Reading images safely: one place that turns a file (or bytes) into an RGB PIL image or a clear error.
+
+A floor-1 primitive (it imports only vestis.errors): the catalogue checks images with it, vision decodes
+them for the trunk, the server and the overlays for uploads and explanations."""
 
 from __future__ import annotations
 
