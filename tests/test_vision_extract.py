@@ -201,3 +201,25 @@ def test_auto_falls_back_to_torch_when_onnx_fails(monkeypatch, tmp_path, trunk):
     assert choice.name == "torch" and "exporter unavailable" in choice.note
     with pytest.raises(VestisError, match="backend onnx"):
         make_backend(SPEC, tmp_path, "onnx", trunk=trunk)
+
+
+def test_exif_rotated_photo_gives_the_upright_features(tmp_path, torch_backend):
+    """A phone photo stored sideways (EXIF orientation 6) is encoded as the upright one, not sideways."""
+    from vestis.vision.extract import encode_images
+
+    rng = np.random.default_rng(3)
+    a = np.full((96, 64, 3), 255, np.uint8)
+    a[8:50, 6:40] = rng.integers(0, 255, 3)
+    a[60:80, 20:60] = rng.integers(0, 255, (20, 40, 3))
+    upright = Image.fromarray(a)
+    upright.save(tmp_path / "upright.jpg", quality=95)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    upright.transpose(Image.Transpose.ROTATE_90).save(tmp_path / "sideways.jpg", quality=95, exif=exif.tobytes())
+    upright.transpose(Image.Transpose.ROTATE_90).save(tmp_path / "untagged.jpg", quality=95)
+    f = encode_images(torch_backend.backend, SPEC.resolution,
+                      [tmp_path / "upright.jpg", tmp_path / "sideways.jpg", tmp_path / "untagged.jpg"])
+    for lv, m in f.items():
+        same = float((m[0] - m[1]).norm() / m[0].norm())
+        other = float((m[0] - m[2]).norm() / m[0].norm())
+        assert same < 0.15 and other > 3 * same, (lv, same, other)

