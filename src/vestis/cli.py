@@ -22,6 +22,15 @@ def _resolution(text: str) -> tuple[int, int]:
     return h, w
 
 
+def _levels(text: str) -> tuple[str, ...]:
+    from vestis.vision.trunk import sort_levels
+
+    try:
+        return sort_levels(text)
+    except VestisError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 # --- synth ----------------------------------------------------------------------------------------
 def cmd_synth(args) -> int:
     from vestis.catalog.synthetic import generate
@@ -75,7 +84,7 @@ def cmd_ingest(args) -> int:
 def _trunk_spec(args):
     from vestis.vision.trunk import TrunkSpec
 
-    return TrunkSpec(name=args.trunk, weights=args.weights, resolution=args.resolution)
+    return TrunkSpec(name=args.trunk, weights=args.weights, resolution=args.resolution, levels=args.levels)
 
 
 def cmd_extract(args) -> int:
@@ -94,7 +103,8 @@ def cmd_bench(args) -> int:
         from vestis.vision.bench import bench_extract
 
         print(bench_extract(catalog_path=args.catalog, n_images=args.n or 256, batch_size=args.batch_size,
-                            repeats=args.repeats, weights=args.weights))
+                            repeats=args.repeats, weights=args.weights, levels=args.levels,
+                            **({"resolutions": (args.resolution,)} if args.resolution else {})))
         return 0
     if args.what == "serve":
         from vestis.serve.bench import bench_serve
@@ -366,11 +376,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-image-check", action="store_true", help="skip decoding every image")
     s.set_defaults(func=cmd_ingest)
 
+    def levels_option(s):
+        s.add_argument("--levels", type=_levels, default=("s16", "s32"),
+                       help="trunk levels to extract, comma-separated from s8,s16,s32 (default s16,s32)")
+
     def trunk_options(s):
         s.add_argument("--trunk", default="tf_efficientnet_lite0", help="timm model name")
         s.add_argument("--weights", type=Path, default=None,
                        help="weights file (default: the packaged EfficientNet-Lite0 ImageNet weights)")
         s.add_argument("--resolution", type=_resolution, default=(160, 128), help="HEIGHTxWIDTH (default 160x128)")
+        levels_option(s)
         s.add_argument("--cache", type=Path, default=default_cache_dir(), help="feature cache (default $VESTIS_CACHE or ~/.cache/vestis)")
 
     s = sub.add_parser("extract", help="encode a catalogue's images into cached trunk feature maps")
@@ -395,6 +410,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=int, default=32)
     s.add_argument("--repeats", type=int, default=5, help="timed passes (search: give 3)")
     s.add_argument("--weights", type=Path, default=None)
+    levels_option(s)
+    s.add_argument("--resolution", type=_resolution, default=None, help="extract: one HEIGHTxWIDTH (default: 160x128 and 224x224)")
     s.add_argument("--run", type=Path, default=None, help="search: the trained run")
     s.add_argument("--index", type=Path, default=None, help="search, query, serve: an index built from the run")
     s.add_argument("--queries", type=Path, default=None, help="search: a manipulation query file")

@@ -12,6 +12,12 @@ import torch
 from tqdm import tqdm
 
 from vestis.catalog.schema import AttributeSchema
+from vestis.vision.extract import catalogue_features  # noqa: F401 - alias: moved to vision
+from vestis.vision.trunk import TrunkSpec
+
+# Moved to vision; aliases until the callers import them from there.
+trunk_json = TrunkSpec.to_json
+trunk_from_json = TrunkSpec.from_json
 
 
 @dataclass
@@ -124,39 +130,7 @@ def fit_loop(params, data: TrainData, step: Callable[[np.ndarray], tuple[torch.T
     return history
 
 
-def trunk_json(spec) -> dict:
-    return {"name": spec.name, "weights": str(spec.weights) if spec.weights else None,
-            "resolution": list(spec.resolution), "key": spec.key}
-
-
-def trunk_from_json(d: dict):
-    """The TrunkSpec a run was trained with; refuses a weights file that changed since (other features)."""
-    from pathlib import Path
-
-    from vestis.errors import VestisError
-    from vestis.vision.trunk import TrunkSpec
-
-    spec = TrunkSpec(name=d["name"], weights=Path(d["weights"]) if d.get("weights") else None,
-                     resolution=tuple(d["resolution"]))
-    if d.get("key") and spec.key != d["key"]:
-        raise VestisError(f"the run was trained on trunk features {d['key']}, but the trunk now gives {spec.key} "
-                          "(weights file or preprocessing changed): retrain the run")
-    return spec
-
-
 # --- a whole training run: catalogue -> cached features -> fitted head -> run directory -----------------
-def catalogue_features(catalog, spec, cache_dir, progress: bool = True):
-    """Encode whatever is not cached yet, then load this catalogue's feature maps (catalogue order)."""
-    from vestis.vision.cache import FeatureCache
-    from vestis.vision.extract import extract_catalog
-
-    report = extract_catalog(catalog, spec, cache_dir=cache_dir, progress=progress)
-    if report.encoded and progress:
-        print(report.describe())
-    with FeatureCache(cache_dir, spec) as cache:
-        return cache.load(catalog)
-
-
 def train_data(catalog, features) -> TrainData:
     """Labels as schema codes ("unspecified" = len(values)) and integer instance ids, rows as `features`."""
     schema = catalog.schema
