@@ -132,3 +132,31 @@ def test_shape_mismatch_is_refused(tmp_path, spec):
     c.put("a", maps(0))
     with pytest.raises(ValueError, match="differ"):
         c.put("b", {"s16": np.zeros((112, 5, 2)), "s32": np.zeros((1280, 2, 1))})
+
+
+def test_three_levels_round_trip_and_levels_in_the_key(tmp_path):
+    three = TrunkSpec(resolution=(64, 32), levels=("s8", "s16", "s32"))
+    shapes = {"s8": (40, 8, 4), **SHAPES}
+    rng = np.random.default_rng(0)
+    entries = {f"h{i}": {lv: rng.standard_normal(s).astype(np.float16) for lv, s in shapes.items()} for i in range(5)}
+    cat = _catalog(tmp_path, 3)
+    hashes = [content_hash(it.image) for it in cat.items[:3]]
+    with FeatureCache(tmp_path / "c", three, shard_size=2) as c:
+        for h, m in entries.items():
+            c.put(h, m)
+        for i, h in enumerate(hashes):
+            c.put(h, entries[f"h{i}"])
+    again = FeatureCache(tmp_path / "c", three)
+    assert len(again) == 8 and not again.problems
+    for h, m in entries.items():
+        got = again.get(h)
+        assert list(got) == ["s8", "s16", "s32"] and all(np.array_equal(got[lv], m[lv]) for lv in shapes)
+    fs = again.load(cat)
+    assert list(fs.maps) == ["s8", "s16", "s32"] and fs.maps["s8"].shape == (3, 40, 8, 4)
+    assert np.array_equal(fs.maps["s8"][fs.row("id2")], entries["h2"]["s8"])
+    # another set of levels is another cache: nothing mixes
+    two = TrunkSpec(resolution=(64, 32))
+    assert FeatureCache(tmp_path / "c", two).path != again.path and len(FeatureCache(tmp_path / "c", two)) == 0
+    assert FeatureCache(tmp_path / "c", two).load(cat).maps["s16"].shape[0] == 0
+    with pytest.raises(ValueError, match="lack level"):
+        FeatureCache(tmp_path / "c", three).put("x", maps(0))  # s16 + s32 only

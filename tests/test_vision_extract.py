@@ -201,3 +201,60 @@ def test_auto_falls_back_to_torch_when_onnx_fails(monkeypatch, tmp_path, trunk):
     assert choice.name == "torch" and "exporter unavailable" in choice.note
     with pytest.raises(VestisError, match="backend onnx"):
         make_backend(SPEC, tmp_path, "onnx", trunk=trunk)
+
+
+def test_exif_rotated_photo_gives_the_upright_features(tmp_path, torch_backend):
+    """A phone photo stored sideways (EXIF orientation 6) is encoded as the upright one, not sideways."""
+    from vestis.vision.extract import encode_images
+
+    rng = np.random.default_rng(3)
+    a = np.full((96, 64, 3), 255, np.uint8)
+    a[8:50, 6:40] = rng.integers(0, 255, 3)
+    a[60:80, 20:60] = rng.integers(0, 255, (20, 40, 3))
+    upright = Image.fromarray(a)
+    upright.save(tmp_path / "upright.jpg", quality=95)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    upright.transpose(Image.Transpose.ROTATE_90).save(tmp_path / "sideways.jpg", quality=95, exif=exif.tobytes())
+    upright.transpose(Image.Transpose.ROTATE_90).save(tmp_path / "untagged.jpg", quality=95)
+    f = encode_images(torch_backend.backend, SPEC.resolution,
+                      [tmp_path / "upright.jpg", tmp_path / "sideways.jpg", tmp_path / "untagged.jpg"])
+    for lv, m in f.items():
+        same = float((m[0] - m[1]).norm() / m[0].norm())
+        other = float((m[0] - m[2]).norm() / m[0].norm())
+        assert same < 0.15 and other > 3 * same, (lv, same, other)
+
+
+SPEC3 = TrunkSpec(resolution=(64, 64), levels=("s8", "s16", "s32"))
+
+
+def test_three_levels_onnx_per_level_and_extraction(small_catalog, tmp_path):
+    """One ONNX output per level, each checked against eager PyTorch; extraction stores every level."""
+    import onnxruntime as ort
+
+    from vestis.vision.extract import encode_images
+
+    trunk = build_trunk(SPEC3)
+    onnx = make_backend(SPEC3, tmp_path, "onnx", trunk=trunk)
+    session = onnx.backend.session
+    assert [o.name for o in session.get_outputs()] == ["s8", "s16", "s32"] and isinstance(session, ort.InferenceSession)
+    assert set(onnx.max_abs_diff) == {"s8", "s16", "s32"} and max(onnx.max_abs_diff.values()) < ONNX_TOLERANCE
+    torch_backend = make_backend(SPEC3, tmp_path, "torch", trunk=trunk)
+    probe = _probe_batch(SPEC3, 3)
+    got, want = onnx.backend(probe), torch_backend.backend(probe)
+    assert {lv: a.shape[1:] for lv, a in got.items()} == {"s8": (40, 8, 8), "s16": (112, 4, 4), "s32": (1280, 2, 2)}
+    diff = max_abs_diff(got, want)
+    assert set(diff) == {"s8", "s16", "s32"} and max(diff.values()) < ONNX_TOLERANCE, diff
+
+    rep = extract_catalog(small_catalog, SPEC3, tmp_path, backend=onnx, progress=False)
+    assert rep.encoded == 6
+    fs = FeatureCache(tmp_path, SPEC3).load(small_catalog)
+    assert list(fs.maps) == ["s8", "s16", "s32"] and fs.maps["s8"].shape == (7, 40, 8, 8)
+    direct = encode_images(torch_backend.backend, SPEC3.resolution, [it.image for it in small_catalog][:2])
+    assert list(direct) == ["s8", "s16", "s32"]
+    for lv, m in direct.items():
+        stored = fs.maps[lv][:2].astype(np.float32)
+        assert np.abs(stored - m.numpy()).max() <= 2e-3 * max(1.0, float(np.abs(stored).max())), lv
+    # a backend for other levels is refused, not silently stored under this spec
+    with pytest.raises(ValueError, match="levels"):
+        extract_catalog(small_catalog, SPEC, tmp_path / "other", backend=onnx, progress=False)

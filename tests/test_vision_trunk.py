@@ -44,6 +44,69 @@ def test_levels_shapes(trunk):
     assert float(s32.min()) >= 0 and float(s32.max()) <= 6  # after the head's BN + ReLU6
 
 
+def test_three_levels_known_shapes_and_order():
+    """Lite0 at 160x128: s8 is blocks.2 (40 channels, 20x16), s16 blocks.4 (112, 10x8), s32 the head (1280, 5x4);
+    any subset of levels gives the same tensors, in shallow-to-deep order."""
+    spec = TrunkSpec(levels=("s32", "s8", "s16"))
+    assert spec.levels == ("s8", "s16", "s32")
+    full = build_trunk(spec)
+    assert full.channels == {"s8": 40, "s16": 112, "s32": 1280}
+    # s8 is the deepest stride-8 stage, as timm's feature_info (features_only) picks it
+    info = {f["reduction"]: f for f in full.model.feature_info}
+    assert info[8]["module"] == "blocks.2" and info[8]["num_chs"] == full.channels["s8"]
+    x = torch.randn(2, 3, 160, 128, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        maps = dict(zip(full.levels, full(x)))
+        assert {lv: tuple(m.shape[1:]) for lv, m in maps.items()} == spec.feature_shapes(full.channels) == {
+            "s8": (40, 20, 16), "s16": (112, 10, 8), "s32": (1280, 5, 4)}
+        for levels in (("s8",), ("s16",), ("s32",), ("s8", "s32"), ("s8", "s16")):
+            sub = build_trunk(TrunkSpec(levels=levels))
+            out = sub(x)
+            assert isinstance(out, tuple) and len(out) == len(levels) and sub.levels == levels
+            assert all(torch.equal(o, maps[lv]) for o, lv in zip(out, levels)), levels
+            assert torch.allclose(sub.logits(x), full.logits(x))  # logits never depend on the levels
+
+
+def test_levels_are_validated():
+    from vestis.errors import VestisError
+    from vestis.vision.trunk import sort_levels
+
+    assert sort_levels("s32, s8") == ("s8", "s32") and sort_levels(["s16", "s16"]) == ("s16",)
+    assert TrunkSpec(levels="s8,s16,s32").levels == ("s8", "s16", "s32")
+    for bad in ("s4", "", (), ("s16", "S32")):
+        with pytest.raises(VestisError, match="valid levels: s8, s16, s32"):
+            TrunkSpec(levels=bad)
+
+
+def test_spec_key_differs_by_levels():
+    default = TrunkSpec()
+    assert default.levels == ("s16", "s32")
+    three = TrunkSpec(levels=("s8", "s16", "s32"))
+    assert three.key != default.key and TrunkSpec(levels=("s32", "s16", "s8")).key == three.key
+    assert TrunkSpec(levels=("s32",)).key not in (default.key, three.key)
+
+
+def test_spec_json_round_trip_and_old_records(tmp_path):
+    from vestis.errors import VestisError
+
+    spec = TrunkSpec(levels=("s8", "s32"))
+    record = spec.to_json()
+    assert record["levels"] == ["s8", "s32"] and record["key"] == spec.key
+    assert TrunkSpec.from_json(record) == spec
+    old = {k: v for k, v in TrunkSpec().to_json().items() if k != "levels"}  # a run from before levels existed
+    assert TrunkSpec.from_json(old) == TrunkSpec() and TrunkSpec.from_json(old).levels == ("s16", "s32")
+    # a weights file that changed since the run was trained is refused (other features)
+    w = tmp_path / "w.pth"
+    w.write_bytes(Path(packaged_lite0_weights()).read_bytes())
+    trained = TrunkSpec(weights=w).to_json()
+    assert TrunkSpec.from_json(trained).weights == w
+    w.write_bytes(w.read_bytes() + b"\0")
+    with pytest.raises(VestisError, match="retrain the run"):
+        TrunkSpec.from_json(trained)
+    with pytest.raises(VestisError, match="malformed"):
+        TrunkSpec.from_json({"weights": None})
+
+
 def test_normalisation_matches_stem_batchnorm_statistics(trunk, chelsea):
     """With x/127.5-1 the stem conv output has about the variance the stem BN was trained on; ImageNet
     mean/std makes it several times too large."""

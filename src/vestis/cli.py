@@ -22,6 +22,15 @@ def _resolution(text: str) -> tuple[int, int]:
     return h, w
 
 
+def _levels(text: str) -> tuple[str, ...]:
+    from vestis.vision.trunk import sort_levels
+
+    try:
+        return sort_levels(text)
+    except VestisError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _positive(text: str) -> int:
     try:
         value = int(text)
@@ -70,7 +79,16 @@ def cmd_ingest(args) -> int:
 def _trunk_spec(args):
     from vestis.vision.trunk import TrunkSpec
 
-    return TrunkSpec(name=args.trunk, weights=args.weights, resolution=args.resolution)
+    return TrunkSpec(name=args.trunk, weights=args.weights, resolution=args.resolution, levels=_default_levels(args))
+
+
+def _default_levels(args) -> tuple[str, ...]:
+    """--levels, else the union of the levels the built-in methods read: one cache serves every method."""
+    if args.levels:
+        return args.levels
+    from vestis.models import declared_levels
+
+    return declared_levels()
 
 
 def cmd_extract(args) -> int:
@@ -88,7 +106,8 @@ def cmd_bench_extract(args) -> int:
     from vestis.bench.extract import bench_extract
 
     print(bench_extract(catalog_path=args.catalog, n_images=args.n, batch_size=args.batch_size, repeats=args.repeats,
-                        weights=args.weights))
+                        weights=args.weights, levels=_default_levels(args),
+                        **({"resolutions": (args.resolution,)} if args.resolution else {})))
     return 0
 
 
@@ -370,11 +389,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-image-check", action="store_true", help="skip decoding every image")
     s.set_defaults(func=cmd_ingest)
 
+    def levels_option(s):
+        s.add_argument("--levels", type=_levels, default=None,
+                       help="trunk levels to extract, comma-separated from s8,s16,s32 (default: the union of what the "
+                            "built-in methods read, today s16,s32)")
+
     def trunk_options(s):
         s.add_argument("--trunk", default="tf_efficientnet_lite0", help="timm model name")
         s.add_argument("--weights", type=Path, default=None,
                        help="weights file (default: the packaged EfficientNet-Lite0 ImageNet weights)")
         s.add_argument("--resolution", type=_resolution, default=(160, 128), help="HEIGHTxWIDTH (default 160x128)")
+        levels_option(s)
         cache_option(s)
 
     s = sub.add_parser("extract", help="encode a catalogue's images into cached trunk feature maps")
@@ -403,6 +428,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--batch-size", type=_positive, default=32)
     b.add_argument("--repeats", type=_positive, default=5, help="timed runs (default 5)")
     b.add_argument("--weights", type=Path, default=None, help="trunk weights file (default: the packaged ones)")
+    levels_option(b)
+    b.add_argument("--resolution", type=_resolution, default=None, help="one HEIGHTxWIDTH (default: 160x128 and 224x224)")
     b.set_defaults(func=cmd_bench_extract)
 
     b = bench.add_parser("search", help="manipulation + index search latency and recall at catalogue scale")

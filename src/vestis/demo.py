@@ -49,6 +49,7 @@ def run_demo(data: Path | None, workdir: Path, n: int, cache_dir: Path, serve: b
     from vestis.indexing import build_index
     from vestis.train import train_run
     from vestis.vision.extract import extract_catalog
+    from vestis.models import declared_levels
     from vestis.vision.trunk import TrunkSpec
     from vestis.catalog.readers import default_attributes
 
@@ -59,7 +60,7 @@ def run_demo(data: Path | None, workdir: Path, n: int, cache_dir: Path, serve: b
     catalog = Catalog.load(path)
     catalog = catalog.with_attributes(default_attributes(catalog))
     print(format_summary(catalog.summary(check_images=False)))
-    spec = TrunkSpec()
+    spec = TrunkSpec(levels=declared_levels())  # what every built-in method reads: one cache for all
     print(f"[2/5] features: encoding with {spec.name} at {spec.resolution[0]}x{spec.resolution[1]} (cache {cache_dir})")
     print(extract_catalog(catalog, spec, cache_dir=cache_dir).describe())
 

@@ -17,6 +17,7 @@ re-encoding the catalogue: minutes for a few thousand images, hours for tens of 
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +56,7 @@ def finetune_trunk(catalog, spec, out_weights: Path, *, epochs: int = 2, blocks:
 
     from vestis.losses import multi_attribute_ce
     from vestis.models.layers import AttributeClassifiers
-    from vestis.vision.images import ImageReadError
+    from vestis.images import ImageReadError
     from vestis.vision.preprocess import load_letterboxed, normalize
     from vestis.vision.trunk import build_trunk
 
@@ -67,7 +68,7 @@ def finetune_trunk(catalog, spec, out_weights: Path, *, epochs: int = 2, blocks:
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    trunk = build_trunk(spec)
+    trunk = build_trunk(dataclasses.replace(spec, levels=("s32",)))  # the classifiers read the pooled s32 map only
     params = _trainable_tail(trunk.model, blocks)
     trunk.model.eval()  # frozen batch-norm statistics; gradients still flow through the unfrozen weights
     heads = AttributeClassifiers(trunk.channels["s32"], [len(schema.values(a)) + 1 for a in schema.attributes])
@@ -96,7 +97,7 @@ def finetune_trunk(catalog, spec, out_weights: Path, *, epochs: int = 2, blocks:
                 if not rows:
                     continue
                 x = normalize(np.stack(pics), trunk.mean, trunk.std).to(device)
-                _, s32 = trunk(x)
+                (s32,) = trunk(x)
                 loss = multi_attribute_ce(heads(s32.mean(dim=(2, 3))), labels[rows].to(device))
                 opt.zero_grad()
                 loss.backward()

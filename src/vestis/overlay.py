@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from vestis.images import load_rgb
 from vestis.models.explanation import Explanation, Region
-from vestis.vision.images import load_rgb
 from vestis.vision.preprocess import letterbox_geometry
 
 PANEL = 220       # longest side of a panel's photo, pixels

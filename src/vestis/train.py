@@ -6,6 +6,7 @@ models; this module sits above them, beside the engine, and is what `vestis trai
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +42,7 @@ def train_run(model_name: str, catalog, out, spec: TrunkSpec, cache_dir, config:
 
         weights = Path(out) / TRUNK_FILE
         finetune_history = finetune_trunk(part, spec, weights, progress=progress, **finetune)
-        spec = TrunkSpec(name=spec.name, weights=weights, resolution=spec.resolution)
+        spec = dataclasses.replace(spec, weights=weights)  # the same levels and resolution
         trunk_record = {**spec.to_json(), "weights": TRUNK_FILE, "in_run": True}
         extra_files = (TRUNK_FILE,)
     feats = catalogue_features(part, spec, cache_dir, progress=progress)

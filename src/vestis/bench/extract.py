@@ -1,6 +1,7 @@
 """`vestis bench extract`: images/s of the trunk paths and of end-to-end extraction, as a Markdown table.
 
-For each resolution (160x128, 224x224), with the same images:
+For each resolution (default 160x128 and 224x224), extracting the levels asked for (default s16, s32), with
+the same images:
   * trunk only, on preprocessed (letterboxed uint8) batches: eager PyTorch (NCHW, the reference), PyTorch
     channels_last, torch.jit trace+freeze (channels_last), ONNX Runtime;
   * end to end (hash + decode + letterbox + trunk + float16 cache write into a fresh cache): a plain
@@ -9,7 +10,8 @@ For each resolution (160x128, 224x224), with the same images:
 Each path runs once per repeat, round-robin (`vestis.bench.timing`), so load from other processes hits all
 paths alike; the table gives the median images/s and the median of the per-repeat ratios to the reference.
 "max abs diff" compares each path's float32 maps with eager PyTorch on the same batches (end to end: the
-stored float16 maps, so the figure includes float16 rounding).
+stored float16 maps, so the figure includes float16 rounding). End-to-end rows also give the cache's
+bytes per image (shard files on disk / images), which grows with the levels extracted.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from vestis.vision.cache import FeatureCache, content_hash
 from vestis.vision.extract import (BackendChoice, OnnxBackend, PreprocessedTrunk, TorchBackend, ensure_onnx,
                                    extract_catalog)
 from vestis.vision.preprocess import load_letterboxed
-from vestis.vision.trunk import LEVELS, TrunkSpec, build_trunk
+from vestis.vision.trunk import DEFAULT_LEVELS, TrunkSpec, build_trunk
 
 RESOLUTIONS = ((160, 128), (224, 224))
 
@@ -90,10 +92,10 @@ def _jit_backend(trunk, example: np.ndarray):
         warnings.simplefilter("ignore")
         traced = torch.jit.freeze(torch.jit.trace(module, torch.from_numpy(example)).eval())
 
-    def run(batch: np.ndarray):
+    def run(batch: np.ndarray) -> dict[str, np.ndarray]:
         with torch.inference_mode():
-            s16, s32 = traced(torch.from_numpy(np.ascontiguousarray(batch)))
-            return s16.contiguous().numpy(), s32.contiguous().numpy()
+            out = traced(torch.from_numpy(np.ascontiguousarray(batch)))
+            return {lv: m.contiguous().numpy() for lv, m in zip(trunk.levels, out)}
 
     return run
 
@@ -105,13 +107,18 @@ def _eager_loop(paths: list[Path], spec: TrunkSpec, backend, cache_dir: Path, ba
             chunk = paths[i:i + batch_size]
             hashes = [content_hash(p) for p in chunk]
             batch = np.stack([load_letterboxed(p, spec.resolution)[0] for p in chunk])
-            s16, s32 = backend(batch)
+            maps = backend(batch)
             for j, h in enumerate(hashes):
-                cache.put(h, {"s16": s16[j].astype(np.float16), "s32": s32[j].astype(np.float16)})
+                cache.put(h, {lv: m[j].astype(np.float16) for lv, m in maps.items()})
 
 
 def _diff(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> float:
-    return max(float(np.abs(a[lv].astype(np.float32) - b[lv].astype(np.float32)).max()) for lv in LEVELS)
+    return max(float(np.abs(a[lv].astype(np.float32) - b[lv].astype(np.float32)).max()) for lv in b)
+
+
+def _run_all(run, batches: list[np.ndarray]) -> dict[str, np.ndarray]:
+    outs = [run(b) for b in batches]
+    return {lv: np.concatenate([o[lv] for o in outs]) for lv in outs[0]}
 
 
 def _bench_resolution(paths, spec, batch_size, repeats, work: Path, log) -> list[tuple]:
@@ -129,11 +136,8 @@ def _bench_resolution(paths, spec, batch_size, repeats, work: Path, log) -> list
         "ONNX Runtime": OnnxBackend(onnx_path),
     }
     # reference maps (float32) for every image, and each path's max abs diff on the same batches
-    ref = {lv: np.concatenate(o) for lv, o in zip(LEVELS, zip(*(eager(b) for b in batches)))}
-    diffs = {}
-    for name, run in trunk_paths.items():
-        out = {lv: np.concatenate(o) for lv, o in zip(LEVELS, zip(*(run(b) for b in batches)))}
-        diffs[name] = _diff(out, ref)
+    ref = _run_all(eager, batches)
+    diffs = {name: _diff(_run_all(run, batches), ref) for name, run in trunk_paths.items()}
     catalog = Catalog([Item(f"img{i}", p) for i, p in enumerate(paths)])
     choices = {"extract_catalog, torch backend": BackendChoice(TorchBackend(trunk), "torch"),
                "extract_catalog, onnx backend": BackendChoice(OnnxBackend(onnx_path), "onnx")}
@@ -162,9 +166,11 @@ def _bench_resolution(paths, spec, batch_size, repeats, work: Path, log) -> list
     for run in trunk_paths.values():  # warm-up
         run(batches[0])
     seconds = time_calls(run_path, names, repeats, warmup=0, before=fresh_cache, after_pass=progress).seconds
+    stored: dict[str, float] = {}  # cache bytes per image (shard files) after each end-to-end path
     for name, d in e2e_dirs.items():  # the stored float16 maps of the last repeat
         fs = FeatureCache(d, spec).load(catalog)
         diffs[name] = _diff(fs.maps, ref) if len(fs) == n else float("nan")
+        stored[name] = sum(f.stat().st_size for f in (d / spec.key / "shards").glob("*.vfs")) / n
     rows = []
     h, w = spec.resolution
     for group, group_names in (("trunk", list(trunk_paths)), ("end to end", e2e_names)):
@@ -173,14 +179,14 @@ def _bench_resolution(paths, spec, batch_size, repeats, work: Path, log) -> list
             t = seconds[:, names.index(name)]
             ips = float(np.median(n / t))
             ratio = float(np.median(base / t))
-            rows.append((f"{h}x{w}", group, name, ips, ratio, diffs[name]))
+            rows.append((f"{h}x{w}", group, name, ips, ratio, diffs[name], stored.get(name)))
     shutil.rmtree(work / "e2e", ignore_errors=True)
     return rows
 
 
 def bench_extract(catalog_path: Path | None = None, n_images: int = 256, batch_size: int = 32, repeats: int = 5,
-                  weights: Path | None = None, resolutions=RESOLUTIONS, log=None) -> str:
-    """Time the trunk paths and end-to-end extraction; returns a Markdown report (table + machine)."""
+                  weights: Path | None = None, resolutions=RESOLUTIONS, levels=DEFAULT_LEVELS, log=None) -> str:
+    """Time the trunk paths and end-to-end extraction of `levels`; returns a Markdown report (table + machine)."""
     import sys
 
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
@@ -199,15 +205,17 @@ def bench_extract(catalog_path: Path | None = None, n_images: int = 256, batch_s
             raise VestisError(f"no readable images to benchmark in {catalog_path}")
         rows = []
         for res in resolutions:
-            spec = TrunkSpec(weights=weights, resolution=res)
+            spec = TrunkSpec(weights=weights, resolution=res, levels=levels)
             log(f"benchmarking {spec.key} on {len(paths)} images ...")
             rows += _bench_resolution(paths, spec, batch_size, repeats, tmp / f"{res[0]}x{res[1]}", log)
-    lines = [f"## Feature extraction speed: {TrunkSpec(weights=weights).name}, batch {batch_size}, "
+    spec = TrunkSpec(weights=weights, levels=levels)
+    lines = [f"## Feature extraction speed: {spec.name}, levels {', '.join(spec.levels)}, batch {batch_size}, "
              f"{len(paths)} images per run, median of {repeats} runs", "",
-             "| resolution | stage | path | images/s | vs reference | max abs diff vs eager |",
-             "| --- | --- | --- | ---: | ---: | ---: |"]
-    for res, group, name, ips, ratio, diff in rows:
-        lines.append(f"| {res} | {group} | {name} | {ips:.1f} | {ratio:.2f}x | {diff:.1e} |")
+             "| resolution | stage | path | images/s | vs reference | max abs diff vs eager | cache bytes / image |",
+             "| --- | --- | --- | ---: | ---: | ---: | ---: |"]
+    for res, group, name, ips, ratio, diff, size in rows:
+        lines.append(f"| {res} | {group} | {name} | {ips:.1f} | {ratio:.2f}x | {diff:.1e} | "
+                     f"{'-' if size is None else f'{size:,.0f}'} |")
     lines += ["", f"Images: {source}.",
               f"Machine: {format_machine(machine, ('torch', 'onnxruntime', 'timm', 'numpy', 'pillow'))} at the start, "
               f"{format_load(load_average())} at the end; torch {torch.get_num_threads()} threads "

@@ -113,7 +113,7 @@ class Catalog:
     # --- summary ------------------------------------------------------------------------------
     def check_images(self, workers: int = 8) -> dict[str, list[str]]:
         """Decode every image: ids whose file is missing, and ids whose file cannot be decoded."""
-        from vestis.vision.images import ImageReadError, load_rgb
+        from vestis.images import ImageReadError, load_rgb
 
         def status(it: Item) -> str:
             if it.image is None or not it.image.is_file():

@@ -121,7 +121,7 @@ def rank_queries(engine, queries: Sequence[Mapping], k: int = 50, batch: int = 2
 
 
 def _geometry(image, resolution):
-    from vestis.vision.images import load_rgb  # MERGE: vestis.images
+    from vestis.images import load_rgb
     from vestis.vision.preprocess import letterbox_geometry
 
     img = load_rgb(image)

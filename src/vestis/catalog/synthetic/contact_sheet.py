@@ -8,7 +8,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from vestis.catalog.catalog import Catalog
 from vestis.catalog.item import Item
-from vestis.vision.images import load_rgb
+from vestis.images import load_rgb
 
 TILE = (160, 200)
 TEXT_LINES = 5

@@ -1,4 +1,7 @@
-"""Reading images safely: one place that turns a file (or bytes) into an RGB PIL image or a clear error."""
+"""Reading images safely: one place that turns a file (or bytes) into an RGB PIL image or a clear error.
+
+A floor-1 primitive (it imports only vestis.errors): the catalogue checks images with it, vision decodes
+them for the trunk, the server and the overlays for uploads and explanations."""
 
 from __future__ import annotations
 
@@ -6,7 +9,7 @@ import io
 import warnings
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from vestis.errors import VestisError
 
@@ -18,12 +21,25 @@ class ImageReadError(VestisError):
     pass
 
 
+def exif_orientation(im: Image.Image) -> int:
+    """The EXIF orientation tag (1 = upright as stored; 5-8 swap width and height). A damaged EXIF block
+    counts as upright: the pixels are still good."""
+    try:
+        return int(im.getexif().get(ExifTags.Base.Orientation, 1))
+    except Exception:  # noqa: BLE001 - Pillow raises many kinds on malformed EXIF
+        return 1
+
+
 def load_rgb(source: str | Path | bytes, max_pixels: int = MAX_PIXELS, draft: tuple[int, int] | None = None) -> Image.Image:
     """Decode an image file or bytes to RGB; raise ImageReadError for missing, corrupt, or oversized images.
 
     `draft=(w, h)`: JPEGs much larger than that are decoded at a reduced DCT scale (1/2, 1/4, 1/8) that
     still keeps them at least w x h - several times faster, for callers that downscale anyway; the file's
-    own size is then in `im.info["original_size"]`."""
+    own size is then in `im.info["original_size"]`.
+
+    The EXIF orientation is applied (a phone photo stored sideways with tag 6 comes back upright), so every
+    caller - extraction, uploads, explanations - sees the same upright pixels; `original_size` and `size`
+    are the upright sizes."""
     name = "<upload>" if isinstance(source, bytes) else str(source)
     try:
         fp = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")
@@ -36,11 +52,15 @@ def load_rgb(source: str | Path | bytes, max_pixels: int = MAX_PIXELS, draft: tu
                 im = Image.open(fp)
                 if im.width * im.height > max_pixels:
                     raise ImageReadError(f"image {name} is {im.width}x{im.height} pixels, over the limit of {max_pixels}")
+                orientation = exif_orientation(im)
+                swapped = orientation in (5, 6, 7, 8)  # stored sideways: width and height trade places
                 if draft is not None and im.format == "JPEG":
-                    size = im.size
-                    im.draft("RGB", draft)
-                    im.info["original_size"] = size  # survives convert(); the decoded size may be smaller
+                    upright = im.size[::-1] if swapped else im.size
+                    im.draft("RGB", draft[::-1] if swapped else draft)  # the draft size is in stored orientation
+                    im.info["original_size"] = upright  # survives convert(); the decoded size may be smaller
                 im.load()
+                if orientation != 1:
+                    ImageOps.exif_transpose(im, in_place=True)  # in place: keeps im.info
         except ImageReadError:
             raise
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError,
