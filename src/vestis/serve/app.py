@@ -39,7 +39,8 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from vestis.errors import UnknownAttributeError, UnknownValueError, VestisError
+from vestis.catalog.splits import SPLITS
+from vestis.errors import ECHO_LIMIT, UnknownAttributeError, UnknownValueError, VestisError, echo
 from vestis.serve.textquery import TextInterpreter, TextQueryError
 from vestis.vision.images import ImageReadError
 
@@ -62,12 +63,43 @@ class SearchRequest(BaseModel):
     manipulations: dict[str, str] = Field(default_factory=dict, description="{attribute: new value}")
     text: str | None = Field(None, max_length=500, description='a request in words, e.g. "same but navy blue, for women"')
     mode: str = Field("manipulate", description="manipulate | attribute:<name> | same_item | visual | diverse")
-    k: int = Field(30, ge=1, le=MAX_K, description=f"results to return (1-{MAX_K})")
+    # strict: `true` or 2.5 is not a number of results (a multipart `k` is converted from its text first)
+    k: int = Field(30, ge=1, le=MAX_K, strict=True, description=f"results to return (1-{MAX_K})")
     filters: dict[str, str | list[str]] = Field(default_factory=dict, description="only items with these values")
 
 
 class BodyTooLarge(Exception):
     pass
+
+
+def parse_json(raw: bytes | str, what: str = "the body"):
+    """Strict JSON: no NaN or Infinity (not JSON, and not answerable), no lone surrogates (not Unicode), nesting
+    only as deep as the parser goes without running out of stack; anything else is a 400 that says why."""
+
+    def no_constant(name):
+        raise ValueError(f"{name} is not a JSON number")
+
+    try:
+        value = json.loads(raw, parse_constant=no_constant)
+    except RecursionError:
+        raise HTTPException(400, f"{what} is not valid JSON: nested too deeply") from None
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError and the constants above
+        raise HTTPException(400, f"{what} is not valid JSON: {str(e)[:200]}") from None
+    stack = [value]
+    while stack:  # iterative: the value may be nested as deep as the parser allowed
+        v = stack.pop()
+        if isinstance(v, dict):
+            stack.extend(v.keys())
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+        elif isinstance(v, str):
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError:
+                raise HTTPException(400, f"{what} has a string with a lone surrogate escape ({echo(v, 40)}), "
+                                         f"which is not valid Unicode") from None
+    return value
 
 
 class BodyLimit:
@@ -128,6 +160,8 @@ class Service:
             p = engine.catalog.path
             image_roots = [Path(p) if Path(p).is_dir() else Path(p).parent] if p else []
         self.image_roots = [Path(r).resolve() for r in image_roots]
+        catalog = engine.catalog
+        self.splits = sorted({catalog.split_of(it.id) for it in catalog} | set(SPLITS))
         self._explained: OrderedDict[str, bytes] = OrderedDict()
         self._cache_lock = threading.Lock()
 
@@ -147,21 +181,21 @@ class Service:
     def item(self, item_id: str):
         it = self.engine.catalog.by_id.get(item_id)
         if it is None:
-            raise HTTPException(404, f"unknown item id {item_id!r} (GET /items lists the catalogue's "
+            raise HTTPException(404, f"unknown item id {echo(item_id)} (GET /items lists the catalogue's "
                                      f"{len(self.engine.catalog)} items)")
         return it
 
     def image_path(self, item) -> Path:
         """The item's image file, refusing anything that is not an image file inside the catalogue's folder."""
         if item.image is None:
-            raise HTTPException(404, f"item {item.id!r} has no image")
+            raise HTTPException(404, f"item {echo(item.id)} has no image")
         p = Path(item.image).resolve()
         if p.suffix.lower() not in IMAGE_SUFFIXES:
-            raise HTTPException(404, f"item {item.id!r}: {p.name} is not an image file")
+            raise HTTPException(404, f"item {echo(item.id)}: {p.name} is not an image file")
         if self.image_roots and not any(p.is_relative_to(r) for r in self.image_roots):
-            raise HTTPException(404, f"item {item.id!r}: its image lies outside the catalogue's folder")
+            raise HTTPException(404, f"item {echo(item.id)}: its image lies outside the catalogue's folder")
         if not p.is_file():
-            raise HTTPException(404, f"item {item.id!r}: image file {p.name} is missing")
+            raise HTTPException(404, f"item {echo(item.id)}: image file {p.name} is missing")
         return p
 
     def item_json(self, it) -> dict:
@@ -211,6 +245,9 @@ class Service:
             if a not in cat_schema:
                 raise UnknownAttributeError(a, cat_schema.attributes)
             vals = [v] if isinstance(v, str) else list(v)
+            if not vals:
+                raise HTTPException(400, f"filter {echo(a)} has an empty list of values, which no item matches; "
+                                         f"give one or more of: {', '.join(cat_schema.values(a))}, or leave it out")
             for x in vals:
                 cat_schema.check_value(a, x)
             out[a] = vals[0] if len(vals) == 1 else vals
@@ -328,11 +365,11 @@ def create_app(engine, *, max_upload_bytes: int = MAX_UPLOAD_BYTES, max_pixels: 
 
     @app.exception_handler(UnknownAttributeError)
     async def _unknown_attribute(request, e: UnknownAttributeError):
-        return _error(400, str(e), attribute=e.attribute, valid=e.valid)
+        return _error(400, str(e), attribute=_clip(e.attribute), valid=e.valid)
 
     @app.exception_handler(UnknownValueError)
     async def _unknown_value(request, e: UnknownValueError):
-        return _error(400, str(e), attribute=e.attribute, value=e.value, valid=e.valid)
+        return _error(400, str(e), attribute=_clip(e.attribute), value=_clip(e.value), valid=e.valid)
 
     @app.exception_handler(ImageReadError)
     async def _bad_image(request, e: ImageReadError):
@@ -352,7 +389,7 @@ def create_app(engine, *, max_upload_bytes: int = MAX_UPLOAD_BYTES, max_pixels: 
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request, e: RequestValidationError):
-        return _error(422, _describe(e.errors()), errors=json.loads(json.dumps(e.errors(), default=str)))
+        return _error(422, _describe(e.errors()), errors=_errors_json(e.errors()))
 
     # --- routes --------------------------------------------------------------------------------
     @app.get("/", include_in_schema=False)
@@ -389,6 +426,8 @@ def create_app(engine, *, max_upload_bytes: int = MAX_UPLOAD_BYTES, max_pixels: 
               seed: int | None = Query(None, description="seed for random draws"),
               split: str | None = Query(None, description="only items of this split (train / gallery / query)")):
         pool = svc.browsable
+        if split is not None and split not in svc.splits:
+            raise HTTPException(400, f"unknown split {echo(split)}; splits: {', '.join(svc.splits)}")
         if split:
             pool = [it for it in pool if engine.catalog.split_of(it.id) == split]
         if q:
@@ -451,17 +490,14 @@ def create_app(engine, *, max_upload_bytes: int = MAX_UPLOAD_BYTES, max_pixels: 
             if ctype.startswith("multipart/form-data"):
                 fields, image = await _read_form(request, svc.max_upload_bytes)
             elif ctype.startswith("application/json") or not ctype:
-                try:
-                    fields = await request.json()
-                except ValueError as e:
-                    raise HTTPException(400, f"the body is not valid JSON: {e}") from None
+                fields = parse_json(await request.body())
                 if not isinstance(fields, dict):
                     raise HTTPException(400, "the JSON body must be an object, e.g. {\"item_id\": \"...\"}")
             else:
                 raise HTTPException(415, f"send application/json or multipart/form-data, not {ctype}")
             req = SearchRequest.model_validate(fields)
         except ValidationError as e:
-            return _error(422, _describe(e.errors()), errors=json.loads(json.dumps(e.errors(), default=str)))
+            return _error(422, _describe(e.errors()), errors=_errors_json(e.errors()))
         # plain JSON types only: skip FastAPI's jsonable_encoder, which costs more than the search itself
         return JSONResponse(await run_in_threadpool(svc.search, req, image))
 
@@ -491,21 +527,52 @@ async def _read_form(request: Request, max_bytes: int) -> tuple[dict, bytes]:
             if value == "":
                 continue
             try:
-                fields[key] = json.loads(value)
+                fields[key] = parse_json(value, "it")
+            except HTTPException as e:
+                raise HTTPException(400, f"`{key}` must be a JSON object, got {echo(value)}: {e.detail}") from None
+        elif key == "k":
+            try:  # form fields are text; the model takes strict integers
+                fields[key] = int(value)
             except ValueError:
-                raise HTTPException(400, f"`{key}` must be a JSON object, got {value[:80]!r}") from None
-        elif key in ("text", "mode", "k", "item_id"):
+                fields[key] = value
+        elif key in ("text", "mode", "item_id"):
             fields[key] = value
         else:
-            raise HTTPException(422, f"unknown form field {key!r}; fields: image, manipulations, text, mode, k, filters")
+            raise HTTPException(422, f"unknown form field {echo(key)}; fields: image, manipulations, text, mode, k, "
+                                     f"filters")
     if image is None and "item_id" not in fields:
         raise HTTPException(422, "the multipart form has no `image` file")
     return fields, image
 
 
+def _clip(value):
+    """A user's string sent back as data: cut to a bounded length (the message says how long it was)."""
+    return value if not isinstance(value, str) or len(value) <= ECHO_LIMIT else value[:ECHO_LIMIT] + "..."
+
+
+def _loc(x) -> str:
+    return str(x) if len(str(x)) <= ECHO_LIMIT else echo(x)
+
+
+def _errors_json(errors) -> list[dict]:
+    """pydantic's validation errors as bounded JSON: the offending input clipped, context as text."""
+    out = []
+    for e in errors:
+        row = {"type": e.get("type"), "loc": [x if isinstance(x, int) else _loc(x) for x in e.get("loc", ())],
+               "msg": e.get("msg")}
+        if "input" in e:
+            v = e["input"]
+            row["input"] = v if v is None or isinstance(v, (bool, int)) else (
+                _clip(v) if isinstance(v, str) else echo(v))
+        if e.get("ctx"):
+            row["ctx"] = {k: v if isinstance(v, (bool, int, str)) else str(v) for k, v in e["ctx"].items()}
+        out.append(row)
+    return out
+
+
 def _describe(errors) -> str:
     parts = []
     for e in errors:
-        loc = ".".join(str(x) for x in e.get("loc", ()) if x not in ("body", "query", "path"))
+        loc = ".".join(_loc(x) for x in e.get("loc", ()) if x not in ("body", "query", "path"))
         parts.append(f"{loc}: {e.get('msg')}" if loc else str(e.get("msg")))
     return "; ".join(parts) or "invalid request"

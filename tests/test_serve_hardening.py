@@ -1,0 +1,132 @@
+"""Hostile inputs to the HTTP API (issue 16): every one answered by a 4xx whose message is bounded and printable,
+never a 500; inputs that used to be taken silently (k = true, an empty filter list, an unknown split) refused."""
+
+import json
+
+import pytest
+
+pytest.importorskip("fastapi")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from vestis.engine import Engine  # noqa: E402
+from vestis.errors import ECHO_LIMIT, UnknownValueError, echo  # noqa: E402
+from vestis.serve.app import create_app  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_pipeline):
+    root, cat, run, idx, cache = tiny_pipeline
+    return Engine.load(run, idx, cache_dir=cache)
+
+
+@pytest.fixture(scope="module")
+def client(engine):
+    return TestClient(create_app(engine), raise_server_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def item_id(engine):
+    return next(iter(engine.spaces["main"].ids()))
+
+
+def _post_json(client, raw: bytes):
+    return client.post("/search", content=raw, headers={"content-type": "application/json"})
+
+
+@pytest.mark.parametrize("template, message", [
+    (b'{"item_id": "%s", "k": NaN}', "NaN is not a JSON number"),
+    (b'{"item_id": "%s", "k": Infinity}', "Infinity is not a JSON number"),
+    (b'{"item_id": "%s", "k": -Infinity}', "-Infinity is not a JSON number"),
+    (b'{"item_id": "%s", "manipulations": {"colour": NaN}}', "NaN is not a JSON number"),
+    (b'{"item_id": "%s", "filters": {"colour": [NaN]}}', "NaN is not a JSON number"),
+    (b'{"item_id": NaN, "x": "%s"}', "NaN is not a JSON number"),
+    (b'{"item_id": "%s", "text": "red \\ud800"}', "lone surrogate"),
+    (b'{"item_id": "%s", "manipulations": {"\\ud800": "red"}}', "lone surrogate"),
+    (b'{"item_id": "%s", "\\udfff": 1}', "lone surrogate"),
+])
+def test_non_json_numbers_and_lone_surrogates_are_400(client, item_id, template, message):
+    r = _post_json(client, template % item_id.encode())
+    assert r.status_code == 400, r.text
+    assert message in r.json()["detail"]
+
+
+def test_deeply_nested_json_is_400(client):
+    r = _post_json(client, b"[" * 100_000 + b"]" * 100_000)
+    assert r.status_code == 400 and "nested too deeply" in r.json()["detail"]
+    r = _post_json(client, b'{"item_id": ' + b"[" * 100_000 + b"]" * 100_000 + b"}")
+    assert r.status_code == 400 and "nested too deeply" in r.json()["detail"]
+
+
+@pytest.mark.parametrize("field, value", [("manipulations", '{"colour": NaN}'), ("filters", '{"colour": [Infinity]}'),
+                                          ("manipulations", '{"\\ud800": "red"}')])
+def test_multipart_json_fields_are_strict_too(client, field, value):
+    r = client.post("/search", files={"image": ("q.png", b"\x89PNG", "image/png")}, data={field: value})
+    assert r.status_code == 400, r.text
+    assert f"`{field}`" in r.json()["detail"]
+
+
+def test_multipart_k_is_an_integer(client, item_id):
+    r = client.post("/search", data={"item_id": item_id, "k": "NaN"}, files={"image": ("q.png", b"x", "image/png")})
+    assert r.status_code == 422 and "k: Input should be a valid integer" in r.json()["detail"]
+
+
+@pytest.mark.parametrize("k", [True, False, 2.0, "5"])
+def test_k_must_be_a_json_integer(client, item_id, k):
+    r = client.post("/search", json={"item_id": item_id, "k": k})
+    assert r.status_code == 422, r.text
+    assert "k: Input should be a valid integer" in r.json()["detail"]
+
+
+def test_long_inputs_are_echoed_cut_short(client, item_id):
+    long_id = "x" * 100_000
+    r = client.post("/search", json={"item_id": long_id})
+    assert r.status_code == 404 and len(r.text) < 1000 and "(100000 characters)" in r.json()["detail"]
+    r = client.get(f"/items/{'y' * 20_000}")
+    assert r.status_code == 404 and len(r.text) < 1000
+    r = client.post("/search", json={"item_id": item_id, "manipulations": {"colour": "z" * 100_000}})
+    assert r.status_code == 400 and len(r.text) < 2000, len(r.text)
+    assert r.json()["value"].startswith("zzz") and len(r.json()["value"]) <= ECHO_LIMIT + 3
+    r = client.post("/search", json={"item_id": item_id, "q" * 100_000: 1})
+    assert r.status_code == 422 and len(r.text) < 2000, len(r.text)
+    r = client.post("/search", json={"item_id": item_id, "text": "w" * 100_000})
+    assert r.status_code == 422 and len(r.text) < 2000, len(r.text)
+
+
+def test_echo_is_bounded_and_printable():
+    assert echo("abc") == "'abc'"
+    assert echo("\ud800") == "'\\ud800'"
+    echo("\ud800").encode("utf-8")  # printable / sendable
+    assert echo("a" * 1000) == "'" + "a" * (ECHO_LIMIT - 1) + "... (1000 characters)"
+    msg = str(UnknownValueError("colour", "v" * 10_000, ["red"]))
+    assert len(msg) < 200 and "(10000 characters)" in msg
+
+
+def test_an_empty_filter_list_is_refused(client, item_id):
+    r = client.post("/search", json={"item_id": item_id, "filters": {"colour": []}})
+    assert r.status_code == 400
+    assert "filter 'colour' has an empty list of values" in r.json()["detail"] and "black" in r.json()["detail"]
+
+
+def test_an_unknown_split_is_refused(client):
+    r = client.get("/items", params={"split": "nope"})
+    assert r.status_code == 400 and r.json()["detail"] == "unknown split 'nope'; splits: gallery, query, train"
+    assert client.get("/items", params={"split": "gallery"}).json()["total"] > 0
+
+
+def test_a_negated_text_request_is_400(client, item_id):
+    r = client.post("/search", json={"item_id": item_id, "text": "same but not red"})
+    assert r.status_code == 400 and "negation is not supported" in r.json()["detail"]
+
+
+def test_replayed_hostile_inputs_get_no_5xx(client, item_id):
+    """A replay of the cases above and a few more through every body-reading route: no answer is a 5xx."""
+    bodies = [b'{"k": NaN}', b'{"item_id": "\\ud800"}', b"[" * 50_000, b"\xff\xfe", b'"just a string"', b"null",
+              json.dumps({"item_id": item_id, "mode": "\ud800"}, ensure_ascii=True).encode(),
+              json.dumps({"item_id": item_id, "filters": {"colour": {"a": 1}}}).encode()]
+    for raw in bodies:
+        assert _post_json(client, raw).status_code < 500, raw[:40]
+    assert client.post("/search", files={"image": ("q.png", b"x", "image/png")},
+                       data={"text": b"\xed\xa0\x80".decode("latin-1")}).status_code < 500
+    for path in ["/items/%ED%A0%80", "/items?split=%ED%A0%80", "/understand?text=not%20red", "/understand?text=%00",
+                 "/items?offset=NaN", "/items?limit=Infinity"]:
+        assert client.get(path).status_code < 500, path
