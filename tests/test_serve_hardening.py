@@ -130,3 +130,113 @@ def test_replayed_hostile_inputs_get_no_5xx(client, item_id):
     for path in ["/items/%ED%A0%80", "/items?split=%ED%A0%80", "/understand?text=not%20red", "/understand?text=%00",
                  "/items?offset=NaN", "/items?limit=Infinity"]:
         assert client.get(path).status_code < 500, path
+
+
+# --- headers, hosts, stalled bodies --------------------------------------------------------------
+def test_security_headers_on_every_answer(client):
+    for path in ["/", "/health", "/items/nope", "/static/app.js", "/openapi.json"]:
+        h = client.get(path).headers
+        assert h["x-content-type-options"] == "nosniff" and h["x-frame-options"] == "DENY", path
+        csp = h["content-security-policy"]
+        assert "default-src 'self'" in csp and "frame-ancestors 'none'" in csp and "unsafe-inline" not in csp, path
+    docs = client.get("/docs")
+    # the Swagger page's one inline script is allowed by its hash, and only it
+    import base64
+    import hashlib
+    import re
+    script = re.search(r"<script>(.*?)</script>", docs.text, re.S).group(1)
+    digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
+    assert f"script-src 'self' 'sha256-{digest}'" in docs.headers["content-security-policy"]
+
+
+def test_allowed_hosts_refuse_other_host_headers(engine):
+    c = TestClient(create_app(engine, allowed_hosts=["shop.example"]))
+    assert c.get("/health", headers={"host": "shop.example"}).status_code == 200
+    assert c.get("/health", headers={"host": "localhost:8000"}).status_code == 200
+    r = c.get("/health", headers={"host": "rebound.attacker.example"})
+    assert r.status_code == 400 and r.headers["x-frame-options"] == "DENY"
+
+
+@pytest.fixture
+def live_server(engine):
+    """A real uvicorn server (TestClient cannot send half a body) with a 0.5 s body timeout; its base port."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    srv = uvicorn.Server(uvicorn.Config(create_app(engine, body_timeout=0.5), host="127.0.0.1", port=port,
+                                        log_level="warning", log_config=None))
+    t = threading.Thread(target=srv.run, daemon=True)
+    t.start()
+    deadline = time.time() + 30
+    while not srv.started:
+        assert time.time() < deadline
+        time.sleep(0.05)
+    yield port
+    srv.should_exit = True
+    t.join(timeout=10)
+
+
+def _half_sent(port: int, ctype: str = "application/json", part: bytes = b'{"item_id"'):
+    import socket
+
+    c = socket.create_connection(("127.0.0.1", port))
+    c.sendall(b"POST /search HTTP/1.1\r\nHost: localhost\r\nContent-Type: " + ctype.encode()
+              + b"\r\nContent-Length: 1000\r\n\r\n" + part)
+    return c
+
+
+def test_stalled_bodies_are_answered_408_and_closed(live_server, caplog):
+    import time
+
+    socks = [_half_sent(live_server) for _ in range(10)]
+    t0 = time.time()
+    for c in socks:
+        c.settimeout(10)
+        data = b""
+        while chunk := c.recv(65536):  # the server closes the connection after its answer
+            data += chunk
+        c.close()
+        assert data.startswith(b"HTTP/1.1 408 ") and b"stalled for 0.5 s" in data
+    assert time.time() - t0 < 5
+    gone = _half_sent(live_server)
+    gone.close()
+    form = _half_sent(live_server, "multipart/form-data; boundary=xx",
+                      b'--xx\r\nContent-Disposition: form-data; name="text"\r\n\r\nred')
+    form.close()
+    time.sleep(1.0)
+    lines = [r.getMessage() for r in caplog.records]
+    assert sum("stalled for 0.5 s; answered 408" in m for m in lines) == 10
+    assert sum("went away before sending the whole body" in m for m in lines) == 2, lines
+    assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
+
+
+def test_serve_prints_the_address_it_bound(tiny_pipeline):
+    import os
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import httpx
+
+    root, cat, run, idx, cache = tiny_pipeline
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH")) if p)}
+    proc = subprocess.Popen([sys.executable, "-m", "vestis.cli", "serve", "--run", str(run), "--index", str(idx),
+                             "--host", "0.0.0.0", "--port", "0", "--cache", str(cache)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        first, second = proc.stdout.readline(), proc.stdout.readline()
+        m = re.search(r"at http://0\.0\.0\.0:(\d+)/ \(all interfaces; on this machine http://127\.0\.0\.1:(\d+)/\)", first)
+        assert m and m.group(1) == m.group(2) and int(m.group(1)) > 0, first
+        assert "--allowed-host" in second, second
+        assert httpx.get(f"http://127.0.0.1:{m.group(1)}/health", timeout=30).json()["status"] == "ok"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

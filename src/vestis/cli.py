@@ -335,7 +335,8 @@ def cmd_serve(args) -> int:
 
     engine = load_engine(args.run, args.index, args.catalog, args.format, args.cache)
     serve(engine, host=args.host, port=args.port, max_upload_bytes=int(args.max_upload_mb * 2**20),
-          max_pixels=int(args.max_megapixels * 1e6), image_roots=args.image_root or None)
+          max_pixels=int(args.max_megapixels * 1e6), image_roots=args.image_root or None,
+          allowed_hosts=args.allowed_host or None, body_timeout=args.body_timeout)
     return 0
 
 
@@ -515,6 +516,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-megapixels", type=float, default=20.0, help="largest uploaded image in megapixels (default 20)")
     s.add_argument("--image-root", type=Path, action="append", default=[], metavar="DIR",
                    help="folder item images may be served from (repeatable; default: the catalogue's folder)")
+    s.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                   help="a Host header name to answer (repeatable; with the loopback names; default: any). Name the "
+                        "server's host names when --host binds beyond this machine, against DNS rebinding")
+    s.add_argument("--body-timeout", type=float, default=10.0, metavar="SECONDS",
+                   help="answer 408 when a request body stalls this long between two chunks (default 10)")
     s.add_argument("--cache", type=Path, default=default_cache_dir())
     s.set_defaults(func=cmd_serve)
 

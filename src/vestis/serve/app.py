@@ -20,8 +20,13 @@ cache and the index are shared, and two cores gain nothing from interleaving the
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import hashlib
 import io
 import json
+import logging
+import re
 import mimetypes
 import random
 import threading
@@ -38,6 +43,8 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.requests import ClientDisconnect
 
 from vestis.catalog.splits import SPLITS
 from vestis.errors import ECHO_LIMIT, UnknownAttributeError, UnknownValueError, VestisError, echo
@@ -52,6 +59,14 @@ IMAGE_FORMATS = {"JPEG", "PNG", "WEBP", "GIF", "BMP"}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp"}
 UNAVAILABLE_MODES = {"diverse": "part-based diverse suggestions (Verma et al.) are not implemented yet"}
 EXPLAIN_CACHE = 64
+DOCS_URL = "/docs"
+BODY_TIMEOUT = 10.0  # seconds a request body may stall between two chunks
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+# only the app's own assets: no inline script or style (on the Swagger page: its inline script by hash, and inline
+# style), no other origin, never inside a frame; images also from data: (Swagger's icons), blob: (an upload's preview)
+CSP = ("default-src 'self'; img-src 'self' data: blob:; object-src 'none'; base-uri 'none'; form-action 'self'; "
+       "frame-ancestors 'none'")
+log = logging.getLogger("uvicorn.error")  # one line in the server's log, in its format
 
 
 class SearchRequest(BaseModel):
@@ -143,6 +158,94 @@ class BodyLimit:
         except BodyTooLarge:
             if not started:
                 await JSONResponse({"detail": message}, 413)(scope, receive, send)
+
+
+class BodyStalled(Exception):
+    pass
+
+
+class BodyTimeout:
+    """ASGI middleware: a request body that stalls for `timeout` seconds between two chunks is answered 408 (the
+    server then closes the connection); a client that goes away mid-body is one line in the log, not a
+    traceback."""
+
+    def __init__(self, app, timeout: float):
+        self.app, self.timeout = app, timeout
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        body_done, started = False, False
+
+        async def timed():
+            nonlocal body_done
+            if body_done:  # after the body, receive() waits for a disconnect: no deadline
+                return await receive()
+            try:
+                msg = await asyncio.wait_for(receive(), self.timeout)
+            except asyncio.TimeoutError:
+                raise BodyStalled() from None
+            if msg["type"] != "http.request" or not msg.get("more_body", False):
+                body_done = True
+            return msg
+
+        async def tracked(msg):
+            nonlocal started
+            if msg["type"] == "http.response.start":
+                started = True
+            await send(msg)
+
+        where = f"{scope.get('method')} {scope.get('path')} from {_client(scope)}"
+        try:
+            await self.app(scope, timed, tracked)
+        except BodyStalled:
+            log.warning("vestis: %s: the request body stalled for %g s; answered 408", where, self.timeout)
+            if not started:
+                await JSONResponse({"detail": f"the request body stalled for {self.timeout:g} s"}, 408,
+                                   headers={"Connection": "close"})(scope, receive, send)
+        except ClientDisconnect:
+            log.warning("vestis: %s: the client went away before sending the whole body", where)
+
+
+def _client(scope) -> str:
+    c = scope.get("client")
+    return f"{c[0]}:{c[1]}" if c else "?"
+
+
+class SecurityHeaders:
+    """ASGI middleware: nosniff, no framing, no referrer, and a Content-Security-Policy on every answer; on the
+    pages in `inline_pages` (FastAPI's Swagger page) the inline scripts are allowed by their sha256."""
+
+    def __init__(self, app, inline_pages=()):
+        self.app, self.inline_pages = app, set(inline_pages)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        inline = scope.get("path") in self.inline_pages
+        held: list[dict] = []
+
+        def headers(msg, csp):
+            extra = [(b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY"),
+                     (b"referrer-policy", b"no-referrer"), (b"content-security-policy", csp.encode())]
+            names = {k for k, _ in extra}
+            return {**msg, "headers": [(k, v) for k, v in msg.get("headers", []) if k.lower() not in names] + extra}
+
+        async def send_with_headers(msg):
+            if not inline:
+                await send(headers(msg, CSP) if msg["type"] == "http.response.start" else msg)
+                return
+            held.append(msg)  # a small HTML page: hold it to hash its inline scripts
+            if msg["type"] == "http.response.body" and not msg.get("more_body", False):
+                body = b"".join(m.get("body", b"") for m in held if m["type"] == "http.response.body")
+                hashes = " ".join(f"'sha256-{base64.b64encode(hashlib.sha256(m).digest()).decode()}'"
+                                  for m in re.findall(rb"<script>(.*?)</script>", body, re.S))
+                # Swagger UI sets style attributes as it renders; on this page only, inline style is allowed
+                csp = CSP + "; style-src 'self' 'unsafe-inline'" + (f"; script-src 'self' {hashes}" if hashes else "")
+                await send(headers(held[0], csp))
+                await send({"type": "http.response.body", "body": body})
+
+        await self.app(scope, receive, send_with_headers)
 
 
 class Service:
@@ -353,15 +456,21 @@ def _error(status: int, message: str, **extra) -> JSONResponse:
 
 
 def create_app(engine, *, max_upload_bytes: int = MAX_UPLOAD_BYTES, max_pixels: int = MAX_PIXELS,
-               image_roots=None, title: str = "vestis") -> FastAPI:
-    """The FastAPI application for a loaded `vestis.engine.Engine`."""
+               image_roots=None, title: str = "vestis", allowed_hosts=None,
+               body_timeout: float = BODY_TIMEOUT) -> FastAPI:
+    """The FastAPI application for a loaded `vestis.engine.Engine`. `allowed_hosts`: the Host header names it
+    answers (with the loopback names), against DNS rebinding; None answers any."""
     from fastapi_offline import FastAPIOffline
 
     svc = Service(engine, max_upload_bytes=max_upload_bytes, max_pixels=max_pixels, image_roots=image_roots)
-    app = FastAPIOffline(title=title, version="1", static_url="/static-docs", redoc_url=None,
+    app = FastAPIOffline(title=title, version="1", docs_url=DOCS_URL, static_url="/static-docs", redoc_url=None,
                          description="Attribute-aware search over a fashion catalogue: 'like this, but in navy blue'.")
     app.state.service = svc
     app.add_middleware(BodyLimit, limit=max_upload_bytes + 64 * 1024)
+    app.add_middleware(BodyTimeout, timeout=body_timeout)
+    if allowed_hosts:
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=[*allowed_hosts, *LOOPBACK_HOSTS])
+    app.add_middleware(SecurityHeaders, inline_pages=[DOCS_URL, DOCS_URL + "/oauth2-redirect"])  # outermost: on every answer
 
     @app.exception_handler(UnknownAttributeError)
     async def _unknown_attribute(request, e: UnknownAttributeError):
@@ -507,9 +616,7 @@ def create_app(engine, *, max_upload_bytes: int = MAX_UPLOAD_BYTES, max_pixels: 
 async def _read_form(request: Request, max_bytes: int) -> tuple[dict, bytes]:
     try:
         form = await request.form(max_files=1, max_fields=16, max_part_size=64 * 1024)
-    except HTTPException:
-        raise
-    except BodyTooLarge:
+    except (HTTPException, BodyTooLarge, BodyStalled, ClientDisconnect):
         raise
     except Exception as e:  # starlette's multipart errors (malformed bodies)
         raise HTTPException(400, f"cannot read the multipart form: {e}") from None
