@@ -133,7 +133,10 @@ class Engine:
         index_dir = Path(index_dir)
         if not (index_dir / ENGINE_FILE).is_file():
             raise EngineError(f"{index_dir} is not an index built by `vestis index` ({ENGINE_FILE} is missing)")
-        meta = json.loads((index_dir / ENGINE_FILE).read_text())
+        try:
+            meta = json.loads((index_dir / ENGINE_FILE).read_text())
+        except ValueError as e:  # truncated or not JSON: rebuild
+            raise EngineError(f"{index_dir / ENGINE_FILE} is corrupt ({e}); rebuild the index with `vestis index`") from None
         model, info = load_run(run_dir)
         if meta.get("run_id") != info.run_id:
             raise EngineError(f"index {index_dir} was built with run {meta.get('run_id')}, not with {info.run_id} "

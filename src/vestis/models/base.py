@@ -179,6 +179,8 @@ def load_run(run_dir: Path) -> tuple[SearchModel, RunInfo]:
         info = RunInfo(**json.loads((run_dir / "run.json").read_text()))
     except (ValueError, TypeError) as e:
         raise RunError(f"{run_dir / 'run.json'} is corrupt: {e}") from None
+    from vestis.models.config_check import check_run_info
+    check_run_info(info, run_dir / "run.json")
     if info.trunk.get("in_run"):  # a fine-tuned trunk saved inside the run: resolve it wherever the run now is
         weights = run_dir / info.trunk["weights"]
         if not weights.is_file():
