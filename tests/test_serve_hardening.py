@@ -240,3 +240,26 @@ def test_serve_prints_the_address_it_bound(tiny_pipeline):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+# --- the API contract ----------------------------------------------------------------------------
+def test_openapi_documents_the_answers_the_api_gives(client, engine):
+    spec = client.get("/openapi.json").json()
+    paths = spec["paths"]
+    search = paths["/search"]["post"]
+    assert {"200", "400", "404", "408", "413", "415", "422"} <= set(search["responses"])
+    body = search["requestBody"]["content"]
+    assert body["multipart/form-data"]["schema"]["additionalProperties"] is False
+    assert body["application/json"]["schema"]["properties"]["mode"]["enum"] == engine.modes()
+    manip = body["application/json"]["schema"]["properties"]["manipulations"]
+    assert manip["properties"]["colour"]["enum"] == list(engine.model.schema.values("colour"))
+    # the 422 body is documented as it is sent: `detail` text plus the `errors` list
+    ref = search["responses"]["422"]["content"]["application/json"]["schema"]["$ref"].split("/")[-1]
+    assert spec["components"]["schemas"][ref]["properties"]["detail"]["type"] == "string"
+    r = client.post("/search", json={"k": 0})
+    assert r.status_code == 422 and isinstance(r.json()["detail"], str) and r.json()["errors"][0]["loc"] == ["k"]
+    image = paths["/items/{item_id}/image"]["get"]["responses"]
+    assert "image/jpeg" in image["200"]["content"] and "application/json" not in image["200"]["content"]
+    assert "404" in image
+    split = next(x for x in paths["/items"]["get"]["parameters"] if x["name"] == "split")
+    assert split["schema"]["enum"] == ["gallery", "query", "train"]

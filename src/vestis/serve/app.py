@@ -27,7 +27,6 @@ import io
 import json
 import logging
 import re
-import mimetypes
 import random
 import threading
 import time
@@ -56,7 +55,9 @@ MAX_UPLOAD_BYTES = 10 * 2**20
 MAX_PIXELS = 20_000_000
 MAX_K = 200
 IMAGE_FORMATS = {"JPEG", "PNG", "WEBP", "GIF", "BMP"}
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp"}
+IMAGE_MEDIA = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".webp": "image/webp",
+               ".gif": "image/gif", ".bmp": "image/bmp"}  # what an item's image is served as (and documented)
+IMAGE_SUFFIXES = set(IMAGE_MEDIA)
 UNAVAILABLE_MODES = {"diverse": "part-based diverse suggestions (Verma et al.) are not implemented yet"}
 EXPLAIN_CACHE = 64
 DOCS_URL = "/docs"
@@ -81,6 +82,63 @@ class SearchRequest(BaseModel):
     # strict: `true` or 2.5 is not a number of results (a multipart `k` is converted from its text first)
     k: int = Field(30, ge=1, le=MAX_K, strict=True, description=f"results to return (1-{MAX_K})")
     filters: dict[str, str | list[str]] = Field(default_factory=dict, description="only items with these values")
+
+
+class ErrorBody(BaseModel):
+    """Every 4xx answer: `detail` says what was wrong and what is valid; some answers add data (`attribute`,
+    `value`, `valid` for an unknown attribute or value)."""
+
+    model_config = ConfigDict(extra="allow")
+    detail: str = Field(description="what was wrong, and what is valid")
+
+
+class FieldError(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    type: str
+    loc: list[str | int]
+    msg: str
+
+
+class ValidationErrorBody(ErrorBody):
+    """A 422: the fields that failed validation, in words (`detail`) and as data (`errors`, inputs clipped)."""
+
+    errors: list[FieldError] = Field(default_factory=list)
+
+
+ANSWERS = {
+    400: "a request that cannot be answered: an unknown attribute, value, mode or split, a text request that maps "
+         "onto no value, a body that is not valid JSON",
+    404: "an unknown item id, or an item whose image file is missing",
+    408: "the request body stalled",
+    413: "a body or image over the size or pixel limit",
+    415: "a body that is neither application/json nor multipart/form-data",
+    422: "fields that fail validation (a wrong type, a number out of range, an unknown field, an unreadable image)",
+}
+
+
+def search_body_schema(engine) -> dict:
+    """SearchRequest's JSON schema with what this run accepts spelled out: its modes, and per attribute the values a
+    manipulation or filter may name (so a client, or a schema-driven test, sees what is valid)."""
+    out = SearchRequest.model_json_schema()
+    props = out["properties"]
+    props["mode"]["enum"] = engine.modes()
+    model_schema, cat_schema = engine.model.schema, engine.catalog.schema
+    props["manipulations"].update(additionalProperties=False, properties={
+        a: {"enum": list(model_schema.values(a))} for a in model_schema.attributes})
+    props["filters"].update(additionalProperties=False, properties={
+        a: {"anyOf": [{"enum": list(cat_schema.values(a))},
+                      {"type": "array", "minItems": 1, "items": {"enum": list(cat_schema.values(a))}}]}
+        for a in cat_schema.attributes})
+    return out
+
+
+def answers(*codes: int) -> dict:
+    """The documented 4xx answers of a route (OpenAPI `responses`)."""
+    return {c: {"model": ValidationErrorBody if c == 422 else ErrorBody, "description": ANSWERS[c]} for c in codes}
+
+
+IMAGE_TYPES = {t: {"schema": {"type": "string", "format": "binary"}} for t in dict.fromkeys(IMAGE_MEDIA.values())}
+PNG = {"image/png": {"schema": {"type": "string", "format": "binary"}}}
 
 
 class BodyTooLarge(Exception):
@@ -523,17 +581,18 @@ def create_app(engine, *, max_upload_bytes: int = MAX_UPLOAD_BYTES, max_pixels: 
                 "predicts_attributes": engine.model.predicts_attributes, "explains": engine.model.explains,
                 "max_k": MAX_K, "max_upload_bytes": svc.max_upload_bytes, "max_pixels": svc.max_pixels}
 
-    @app.get("/understand")
+    @app.get("/understand", responses=answers(400, 422))
     def understand(text: str = Query(..., max_length=500, description='e.g. "same but navy blue, for women"')):
         """How a free-text request maps onto this run's attributes (what POST /search would apply)."""
         return svc.text.parse(text).to_json()
 
-    @app.get("/items")
+    @app.get("/items", responses=answers(400, 422))
     def items(q: str | None = Query(None, max_length=200, description="text in the id or an attribute value"),
               offset: int = Query(0, ge=0), limit: int = Query(48, ge=1, le=500),
               random_: bool = Query(False, alias="random", description="draw `limit` items at random"),
               seed: int | None = Query(None, description="seed for random draws"),
-              split: str | None = Query(None, description="only items of this split (train / gallery / query)")):
+              split: str | None = Query(None, description="only items of this split",
+                                        json_schema_extra={"enum": svc.splits})):
         pool = svc.browsable
         if split is not None and split not in svc.splits:
             raise HTTPException(400, f"unknown split {echo(split)}; splits: {', '.join(svc.splits)}")
@@ -549,20 +608,24 @@ def create_app(engine, *, max_upload_bytes: int = MAX_UPLOAD_BYTES, max_pixels: 
             chosen = pool[offset:offset + limit]
         return {"total": len(pool), "offset": 0 if random_ else offset, "items": [svc.item_json(it) for it in chosen]}
 
-    @app.get("/items/{item_id:path}/image")
+    @app.get("/items/{item_id:path}/image", response_class=Response, responses={
+        200: {"content": IMAGE_TYPES, "description": "the item's photo (JPEG for most catalogues)"}, **answers(404)})
     def item_image(item_id: str):
         p = svc.image_path(svc.item(item_id))
-        return FileResponse(p, media_type=mimetypes.guess_type(p.name)[0] or "application/octet-stream",
+        return FileResponse(p, media_type=IMAGE_MEDIA[p.suffix.lower()],
                             headers={"Cache-Control": "public, max-age=3600"})
 
-    @app.get("/items/{item_id:path}/explain", responses={200: {"content": {"image/png": {}}}})
+    @app.get("/items/{item_id:path}/explain", response_class=Response,
+             responses={200: {"content": PNG, "description": "the overlay"}, **answers(400, 404)})
     async def item_explain(item_id: str):
         png = await run_in_threadpool(svc.explain_png, svc.item(item_id))
         return Response(png, media_type="image/png")
 
-    @app.post("/explain", responses={200: {"content": {"image/png": {}}}}, openapi_extra={"requestBody": {
-        "required": True, "content": {"multipart/form-data": {"schema": {
-            "type": "object", "required": ["image"], "properties": {"image": {"type": "string", "format": "binary"}}}}}}})
+    @app.post("/explain", response_class=Response,
+              responses={200: {"content": PNG, "description": "the overlay"}, **answers(400, 408, 413, 415, 422)},
+              openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+                  "type": "object", "required": ["image"], "additionalProperties": False,
+                  "properties": {"image": {"type": "string", "format": "binary"}}}}}}})
     async def explain_upload(request: Request):
         """The activation-map overlay of an uploaded photo (multipart field `image`)."""
         if not request.headers.get("content-type", "").startswith("multipart/form-data"):
@@ -573,7 +636,7 @@ def create_app(engine, *, max_upload_bytes: int = MAX_UPLOAD_BYTES, max_pixels: 
         png = await run_in_threadpool(svc.explain_png, None, image)
         return Response(png, media_type="image/png")
 
-    @app.get("/items/{item_id:path}")
+    @app.get("/items/{item_id:path}", responses=answers(404))
     async def item_detail(item_id: str):
         item = svc.item(item_id)
         svc.image_path(item)
@@ -585,13 +648,16 @@ def create_app(engine, *, max_upload_bytes: int = MAX_UPLOAD_BYTES, max_pixels: 
         pred = await run_in_threadpool(predict)
         return {**svc.item_json(item), "predicted": pred[0] if pred else None}
 
-    @app.post("/search", openapi_extra={"requestBody": {"required": True, "content": {
-        "application/json": {"schema": SearchRequest.model_json_schema()},
-        "multipart/form-data": {"schema": {"type": "object", "required": ["image"], "properties": {
-            "image": {"type": "string", "format": "binary"},
-            "manipulations": {"type": "string", "description": "JSON object {attribute: value}"},
-            "filters": {"type": "string", "description": "JSON object {attribute: value or [values]}"},
-            "text": {"type": "string"}, "mode": {"type": "string"}, "k": {"type": "integer"}}}}}}})
+    @app.post("/search", responses=answers(400, 404, 408, 413, 415, 422), openapi_extra={"requestBody": {
+        "required": True, "content": {
+            "application/json": {"schema": search_body_schema(engine)},
+            "multipart/form-data": {"schema": {"type": "object", "required": ["image"], "additionalProperties": False,
+                                               "properties": {
+                "image": {"type": "string", "format": "binary"},
+                "manipulations": {"type": "string", "description": "JSON object {attribute: value}"},
+                "filters": {"type": "string", "description": "JSON object {attribute: value or [values]}"},
+                "text": {"type": "string", "maxLength": 500}, "mode": {"type": "string", "enum": engine.modes()},
+                "k": {"type": "integer", "minimum": 1, "maximum": MAX_K}}}}}}})
     async def search(request: Request):
         ctype = request.headers.get("content-type", "")
         image = None
