@@ -263,3 +263,10 @@ def test_openapi_documents_the_answers_the_api_gives(client, engine):
     assert "404" in image
     split = next(x for x in paths["/items"]["get"]["parameters"] if x["name"] == "split")
     assert split["schema"]["enum"] == ["gallery", "query", "train"]
+
+
+def test_a_long_mode_or_text_is_not_echoed_whole(client, item_id):
+    r = client.post("/search", json={"item_id": item_id, "mode": "m" * 100_000})
+    assert r.status_code == 422 and len(r.text) < 2000
+    r = client.get("/understand", params={"text": "zq " * 160})
+    assert r.status_code == 400 and len(r.json()["detail"].split("; words not understood")[0]) < 260

@@ -78,7 +78,7 @@ class SearchRequest(BaseModel):
     item_id: str | None = Field(None, description="a catalogue item id (or upload an image instead)")
     manipulations: dict[str, str] = Field(default_factory=dict, description="{attribute: new value}")
     text: str | None = Field(None, max_length=500, description='a request in words, e.g. "same but navy blue, for women"')
-    mode: str = Field("manipulate", description="manipulate | attribute:<name> | same_item | visual | diverse")
+    mode: str = Field("manipulate", max_length=64, description="manipulate | attribute:<name> | same_item | visual | diverse")
     # strict: `true` or 2.5 is not a number of results (a multipart `k` is converted from its text first)
     k: int = Field(30, ge=1, le=MAX_K, strict=True, description=f"results to return (1-{MAX_K})")
     filters: dict[str, str | list[str]] = Field(default_factory=dict, description="only items with these values")
@@ -393,11 +393,11 @@ class Service:
             return
         run = f"this run (model {self.engine.model.name})"
         if mode in UNAVAILABLE_MODES:
-            raise HTTPException(400, f"mode {mode!r} is not available: {UNAVAILABLE_MODES[mode]}; "
+            raise HTTPException(400, f"mode {echo(mode)} is not available: {UNAVAILABLE_MODES[mode]}; "
                                      f"{run} answers: {', '.join(modes)}")
         if mode == "manipulate":
             raise HTTPException(400, f"{run} cannot apply manipulations; it answers: {', '.join(modes)}")
-        raise HTTPException(400, f"unknown mode {mode!r}; {run} answers: {', '.join(modes)}")
+        raise HTTPException(400, f"unknown mode {echo(mode)}; {run} answers: {', '.join(modes)}")
 
     def check_filters(self, filters: Mapping[str, Any]) -> dict:
         cat_schema = self.engine.catalog.schema

@@ -28,7 +28,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 from vestis.catalog.schema import AttributeSchema
-from vestis.errors import VestisError
+from vestis.errors import VestisError, echo
 
 MAX_NGRAM = 4
 FUZZY_CUTOFF = 0.84
@@ -300,7 +300,7 @@ class TextInterpreter:
                 raise TextQueryError(f"the request asks for several values of {a}: {said}; ask for one")
             out.manipulations[a] = values[0]
         if not out.manipulations:
-            parts = [f"could not map {text!r} onto any attribute value"]
+            parts = [f"could not map {echo(text, 200)} onto any attribute value"]
             if out.ambiguous:
                 parts.append("ambiguous: " + "; ".join(
                     f"{x['text']!r} could be " + " or ".join(f"{c['attribute']}={c['value']}" for c in x["candidates"])
