@@ -14,7 +14,9 @@
 
 Every error in the request comes back as a 4xx JSON `{"detail": "..."}` that says what was wrong and what is
 valid; uploads are bounded in bytes (checked on the Content-Length header and again while streaming) and in
-pixels (checked on the image header before decoding). The engine is used under one lock: torch, the feature
+pixels (checked on the image header before decoding); a body that stalls is answered 408. JSON is parsed strictly and
+inputs are echoed bounded (`vestis.errors.echo`); every answer carries nosniff, no-framing and a Content-Security-
+Policy of the app's own assets; `allowed_hosts` guards against DNS rebinding. The engine is used under one lock: torch, the feature
 cache and the index are shared, and two cores gain nothing from interleaving them.
 """
 
@@ -26,8 +28,8 @@ import hashlib
 import io
 import json
 import logging
-import re
 import random
+import re
 import threading
 import time
 from collections import OrderedDict
