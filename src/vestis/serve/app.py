@@ -12,12 +12,12 @@
     GET  /docs, /openapi.json    API documentation (Swagger UI served locally, no CDN)
     GET  /                       the web page (static/, vanilla JS, no external assets)
 
-Every error in the request comes back as a 4xx JSON `{"detail": "..."}` that says what was wrong and what is
-valid; uploads are bounded in bytes (checked on the Content-Length header and again while streaming) and in
-pixels (checked on the image header before decoding); a body that stalls is answered 408. JSON is parsed strictly and
-inputs are echoed bounded (`vestis.errors.echo`); every answer carries nosniff, no-framing and a Content-Security-
-Policy of the app's own assets; `allowed_hosts` guards against DNS rebinding. The engine is used under one lock: torch, the feature
-cache and the index are shared, and two cores gain nothing from interleaving them.
+Every error in the request comes back as a 4xx JSON `{"detail": "..."}` that says what was wrong and what is valid;
+uploads are bounded in bytes (checked on the Content-Length header and again while streaming) and in pixels (checked
+on the image header before decoding); a body that stalls is answered 408. JSON is parsed strictly and inputs are
+echoed bounded (`vestis.errors.echo`); every answer carries nosniff, no-framing and a Content-Security-Policy of
+the app's own assets; `allowed_hosts` guards against DNS rebinding. The engine is used under one lock: torch, the
+feature cache and the index are shared, and two cores gain nothing from interleaving them.
 """
 
 from __future__ import annotations
