@@ -95,7 +95,7 @@ def test_user_filters_merge_with_the_plan_and_exclude_the_query(engine):
     ({"mode": "manipulate", "manipulations": [{"colour": "red"}]}, "cannot apply manipulations"),
     ({"mode": "attribute:colour"}, "unknown mode 'attribute:colour'"),
     ({"mode": "same_item", "manipulations": [{"colour": "red"}]}, "does not take manipulations"),
-    ({"mode": "same_item", "filters": {"colour": []}}, "lists no value"),
+    ({"mode": "same_item", "filters": {"colour": []}}, "empty list of values"),
     ({"mode": "same_item", "filters": {"fabric": "silk"}}, "fabric"),
     ({"mode": "same_item", "filters": {"colour": "green"}}, "green"),
     ({"mode": "same_item", "k": 0}, "k must be"),

@@ -113,7 +113,7 @@ def test_run_round_trip_and_corruption(tmp_path):
     with pytest.raises(RunError, match="does not load"):
         load_run(tmp_path / "run")
     run_json.write_text(json.dumps({**json.loads(run_json.read_text()), "trunk": "tf_efficientnet_lite0"}))
-    with pytest.raises(RunError, match="'trunk' must be a JSON object"):
+    with pytest.raises(VestisError, match="`trunk` must be an object"):
         load_run(tmp_path / "run")
     with pytest.raises(RunError, match="not a trained run"):
         load_run(tmp_path / "nothing")

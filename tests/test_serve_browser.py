@@ -92,6 +92,15 @@ def _pick(engine):
     pytest.fail("no query item of the tiny run ranks a requested colour first")
 
 
+def _wait(page, expression: str, timeout: float = 30.0) -> None:
+    """Poll a JavaScript expression until it is true. Playwright's wait_for_function evaluates its predicate with
+    eval() in the page, which the server's Content-Security-Policy (rightly) forbids; page.evaluate is not."""
+    deadline = time.time() + timeout
+    while not page.evaluate(expression):
+        assert time.time() < deadline, f"timed out waiting for {expression}"
+        time.sleep(0.05)
+
+
 def _cards(page):
     return page.eval_on_selector_all("#results .card", "cs => cs.map(c => c.dataset.id)")
 
@@ -113,10 +122,10 @@ def test_page_end_to_end(browser, server, tmp_path):
     page.click(".tab[data-tab='byid']")
     page.fill("#item-id", item.id)
     page.press("#item-id", "Enter")
-    page.wait_for_function("document.querySelectorAll('#results .card').length > 0")
+    _wait(page, "document.querySelectorAll('#results .card').length > 0")
     page.select_option("#k", "12")
     page.click("#search-btn")
-    page.wait_for_function("document.querySelectorAll('#history-list li').length === 2")
+    _wait(page, "document.querySelectorAll('#history-list li').length === 2")
     assert _cards(page) == before
     assert page.inner_text("#query-title").startswith(item.id)
     assert item.attributes["colour"] in page.inner_text("#query-attrs")
@@ -124,7 +133,7 @@ def test_page_end_to_end(browser, server, tmp_path):
     # change the colour with its dropdown: results change, and the badges say which results have it
     page.select_option("select[data-attr='colour']", colour)
     page.click("#search-btn")
-    page.wait_for_function(f"document.querySelector('#status').textContent.includes('colour = {colour}')")
+    _wait(page, f"document.querySelector('#status').textContent.includes('colour = {colour}')")
     after = _cards(page)
     want = [h.id for h in engine.search(item_id=item.id, manipulations={"colour": colour}, k=12)]
     assert after == want and after != before
@@ -137,7 +146,7 @@ def test_page_end_to_end(browser, server, tmp_path):
     # strict: only items with the requested colour
     page.check("#strict")
     page.click("#search-btn")
-    page.wait_for_function(f"document.querySelector('#status').textContent.includes('only colour = {colour}')")
+    _wait(page, f"document.querySelector('#status').textContent.includes('only colour = {colour}')")
     strict = _cards(page)
     assert strict and all(engine.catalog[i].attributes.get("colour") == colour for i in strict)
     page.uncheck("#strict")
@@ -146,7 +155,7 @@ def test_page_end_to_end(browser, server, tmp_path):
     other = next(c for c in engine.model.schema.values("colour") if c not in (colour, item.attributes["colour"]))
     page.fill("#text", f"same but {other} please, for women")
     page.press("#text", "Enter")
-    page.wait_for_function(f"document.querySelector('#status').textContent.includes('colour = {other}')")
+    _wait(page, f"document.querySelector('#status').textContent.includes('colour = {other}')")
     understood = page.inner_text("#understood")
     assert f"colour = {other}" in understood and "not understood: women" in understood
     assert page.input_value("select[data-attr='colour']") == other
@@ -154,29 +163,29 @@ def test_page_end_to_end(browser, server, tmp_path):
     # refine: a click on a result makes it the query; undo goes back
     first = _cards(page)[0]
     page.click(f"#results .card[data-id='{first}'] img")
-    page.wait_for_function(f"document.querySelector('#query-title').textContent.startsWith('{first}')")
-    page.wait_for_function("document.querySelectorAll('#history-list li').length === 6")
+    _wait(page, f"document.querySelector('#query-title').textContent.startsWith('{first}')")
+    _wait(page, "document.querySelectorAll('#history-list li').length === 6")
     assert "picked " + first in page.inner_text("#history-list")
     page.click("#undo-btn")
-    page.wait_for_function("document.querySelectorAll('#history-list li').length === 5")
+    _wait(page, "document.querySelectorAll('#history-list li').length === 5")
     assert page.inner_text("#query-title").startswith(item.id)
     assert page.input_value("select[data-attr='colour']") == other
 
     # the explanation overlay of a result
     page.click("#results .card >> nth=0 >> button.explain")
-    page.wait_for_function("document.querySelector('#explain-img').naturalWidth > 0")
+    _wait(page, "document.querySelector('#explain-img').naturalWidth > 0")
     page.screenshot(path=str(tmp_path / "explain.png"))
     page.click("#explain-dialog .close")
 
     # an uploaded photo: predicted attributes appear, results come back
     page.click(".tab[data-tab='upload']")
     page.set_input_files("#upload", str(item.image))
-    page.wait_for_function("document.querySelector('#query-title').textContent.startsWith('uploaded photo')")
-    page.wait_for_function("document.querySelectorAll('#history-list li').length === 6")
+    _wait(page, "document.querySelector('#query-title').textContent.startsWith('uploaded photo')")
+    _wait(page, "document.querySelectorAll('#history-list li').length === 6")
     assert page.locator("#results .card").count() == 12
     assert "%" in page.inner_text("#query-attrs")
     page.click("#query-explain")  # the uploaded photo's own activation maps (POST /explain)
-    page.wait_for_function("document.querySelector('#explain-img').naturalWidth > 0")
+    _wait(page, "document.querySelector('#explain-img').naturalWidth > 0")
     assert "uploaded photo" in page.inner_text("#explain-title")
     page.click("#explain-dialog .close")
 
@@ -193,4 +202,20 @@ def test_page_end_to_end(browser, server, tmp_path):
             shutil.copy(f, Path(shots) / f.name)
     assert not outside, f"the page reached outside the server: {outside}"
     assert not [p for p in problems if "400" not in p], problems  # the 400 of the bad request is expected
+    page.close()
+
+
+def test_docs_page_works_under_the_content_security_policy(browser, server):
+    """The Swagger page (local assets, one inline script allowed by its hash) renders with nothing blocked."""
+    base, _ = server
+    page = browser.new_page()
+    problems = []
+    page.on("console", lambda m: problems.append(m.text) if m.type in ("error", "warning") else None)
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    r = page.goto(base + "/docs")
+    assert "script-src 'self' 'sha256-" in r.headers["content-security-policy"]
+    page.wait_for_selector(".swagger-ui .info .title", timeout=20_000)
+    page.click(".opblock-summary-path[data-path='/search']")
+    page.wait_for_selector(".opblock-body")
+    assert not problems, problems
     page.close()

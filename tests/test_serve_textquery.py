@@ -89,3 +89,23 @@ def test_two_values_of_one_attribute_are_refused():
 def test_overlong_text_is_refused():
     with pytest.raises(TextQueryError, match="at most 500"):
         fpi.parse("red " * 200)
+
+
+@pytest.mark.parametrize("text", ["not red", "same but not in red", "without the stripes", "no Navy Blue please"])
+def test_negations_are_refused_not_read_as_the_value(text):
+    with pytest.raises(TextQueryError, match="negation is not supported") as e:
+        fpi.parse(text)
+    assert "name the value you want instead" in str(e.value)
+
+
+def test_phrases_that_contain_a_negation_word_keep_their_meaning():
+    assert syn.parse("no sleeves").manipulations == {"sleeve": "sleeveless"}
+    assert fpi.parse("red, not sure about the rest").manipulations == {"baseColour": "Red"}
+
+
+def test_unicode_words_are_not_split():
+    fr = TextInterpreter(AttributeSchema({"couleur": ["crème", "bleu"], "genre": ["femme", "homme"]}))
+    u = fr.parse("même chose mais en Crème, pour femme")
+    assert u.manipulations == {"couleur": "crème", "genre": "femme"}
+    assert "même" in u.unmatched and "m" not in u.unmatched
+    assert fr.parse("cre\u0300me").manipulations == {"couleur": "crème"}  # a combining accent (NFD) reads the same

@@ -59,15 +59,20 @@ def cmd_synth(args) -> int:
 
 
 # --- ingest ---------------------------------------------------------------------------------------
-def cmd_ingest(args) -> int:
-    from vestis.catalog import Catalog
-
-    cat = Catalog.load(args.path, format=args.format)
+def _print_load_warnings(cat) -> None:
+    """What reading the catalogue changed or skipped (as `vestis ingest` prints it)."""
     for w in cat.report.warnings:
         print(f"warning: {w}", file=sys.stderr)
     hidden = cat.report.total - len(cat.report.warnings)
     if hidden > 0:
         print(f"warning: ... and {hidden} more", file=sys.stderr)
+
+
+def cmd_ingest(args) -> int:
+    from vestis.catalog import Catalog
+
+    cat = Catalog.load(args.path, format=args.format)
+    _print_load_warnings(cat)
     s = cat.summary(check_images=not args.no_image_check)
     from vestis.catalog.catalog import format_summary
 
@@ -153,6 +158,34 @@ def _load_catalog(args, attributes: str | None = None):
     return cat
 
 
+def _without_id_like_attributes(cat):
+    from vestis.catalog.readers import id_like_attributes
+
+    suspects = id_like_attributes(cat)
+    for a, why in suspects.items():
+        print(f"warning: column {a!r} looks like an identifier, not an attribute ({why}): not trained on; name it "
+              f"in --attributes to train on it", file=sys.stderr)
+    keep = [a for a in cat.schema.attributes if a not in suspects]
+    if suspects and not keep:
+        raise VestisError(f"every attribute column looks like an identifier ({', '.join(suspects)}); name the ones "
+                          f"to train on with --attributes")
+    return cat.with_attributes(keep) if suspects else cat
+
+
+def _some(ids, n: int = 10) -> str:
+    return ", ".join(ids[:n]) + (f" (+{len(ids) - n} more)" if len(ids) > n else "")
+
+
+def _check_train_config(model: str, config: dict, where) -> None:
+    """Config values checked before any training starts (one clear error, not a torch traceback)."""
+    import vestis.models  # noqa: F401  (registers the built-in methods)
+    from vestis.models.base import MODELS
+    from vestis.models.config_check import check_config
+
+    if model in MODELS:
+        check_config(model, MODELS[model].default_config, config, where=str(where or "config"))
+
+
 def cmd_train(args) -> int:
     from vestis.train import train_run
 
@@ -163,15 +196,28 @@ def cmd_train(args) -> int:
         except (OSError, ValueError) as e:
             raise VestisError(f"cannot read config {args.config}: {e}") from None
     attributes = config.pop("attributes", None)
+    _check_train_config(args.model, config, args.config)
     attributes = args.attributes or (",".join(attributes) if attributes else "default")
     cat = _load_catalog(args, attributes)
-    print(f"training {args.model} on {cat.name} ({len(cat.split('train'))} train items; attributes: "
+    _print_load_warnings(cat)
+    if attributes == "default":
+        cat = _without_id_like_attributes(cat)
+    train = cat.split("train")
+    without_image = [it.id for it in train if it.image is None or not Path(it.image).is_file()]
+    print(f"training {args.model} on {cat.name} ({len(train)} train items; attributes: "
           f"{', '.join(cat.schema.attributes)})")
+    if without_image:
+        print(f"warning: {len(without_image)} of {len(train)} train items have no image file and are not "
+              f"trained on: {_some(without_image)}", file=sys.stderr)
     finetune = None
     if args.finetune_trunk:
         finetune = {"epochs": args.finetune_epochs, "blocks": args.finetune_blocks, "lr": args.finetune_lr}
     info = train_run(args.model, cat, args.out, _trunk_spec(args), args.cache, config=config, finetune=finetune)
     secs = info.history.get("seconds", [0])[0]
+    unread = len(train) - len(without_image) - info.history.get("train_items", len(train) - len(without_image))
+    if unread > 0:
+        print(f"warning: {unread} more train items had no features (unreadable images) and were not trained on",
+              file=sys.stderr)
     print(f"run {info.run_id} saved to {args.out} ({info.history.get('train_items', 0)} items, {secs:.0f} s training)")
     return 0
 
@@ -358,7 +404,8 @@ def cmd_serve(args) -> int:
 
     engine = load_engine(args.run, args.index, args.catalog, args.format, args.cache)
     serve(engine, host=args.host, port=args.port, max_upload_bytes=int(args.max_upload_mb * 2**20),
-          max_pixels=int(args.max_megapixels * 1e6), image_roots=args.image_root or None)
+          max_pixels=int(args.max_megapixels * 1e6), image_roots=args.image_root or None,
+          allowed_hosts=args.allowed_host or None, body_timeout=args.body_timeout)
     return 0
 
 
@@ -570,6 +617,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-megapixels", type=float, default=20.0, help="largest uploaded image in megapixels (default 20)")
     s.add_argument("--image-root", type=Path, action="append", default=[], metavar="DIR",
                    help="folder item images may be served from (repeatable; default: the catalogue's folder)")
+    s.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                   help="a Host header name to answer (repeatable; with the loopback names; default: any). Name the "
+                        "server's host names when --host binds beyond this machine, against DNS rebinding")
+    s.add_argument("--body-timeout", type=float, default=10.0, metavar="SECONDS",
+                   help="answer 408 when a request body stalls this long between two chunks (default 10)")
     cache_option(s)
     s.set_defaults(func=cmd_serve)
 

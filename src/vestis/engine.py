@@ -20,7 +20,7 @@ import torch
 
 from vestis import catalogue_ranking
 from vestis.catalog import Catalog
-from vestis.errors import VestisError
+from vestis.errors import VestisError, echo
 from vestis.indexing import ENGINE_FILE, parent_id
 from vestis.models import Probe, Request, SearchModel, Space
 from vestis.paths import default_cache_dir
@@ -160,7 +160,7 @@ class Engine:
         for i, iid in enumerate(item_ids):
             item = self.catalog.by_id.get(iid)
             if item is None:
-                raise EngineError(f"unknown item id {iid!r}")
+                raise EngineError(f"unknown item id {echo(iid)}")
             if item.image is None or not Path(item.image).is_file():
                 raise EngineError(f"item {iid!r} has no image file ({item.image})")
             got = self._cache.get(content_hash(item.image))
@@ -196,11 +196,11 @@ class Engine:
             if mode == "manipulate":
                 raise EngineError(f"{run} cannot apply manipulations; it answers: {', '.join(modes)}")
             if mode in MODE_NEEDS:
-                raise EngineError(f"mode {mode!r} is not available: {MODE_NEEDS[mode]}; {run} answers: {', '.join(modes)}")
-            raise EngineError(f"unknown mode {mode!r}; {run} answers: {', '.join(modes)}")
+                raise EngineError(f"mode {echo(mode)} is not available: {MODE_NEEDS[mode]}; {run} answers: {', '.join(modes)}")
+            raise EngineError(f"unknown mode {echo(mode)}; {run} answers: {', '.join(modes)}")
         for m in manipulations:
             if m and mode != "manipulate":
-                raise EngineError(f"mode {mode!r} does not take manipulations; use mode 'manipulate'")
+                raise EngineError(f"mode {echo(mode)} does not take manipulations; use mode 'manipulate'")
             for a, v in m.items():
                 self.model.schema.check_value(a, v)
         out = {}
@@ -210,8 +210,8 @@ class Engine:
                 cat_schema.check_attribute(a)
             vals = [v] if isinstance(v, str) else list(v)
             if not vals:
-                raise EngineError(f"filter {a!r} lists no value; give at least one of: "
-                                  f"{', '.join(cat_schema.values(a)[:20])}")
+                raise EngineError(f"filter {echo(a)} has an empty list of values, which no item matches; give one or "
+                                  f"more of: {', '.join(cat_schema.values(a))}, or leave it out")
             for x in vals:
                 cat_schema.check_value(a, x)
             out[a] = vals

@@ -24,6 +24,7 @@ from vestis.catalog.schema import AttributeSchema
 from vestis.errors import VestisError
 from vestis.fsutil import atomic_path, atomic_write
 from vestis.models.base import SearchModel, create_model
+from vestis.models.config_check import check_run_info
 
 RUN_FILE = "run.json"
 SCHEMA_FILE = "schema.json"
@@ -87,10 +88,11 @@ def read_run_info(run_dir: Path) -> RunInfo:
         info = RunInfo(**raw)
     except (ValueError, TypeError) as e:
         raise RunError(f"{run_dir / RUN_FILE} is corrupt: {e}") from None
-    for name, kind in (("config", dict), ("channels", dict), ("trunk", dict), ("history", dict), ("files", dict)):
+    for name, kind in (("history", dict), ("files", dict)):
         if not isinstance(getattr(info, name), kind):
             raise RunError(f"{run_dir / RUN_FILE} is corrupt: {name!r} must be a JSON object, "
                            f"got {type(getattr(info, name)).__name__}")
+    check_run_info(info, run_dir / RUN_FILE)  # ids, config values, channels, trunk: clear errors, not tracebacks
     for f, digest in info.files.items():
         p = run_dir / f
         if not p.is_file():

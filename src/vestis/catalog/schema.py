@@ -8,7 +8,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from vestis.errors import UnknownAttributeError, UnknownValueError
+from vestis.errors import CatalogError, UnknownAttributeError, UnknownValueError
 
 UNSPECIFIED = "unspecified"
 
@@ -62,7 +62,11 @@ class AttributeSchema:
 
     @classmethod
     def load(cls, path: str | Path) -> "AttributeSchema":
-        return cls.from_json(json.loads(Path(path).read_text(encoding="utf-8")))
+        try:
+            return cls.from_json(json.loads(Path(path).read_text(encoding="utf-8")))
+        except (ValueError, KeyError, TypeError, AttributeError) as e:  # truncated, not JSON, or not a schema
+            raise CatalogError(f"{path} is not a readable attribute schema ({type(e).__name__}: {str(e)[:200]}); "
+                               f'it should be {{"attributes": {{attribute: [values]}}}}') from None
 
     def digest(self) -> str:
         """A stable hash of attributes and their ordered values (an index or run records it)."""

@@ -12,18 +12,24 @@
     GET  /docs, /openapi.json    API documentation (Swagger UI served locally, no CDN)
     GET  /                       the web page (static/, vanilla JS, no external assets)
 
-Every error in the request comes back as a 4xx JSON `{"detail": "..."}` that says what was wrong and what is
-valid; uploads are bounded in bytes (checked on the Content-Length header and again while streaming) and in
-pixels (checked on the image header before decoding). The engine is used under one lock: torch, the feature
-cache and the index are shared, and two cores gain nothing from interleaving them.
+Every error in the request comes back as a 4xx JSON `{"detail": "..."}` that says what was wrong and what is valid;
+uploads are bounded in bytes (checked on the Content-Length header and again while streaming) and in pixels (checked
+on the image header before decoding); a body that stalls is answered 408. JSON is parsed strictly and inputs are
+echoed bounded (`vestis.errors.echo`); every answer carries nosniff, no-framing and a Content-Security-Policy of
+the app's own assets; `allowed_hosts` guards against DNS rebinding. The engine is used under one lock: torch, the
+feature cache and the index are shared, and two cores gain nothing from interleaving them.
 """
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import hashlib
 import io
 import json
-import mimetypes
+import logging
 import random
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -38,8 +44,11 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.requests import ClientDisconnect
 
-from vestis.errors import UnknownAttributeError, UnknownValueError, VestisError
+from vestis.catalog.splits import SPLITS
+from vestis.errors import ECHO_LIMIT, UnknownAttributeError, UnknownValueError, VestisError, echo
 from vestis.serve.textquery import TextInterpreter, TextQueryError
 from vestis.images import ImageReadError
 
@@ -48,8 +57,18 @@ MAX_UPLOAD_BYTES = 10 * 2**20
 MAX_PIXELS = 20_000_000
 MAX_K = 200
 IMAGE_FORMATS = {"JPEG", "PNG", "WEBP", "GIF", "BMP"}
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp"}
+IMAGE_MEDIA = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".webp": "image/webp",
+               ".gif": "image/gif", ".bmp": "image/bmp"}  # what an item's image is served as (and documented)
+IMAGE_SUFFIXES = set(IMAGE_MEDIA)
 EXPLAIN_CACHE = 64
+DOCS_URL = "/docs"
+BODY_TIMEOUT = 10.0  # seconds a request body may stall between two chunks
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+# only the app's own assets: no inline script or style (on the Swagger page: its inline script by hash, and inline
+# style), no other origin, never inside a frame; images also from data: (Swagger's icons), blob: (an upload's preview)
+CSP = ("default-src 'self'; img-src 'self' data: blob:; object-src 'none'; base-uri 'none'; form-action 'self'; "
+       "frame-ancestors 'none'")
+log = logging.getLogger("uvicorn.error")  # one line in the server's log, in its format
 
 
 class SearchRequest(BaseModel):
@@ -60,15 +79,103 @@ class SearchRequest(BaseModel):
     item_id: str | None = Field(None, description="a catalogue item id (or upload an image instead)")
     manipulations: dict[str, str] = Field(default_factory=dict, description="{attribute: new value}")
     text: str | None = Field(None, max_length=500, description='a request in words, e.g. "same but navy blue, for women"')
-    mode: str = Field("manipulate", description="manipulate | attribute:<name> | same_item | visual | diverse")
-    k: int = Field(30, ge=1, le=MAX_K, description=f"results to return (1-{MAX_K})")
+    mode: str = Field("manipulate", max_length=64, description="manipulate | attribute:<name> | same_item | visual | diverse")
+    # strict: `true` or 2.5 is not a number of results (a multipart `k` is converted from its text first)
+    k: int = Field(30, ge=1, le=MAX_K, strict=True, description=f"results to return (1-{MAX_K})")
     filters: dict[str, str | list[str]] = Field(default_factory=dict, description="only items with these values")
     labels: Literal["on", "off"] = Field("on", description="on: rank with the catalogue's labels (requested values "
                                          "as constraints, the query's other attributes as preferences); off: vision only")
 
 
+class ErrorBody(BaseModel):
+    """Every 4xx answer: `detail` says what was wrong and what is valid; some answers add data (`attribute`,
+    `value`, `valid` for an unknown attribute or value)."""
+
+    model_config = ConfigDict(extra="allow")
+    detail: str = Field(description="what was wrong, and what is valid")
+
+
+class FieldError(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    type: str
+    loc: list[str | int]
+    msg: str
+
+
+class ValidationErrorBody(ErrorBody):
+    """A 422: the fields that failed validation, in words (`detail`) and as data (`errors`, inputs clipped)."""
+
+    errors: list[FieldError] = Field(default_factory=list)
+
+
+ANSWERS = {
+    400: "a request that cannot be answered: an unknown attribute, value, mode or split, a text request that maps "
+         "onto no value, a body that is not valid JSON",
+    404: "an unknown item id, or an item whose image file is missing",
+    408: "the request body stalled",
+    413: "a body or image over the size or pixel limit",
+    415: "a body that is neither application/json nor multipart/form-data",
+    422: "fields that fail validation (a wrong type, a number out of range, an unknown field, an unreadable image)",
+}
+
+
+def search_body_schema(engine) -> dict:
+    """SearchRequest's JSON schema with what this run accepts spelled out: its modes, and per attribute the values a
+    manipulation or filter may name (so a client, or a schema-driven test, sees what is valid)."""
+    out = SearchRequest.model_json_schema()
+    props = out["properties"]
+    props["mode"]["enum"] = engine.modes()
+    model_schema, cat_schema = engine.model.schema, engine.catalog.schema
+    props["manipulations"].update(additionalProperties=False, properties={
+        a: {"enum": list(model_schema.values(a))} for a in model_schema.attributes})
+    props["filters"].update(additionalProperties=False, properties={
+        a: {"anyOf": [{"enum": list(cat_schema.values(a))},
+                      {"type": "array", "minItems": 1, "items": {"enum": list(cat_schema.values(a))}}]}
+        for a in cat_schema.attributes})
+    return out
+
+
+def answers(*codes: int) -> dict:
+    """The documented 4xx answers of a route (OpenAPI `responses`)."""
+    return {c: {"model": ValidationErrorBody if c == 422 else ErrorBody, "description": ANSWERS[c]} for c in codes}
+
+
+IMAGE_TYPES = {t: {"schema": {"type": "string", "format": "binary"}} for t in dict.fromkeys(IMAGE_MEDIA.values())}
+PNG = {"image/png": {"schema": {"type": "string", "format": "binary"}}}
+
+
 class BodyTooLarge(Exception):
     pass
+
+
+def parse_json(raw: bytes | str, what: str = "the body"):
+    """Strict JSON: no NaN or Infinity (not JSON, and not answerable), no lone surrogates (not Unicode), nesting
+    only as deep as the parser goes without running out of stack; anything else is a 400 that says why."""
+
+    def no_constant(name):
+        raise ValueError(f"{name} is not a JSON number")
+
+    try:
+        value = json.loads(raw, parse_constant=no_constant)
+    except RecursionError:
+        raise HTTPException(400, f"{what} is not valid JSON: nested too deeply") from None
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError and the constants above
+        raise HTTPException(400, f"{what} is not valid JSON: {str(e)[:200]}") from None
+    stack = [value]
+    while stack:  # iterative: the value may be nested as deep as the parser allowed
+        v = stack.pop()
+        if isinstance(v, dict):
+            stack.extend(v.keys())
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+        elif isinstance(v, str):
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError:
+                raise HTTPException(400, f"{what} has a string with a lone surrogate escape ({echo(v, 40)}), "
+                                         f"which is not valid Unicode") from None
+    return value
 
 
 class BodyLimit:
@@ -114,6 +221,94 @@ class BodyLimit:
                 await JSONResponse({"detail": message}, 413)(scope, receive, send)
 
 
+class BodyStalled(Exception):
+    pass
+
+
+class BodyTimeout:
+    """ASGI middleware: a request body that stalls for `timeout` seconds between two chunks is answered 408 (the
+    server then closes the connection); a client that goes away mid-body is one line in the log, not a
+    traceback."""
+
+    def __init__(self, app, timeout: float):
+        self.app, self.timeout = app, timeout
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        body_done, started = False, False
+
+        async def timed():
+            nonlocal body_done
+            if body_done:  # after the body, receive() waits for a disconnect: no deadline
+                return await receive()
+            try:
+                msg = await asyncio.wait_for(receive(), self.timeout)
+            except asyncio.TimeoutError:
+                raise BodyStalled() from None
+            if msg["type"] != "http.request" or not msg.get("more_body", False):
+                body_done = True
+            return msg
+
+        async def tracked(msg):
+            nonlocal started
+            if msg["type"] == "http.response.start":
+                started = True
+            await send(msg)
+
+        where = f"{scope.get('method')} {scope.get('path')} from {_client(scope)}"
+        try:
+            await self.app(scope, timed, tracked)
+        except BodyStalled:
+            log.warning("vestis: %s: the request body stalled for %g s; answered 408", where, self.timeout)
+            if not started:
+                await JSONResponse({"detail": f"the request body stalled for {self.timeout:g} s"}, 408,
+                                   headers={"Connection": "close"})(scope, receive, send)
+        except ClientDisconnect:
+            log.warning("vestis: %s: the client went away before sending the whole body", where)
+
+
+def _client(scope) -> str:
+    c = scope.get("client")
+    return f"{c[0]}:{c[1]}" if c else "?"
+
+
+class SecurityHeaders:
+    """ASGI middleware: nosniff, no framing, no referrer, and a Content-Security-Policy on every answer; on the
+    pages in `inline_pages` (FastAPI's Swagger page) the inline scripts are allowed by their sha256."""
+
+    def __init__(self, app, inline_pages=()):
+        self.app, self.inline_pages = app, set(inline_pages)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        inline = scope.get("path") in self.inline_pages
+        held: list[dict] = []
+
+        def headers(msg, csp):
+            extra = [(b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY"),
+                     (b"referrer-policy", b"no-referrer"), (b"content-security-policy", csp.encode())]
+            names = {k for k, _ in extra}
+            return {**msg, "headers": [(k, v) for k, v in msg.get("headers", []) if k.lower() not in names] + extra}
+
+        async def send_with_headers(msg):
+            if not inline:
+                await send(headers(msg, CSP) if msg["type"] == "http.response.start" else msg)
+                return
+            held.append(msg)  # a small HTML page: hold it to hash its inline scripts
+            if msg["type"] == "http.response.body" and not msg.get("more_body", False):
+                body = b"".join(m.get("body", b"") for m in held if m["type"] == "http.response.body")
+                hashes = " ".join(f"'sha256-{base64.b64encode(hashlib.sha256(m).digest()).decode()}'"
+                                  for m in re.findall(rb"<script>(.*?)</script>", body, re.S))
+                # Swagger UI sets style attributes as it renders; on this page only, inline style is allowed
+                csp = CSP + "; style-src 'self' 'unsafe-inline'" + (f"; script-src 'self' {hashes}" if hashes else "")
+                await send(headers(held[0], csp))
+                await send({"type": "http.response.body", "body": body})
+
+        await self.app(scope, receive, send_with_headers)
+
+
 class Service:
     """What the routes share: the engine, its lock, the text interpreter, and item look-ups."""
 
@@ -129,6 +324,8 @@ class Service:
             p = engine.catalog.path
             image_roots = [Path(p) if Path(p).is_dir() else Path(p).parent] if p else []
         self.image_roots = [Path(r).resolve() for r in image_roots]
+        catalog = engine.catalog
+        self.splits = sorted({catalog.split_of(it.id) for it in catalog} | set(SPLITS))
         self._explained: OrderedDict[str, bytes] = OrderedDict()
         self._cache_lock = threading.Lock()
 
@@ -148,21 +345,21 @@ class Service:
     def item(self, item_id: str):
         it = self.engine.catalog.by_id.get(item_id)
         if it is None:
-            raise HTTPException(404, f"unknown item id {item_id!r} (GET /items lists the catalogue's "
+            raise HTTPException(404, f"unknown item id {echo(item_id)} (GET /items lists the catalogue's "
                                      f"{len(self.engine.catalog)} items)")
         return it
 
     def image_path(self, item) -> Path:
         """The item's image file, refusing anything that is not an image file inside the catalogue's folder."""
         if item.image is None:
-            raise HTTPException(404, f"item {item.id!r} has no image")
+            raise HTTPException(404, f"item {echo(item.id)} has no image")
         p = Path(item.image).resolve()
         if p.suffix.lower() not in IMAGE_SUFFIXES:
-            raise HTTPException(404, f"item {item.id!r}: {p.name} is not an image file")
+            raise HTTPException(404, f"item {echo(item.id)}: {p.name} is not an image file")
         if self.image_roots and not any(p.is_relative_to(r) for r in self.image_roots):
-            raise HTTPException(404, f"item {item.id!r}: its image lies outside the catalogue's folder")
+            raise HTTPException(404, f"item {echo(item.id)}: its image lies outside the catalogue's folder")
         if not p.is_file():
-            raise HTTPException(404, f"item {item.id!r}: image file {p.name} is missing")
+            raise HTTPException(404, f"item {echo(item.id)}: image file {p.name} is missing")
         return p
 
     def item_json(self, it) -> dict:
@@ -292,23 +489,29 @@ def _error(status: int, message: str, **extra) -> JSONResponse:
 
 
 def create_app(engine, *, max_upload_bytes: int = MAX_UPLOAD_BYTES, max_pixels: int = MAX_PIXELS,
-               image_roots=None, title: str = "vestis") -> FastAPI:
-    """The FastAPI application for a loaded `vestis.engine.Engine`."""
+               image_roots=None, title: str = "vestis", allowed_hosts=None,
+               body_timeout: float = BODY_TIMEOUT) -> FastAPI:
+    """The FastAPI application for a loaded `vestis.engine.Engine`. `allowed_hosts`: the Host header names it
+    answers (with the loopback names), against DNS rebinding; None answers any."""
     from fastapi_offline import FastAPIOffline
 
     svc = Service(engine, max_upload_bytes=max_upload_bytes, max_pixels=max_pixels, image_roots=image_roots)
-    app = FastAPIOffline(title=title, version="1", static_url="/static-docs", redoc_url=None,
+    app = FastAPIOffline(title=title, version="1", docs_url=DOCS_URL, static_url="/static-docs", redoc_url=None,
                          description="Attribute-aware search over a fashion catalogue: 'like this, but in navy blue'.")
     app.state.service = svc
     app.add_middleware(BodyLimit, limit=max_upload_bytes + 64 * 1024)
+    app.add_middleware(BodyTimeout, timeout=body_timeout)
+    if allowed_hosts:
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=[*allowed_hosts, *LOOPBACK_HOSTS])
+    app.add_middleware(SecurityHeaders, inline_pages=[DOCS_URL, DOCS_URL + "/oauth2-redirect"])  # outermost: on every answer
 
     @app.exception_handler(UnknownAttributeError)
     async def _unknown_attribute(request, e: UnknownAttributeError):
-        return _error(400, str(e), attribute=e.attribute, valid=e.valid)
+        return _error(400, str(e), attribute=_clip(e.attribute), valid=e.valid)
 
     @app.exception_handler(UnknownValueError)
     async def _unknown_value(request, e: UnknownValueError):
-        return _error(400, str(e), attribute=e.attribute, value=e.value, valid=e.valid)
+        return _error(400, str(e), attribute=_clip(e.attribute), value=_clip(e.value), valid=e.valid)
 
     @app.exception_handler(ImageReadError)
     async def _bad_image(request, e: ImageReadError):
@@ -328,7 +531,7 @@ def create_app(engine, *, max_upload_bytes: int = MAX_UPLOAD_BYTES, max_pixels: 
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request, e: RequestValidationError):
-        return _error(422, _describe(e.errors()), errors=json.loads(json.dumps(e.errors(), default=str)))
+        return _error(422, _describe(e.errors()), errors=_errors_json(e.errors()))
 
     # --- routes --------------------------------------------------------------------------------
     @app.get("/", include_in_schema=False)
@@ -353,18 +556,21 @@ def create_app(engine, *, max_upload_bytes: int = MAX_UPLOAD_BYTES, max_pixels: 
                 "predicts_attributes": engine.model.predicts_attributes, "explains": engine.model.explains,
                 "max_k": MAX_K, "max_upload_bytes": svc.max_upload_bytes, "max_pixels": svc.max_pixels}
 
-    @app.get("/understand")
+    @app.get("/understand", responses=answers(400, 422))
     def understand(text: str = Query(..., max_length=500, description='e.g. "same but navy blue, for women"')):
         """How a free-text request maps onto this run's attributes (what POST /search would apply)."""
         return svc.text.parse(text).to_json()
 
-    @app.get("/items")
+    @app.get("/items", responses=answers(400, 422))
     def items(q: str | None = Query(None, max_length=200, description="text in the id or an attribute value"),
               offset: int = Query(0, ge=0), limit: int = Query(48, ge=1, le=500),
               random_: bool = Query(False, alias="random", description="draw `limit` items at random"),
               seed: int | None = Query(None, description="seed for random draws"),
-              split: str | None = Query(None, description="only items of this split (train / gallery / query)")):
+              split: str | None = Query(None, description="only items of this split",
+                                        json_schema_extra={"enum": svc.splits})):
         pool = svc.browsable
+        if split is not None and split not in svc.splits:
+            raise HTTPException(400, f"unknown split {echo(split)}; splits: {', '.join(svc.splits)}")
         if split:
             pool = [it for it in pool if engine.catalog.split_of(it.id) == split]
         if q:
@@ -377,20 +583,24 @@ def create_app(engine, *, max_upload_bytes: int = MAX_UPLOAD_BYTES, max_pixels: 
             chosen = pool[offset:offset + limit]
         return {"total": len(pool), "offset": 0 if random_ else offset, "items": [svc.item_json(it) for it in chosen]}
 
-    @app.get("/items/{item_id:path}/image")
+    @app.get("/items/{item_id:path}/image", response_class=Response, responses={
+        200: {"content": IMAGE_TYPES, "description": "the item's photo (JPEG for most catalogues)"}, **answers(404)})
     def item_image(item_id: str):
         p = svc.image_path(svc.item(item_id))
-        return FileResponse(p, media_type=mimetypes.guess_type(p.name)[0] or "application/octet-stream",
+        return FileResponse(p, media_type=IMAGE_MEDIA[p.suffix.lower()],
                             headers={"Cache-Control": "public, max-age=3600"})
 
-    @app.get("/items/{item_id:path}/explain", responses={200: {"content": {"image/png": {}}}})
+    @app.get("/items/{item_id:path}/explain", response_class=Response,
+             responses={200: {"content": PNG, "description": "the overlay"}, **answers(400, 404)})
     async def item_explain(item_id: str):
         png = await run_in_threadpool(svc.explain_png, svc.item(item_id))
         return Response(png, media_type="image/png")
 
-    @app.post("/explain", responses={200: {"content": {"image/png": {}}}}, openapi_extra={"requestBody": {
-        "required": True, "content": {"multipart/form-data": {"schema": {
-            "type": "object", "required": ["image"], "properties": {"image": {"type": "string", "format": "binary"}}}}}}})
+    @app.post("/explain", response_class=Response,
+              responses={200: {"content": PNG, "description": "the overlay"}, **answers(400, 408, 413, 415, 422)},
+              openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+                  "type": "object", "required": ["image"], "additionalProperties": False,
+                  "properties": {"image": {"type": "string", "format": "binary"}}}}}}})
     async def explain_upload(request: Request):
         """The activation-map overlay of an uploaded photo (multipart field `image`)."""
         if not request.headers.get("content-type", "").startswith("multipart/form-data"):
@@ -401,7 +611,7 @@ def create_app(engine, *, max_upload_bytes: int = MAX_UPLOAD_BYTES, max_pixels: 
         png = await run_in_threadpool(svc.explain_png, None, image)
         return Response(png, media_type="image/png")
 
-    @app.get("/items/{item_id:path}")
+    @app.get("/items/{item_id:path}", responses=answers(404))
     async def item_detail(item_id: str):
         item = svc.item(item_id)
         svc.image_path(item)
@@ -413,14 +623,17 @@ def create_app(engine, *, max_upload_bytes: int = MAX_UPLOAD_BYTES, max_pixels: 
         pred = await run_in_threadpool(predict)
         return {**svc.item_json(item), "predicted": pred[0] if pred else None}
 
-    @app.post("/search", openapi_extra={"requestBody": {"required": True, "content": {
-        "application/json": {"schema": SearchRequest.model_json_schema()},
-        "multipart/form-data": {"schema": {"type": "object", "required": ["image"], "properties": {
-            "image": {"type": "string", "format": "binary"},
-            "manipulations": {"type": "string", "description": "JSON object {attribute: value}"},
-            "filters": {"type": "string", "description": "JSON object {attribute: value or [values]}"},
-            "text": {"type": "string"}, "mode": {"type": "string"}, "k": {"type": "integer"},
-            "labels": {"type": "string", "enum": ["on", "off"]}}}}}}})
+    @app.post("/search", responses=answers(400, 404, 408, 413, 415, 422), openapi_extra={"requestBody": {
+        "required": True, "content": {
+            "application/json": {"schema": search_body_schema(engine)},
+            "multipart/form-data": {"schema": {"type": "object", "required": ["image"], "additionalProperties": False,
+                                               "properties": {
+                "image": {"type": "string", "format": "binary"},
+                "manipulations": {"type": "string", "description": "JSON object {attribute: value}"},
+                "filters": {"type": "string", "description": "JSON object {attribute: value or [values]}"},
+                "text": {"type": "string", "maxLength": 500}, "mode": {"type": "string", "enum": engine.modes()},
+                "k": {"type": "integer", "minimum": 1, "maximum": MAX_K},
+                "labels": {"type": "string", "enum": ["on", "off"]}}}}}}})
     async def search(request: Request):
         ctype = request.headers.get("content-type", "")
         image = None
@@ -428,17 +641,14 @@ def create_app(engine, *, max_upload_bytes: int = MAX_UPLOAD_BYTES, max_pixels: 
             if ctype.startswith("multipart/form-data"):
                 fields, image = await _read_form(request, svc.max_upload_bytes)
             elif ctype.startswith("application/json") or not ctype:
-                try:
-                    fields = await request.json()
-                except ValueError as e:
-                    raise HTTPException(400, f"the body is not valid JSON: {e}") from None
+                fields = parse_json(await request.body())
                 if not isinstance(fields, dict):
                     raise HTTPException(400, "the JSON body must be an object, e.g. {\"item_id\": \"...\"}")
             else:
                 raise HTTPException(415, f"send application/json or multipart/form-data, not {ctype}")
             req = SearchRequest.model_validate(fields)
         except ValidationError as e:
-            return _error(422, _describe(e.errors()), errors=json.loads(json.dumps(e.errors(), default=str)))
+            return _error(422, _describe(e.errors()), errors=_errors_json(e.errors()))
         # plain JSON types only: skip FastAPI's jsonable_encoder, which costs more than the search itself
         return JSONResponse(await run_in_threadpool(svc.search, req, image))
 
@@ -448,9 +658,7 @@ def create_app(engine, *, max_upload_bytes: int = MAX_UPLOAD_BYTES, max_pixels: 
 async def _read_form(request: Request, max_bytes: int) -> tuple[dict, bytes]:
     try:
         form = await request.form(max_files=1, max_fields=16, max_part_size=64 * 1024)
-    except HTTPException:
-        raise
-    except BodyTooLarge:
+    except (HTTPException, BodyTooLarge, BodyStalled, ClientDisconnect):
         raise
     except Exception as e:  # starlette's multipart errors (malformed bodies)
         raise HTTPException(400, f"cannot read the multipart form: {e}") from None
@@ -468,21 +676,52 @@ async def _read_form(request: Request, max_bytes: int) -> tuple[dict, bytes]:
             if value == "":
                 continue
             try:
-                fields[key] = json.loads(value)
+                fields[key] = parse_json(value, "it")
+            except HTTPException as e:
+                raise HTTPException(400, f"`{key}` must be a JSON object, got {echo(value)}: {e.detail}") from None
+        elif key == "k":
+            try:  # form fields are text; the model takes strict integers
+                fields[key] = int(value)
             except ValueError:
-                raise HTTPException(400, f"`{key}` must be a JSON object, got {value[:80]!r}") from None
-        elif key in ("text", "mode", "k", "item_id", "labels"):
+                fields[key] = value
+        elif key in ("text", "mode", "item_id", "labels"):
             fields[key] = value
         else:
-            raise HTTPException(422, f"unknown form field {key!r}; fields: image, manipulations, text, mode, k, filters, labels")
+            raise HTTPException(422, f"unknown form field {echo(key)}; fields: image, manipulations, text, mode, k, "
+                                     f"filters, labels")
     if image is None and "item_id" not in fields:
         raise HTTPException(422, "the multipart form has no `image` file")
     return fields, image
 
 
+def _clip(value):
+    """A user's string sent back as data: cut to a bounded length (the message says how long it was)."""
+    return value if not isinstance(value, str) or len(value) <= ECHO_LIMIT else value[:ECHO_LIMIT] + "..."
+
+
+def _loc(x) -> str:
+    return str(x) if len(str(x)) <= ECHO_LIMIT else echo(x)
+
+
+def _errors_json(errors) -> list[dict]:
+    """pydantic's validation errors as bounded JSON: the offending input clipped, context as text."""
+    out = []
+    for e in errors:
+        row = {"type": e.get("type"), "loc": [x if isinstance(x, int) else _loc(x) for x in e.get("loc", ())],
+               "msg": e.get("msg")}
+        if "input" in e:
+            v = e["input"]
+            row["input"] = v if v is None or isinstance(v, (bool, int)) else (
+                _clip(v) if isinstance(v, str) else echo(v))
+        if e.get("ctx"):
+            row["ctx"] = {k: v if isinstance(v, (bool, int, str)) else str(v) for k, v in e["ctx"].items()}
+        out.append(row)
+    return out
+
+
 def _describe(errors) -> str:
     parts = []
     for e in errors:
-        loc = ".".join(str(x) for x in e.get("loc", ()) if x not in ("body", "query", "path"))
+        loc = ".".join(_loc(x) for x in e.get("loc", ()) if x not in ("body", "query", "path"))
         parts.append(f"{loc}: {e.get('msg')}" if loc else str(e.get("msg")))
     return "; ".join(parts) or "invalid request"

@@ -2,7 +2,8 @@
 gender: Women} on whatever schema the loaded run has.
 
 How a request is read (no model, no network; deterministic):
-1. The text is lower-cased and split into words ("men's" -> "mens", "t-shirt" -> "t", "shirt").
+1. The text is lower-cased and split into Unicode words ("men's" -> "mens", "t-shirt" -> "t", "shirt",
+   "même" stays "même").
 2. Every value of every attribute is known under a few spellings: its name ("navy blue"), the name without
    spaces ("navyblue", so "tshirts" and "t-shirts" meet), and singular forms ("tshirt"); the synonym table
    below adds everyday words ("ladies" -> Women, "gray" -> grey, "pants" -> trousers) for values the schema
@@ -14,18 +15,20 @@ How a request is read (no model, no network; deterministic):
 5. Filler words ("same", "but", "in", "for", ...) and attribute names are context; every other word that named
    nothing comes back in `unmatched`, so the caller can show what was not understood.
 A request that names no value at all raises `TextQueryError`, and so does one that asks for two values of one
-attribute ("for men and women").
+attribute ("for men and women"), and one that negates a value ("not red", "without stripes"): a manipulation
+sets a value, so a negation is refused with what to ask instead rather than read as the value it negates.
 """
 
 from __future__ import annotations
 
 import difflib
 import re
+import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 from vestis.catalog.schema import AttributeSchema
-from vestis.errors import VestisError
+from vestis.errors import VestisError, echo
 
 MAX_NGRAM = 4
 FUZZY_CUTOFF = 0.84
@@ -107,6 +110,11 @@ you looking look search
 
 # words that say which part of a garment the word before them describes ("short sleeves"): a value is read
 # from that word only when its attribute is about that part (so "short sleeves" is never articleType=Shorts)
+# words that negate the value after them ("not red", "without the stripes"); phrases the tables know whole,
+# such as "no sleeves" (sleeveless), are read as their value first
+NEGATIONS = frozenset({"not", "no", "non", "without", "except", "excluding", "never", "nothing", "dont", "isnt",
+                       "arent", "nor", "neither"})
+
 PART_WORDS = frozenset({"sleeve", "sleeves", "sleeved", "neck", "necked", "neckline", "length", "hem", "fit",
                         "fitting", "collar"})
 
@@ -139,7 +147,9 @@ class Understanding:
 
 
 def _words(text: str) -> list[str]:
-    return re.findall(r"[a-z0-9]+", text.lower().replace("'", "").replace("\u2019", ""))
+    # NFC first, so an accent typed as a combining mark stays inside its word; [^\W_] is a letter or digit
+    text = unicodedata.normalize("NFC", text).lower().replace("'", "").replace("\u2019", "")
+    return re.findall(r"[^\W_]+", text)
 
 
 def _singular(word: str) -> str:
@@ -219,6 +229,21 @@ class TextInterpreter:
         named = {(a, v) for a, v in cands if self.attr_words[a] & near}
         return named if len({a for a, _ in named}) == 1 else cands
 
+    def _refuse_negation(self, words: list[str], i: int, phrase: str, cands: set[tuple[str, str]]) -> None:
+        """A negation word just before the phrase (filler words may sit between: "not in red") refuses it."""
+        j = i - 1
+        while j >= 0 and j >= i - 3 and words[j] in STOPWORDS - NEGATIONS:
+            j -= 1
+        if j < 0 or words[j] not in NEGATIONS:
+            return
+        said = " ".join(words[j:i + len(phrase.split())])
+        attrs = sorted({a for a, _ in cands})
+        others = [v for v in self.schema.values(attrs[0]) if (attrs[0], v) not in cands][:3] if attrs else []
+        raise TextQueryError(
+            f"negation is not supported: {said!r} asks for anything but " + " or ".join(f"{a}={v}" for a, v in sorted(cands))
+            + "; name the value you want instead" + (f" (e.g. {' or '.join(repr(v) for v in others)})" if others else "")
+            + ", or filter on the values you accept")
+
     def parse(self, text: str) -> Understanding:
         if len(text) > MAX_TEXT:
             raise TextQueryError(f"the request is {len(text)} characters long; at most {MAX_TEXT}")
@@ -255,6 +280,7 @@ class TextInterpreter:
                     continue
             cands = self._settle(cands, words, i, n)
             phrase = " ".join(words[i:i + n])
+            self._refuse_negation(words, i, phrase, cands)
             for j in range(i, i + n):
                 used[j] = True
             if len(cands) == 1:
@@ -274,7 +300,7 @@ class TextInterpreter:
                 raise TextQueryError(f"the request asks for several values of {a}: {said}; ask for one")
             out.manipulations[a] = values[0]
         if not out.manipulations:
-            parts = [f"could not map {text!r} onto any attribute value"]
+            parts = [f"could not map {echo(text, 200)} onto any attribute value"]
             if out.ambiguous:
                 parts.append("ambiguous: " + "; ".join(
                     f"{x['text']!r} could be " + " or ".join(f"{c['attribute']}={c['value']}" for c in x["candidates"])

@@ -7,6 +7,8 @@ required column or unreadable structure raises `CatalogError`.
 
 from __future__ import annotations
 
+import re
+from collections import Counter
 from pathlib import Path
 
 from vestis.catalog.catalog import Catalog, LoadReport
@@ -49,3 +51,25 @@ def default_attributes(catalog: Catalog) -> list[str]:
     mod = READERS.get(catalog.source)
     chosen = getattr(mod, "DEFAULT_ATTRIBUTES", None)
     return [a for a in chosen if a in catalog.schema] if chosen else catalog.schema.attributes
+
+
+# column names that say "identifier, not attribute": a pandas index written out ("Unnamed: 0"), ids, codes, links
+ID_LIKE_NAME = re.compile(r"^(unnamed: ?\d+|index|idx|row|rownum|(.*[_ .-])?(id|ids|sku|ean|upc|gtin|code|url|link|"
+                          r"path|file|filename|uuid|guid))$", re.I)
+DISTINCT_SHARE = 0.5  # more distinct values than this share of the labelled items: almost one per row
+MIN_LABELLED = 20     # below this many labelled items the share says nothing
+
+
+def id_like_attributes(catalog: Catalog) -> dict[str, str]:
+    """{attribute: why} for the catalogue's attributes that look like identifiers rather than attributes: their
+    name, or almost one value per item (e.g. `Unnamed: 0`, a pandas index column). Training on one learns nothing
+    that transfers, so `vestis train` leaves them out unless they are named."""
+    out = {}
+    for a in catalog.schema.attributes:
+        counts = Counter(it.attributes[a] for it in catalog if a in it.attributes)
+        labelled = sum(counts.values())
+        if ID_LIKE_NAME.match(a.strip()):
+            out[a] = f"its name looks like an identifier; {len(counts)} values for {labelled} labelled items"
+        elif labelled >= MIN_LABELLED and len(counts) > DISTINCT_SHARE * labelled:
+            out[a] = f"{len(counts)} distinct values for {labelled} labelled items, almost one per item"
+    return out

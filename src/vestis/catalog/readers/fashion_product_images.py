@@ -13,6 +13,7 @@ from pathlib import Path
 
 from vestis.catalog.catalog import Catalog, LoadReport
 from vestis.catalog.item import Item
+from vestis.catalog.readers.text import open_text
 from vestis.catalog.schema import AttributeSchema
 from vestis.errors import CatalogError
 
@@ -55,7 +56,7 @@ def detect(path: Path) -> bool:
     f = _styles_file(path)
     if f is None:
         return False
-    with open(f, newline="", encoding="utf-8-sig") as fh:
+    with open(f, newline="", encoding="utf-8-sig", errors="replace") as fh:
         header = next(csv.reader(fh), [])
     return "productDisplayName" in header and "articleType" in header
 
@@ -67,7 +68,7 @@ def read(path: Path, report: LoadReport, image_dir: str = "images") -> Catalog:
     images = f.parent / image_dir
     items = []
     seen = set()
-    with open(f, newline="", encoding="utf-8-sig") as fh:
+    with open_text(f, report) as fh:
         reader = csv.reader(fh)
         header = [h.strip() for h in next(reader, [])]
         missing = [c for c in REQUIRED if c not in header]

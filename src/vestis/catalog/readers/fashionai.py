@@ -37,6 +37,7 @@ from pathlib import Path
 
 from vestis.catalog.catalog import Catalog, LoadReport
 from vestis.catalog.item import Item
+from vestis.catalog.readers.text import open_text
 from vestis.catalog.schema import AttributeSchema
 from vestis.errors import CatalogError
 
@@ -75,7 +76,7 @@ def _label_files(path: Path) -> tuple[Path, list[Path]]:
 
 
 def _first_row(f: Path) -> list[str]:
-    with open(f, newline="", encoding="utf-8-sig") as fh:
+    with open(f, newline="", encoding="utf-8-sig", errors="replace") as fh:
         for row in csv.reader(fh):
             if row:
                 return row
@@ -98,7 +99,7 @@ def read(path: Path, report: LoadReport, keep_invisible: bool = False) -> Catalo
                            "Annotations/label.csv or Annotations/*.csv)")
     labels: dict[str, dict[str, str]] = {}
     for f in files:
-        with open(f, newline="", encoding="utf-8-sig") as fh:
+        with open_text(f, report) as fh:
             for n, row in enumerate(csv.reader(fh), start=1):
                 if not row:
                     continue

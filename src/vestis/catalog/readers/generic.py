@@ -18,6 +18,7 @@ from pathlib import Path
 
 from vestis.catalog.catalog import Catalog, LoadReport
 from vestis.catalog.item import Item, Part, parse_box
+from vestis.catalog.readers.text import open_text
 from vestis.catalog.schema import UNSPECIFIED, AttributeSchema
 from vestis.errors import CatalogError
 
@@ -41,7 +42,7 @@ def detect(path: Path) -> bool:
     if f is None:
         return False
     if f.suffix.lower() == ".csv":
-        with open(f, newline="", encoding="utf-8-sig") as fh:
+        with open(f, newline="", encoding="utf-8-sig", errors="replace") as fh:
             header = next(csv.reader(fh), [])
         return {"id", "image"} <= {h.strip() for h in header}
     return True
@@ -50,7 +51,7 @@ def detect(path: Path) -> bool:
 def _rows(f: Path, report: LoadReport):
     """(row label, dict) for every row; malformed lines are warned about and skipped."""
     if f.suffix.lower() == ".csv":
-        with open(f, newline="", encoding="utf-8-sig") as fh:
+        with open_text(f, report) as fh:
             reader = csv.DictReader(fh)
             header = [h.strip() for h in (reader.fieldnames or [])]
             missing = {"id", "image"} - set(header)
@@ -63,8 +64,14 @@ def _rows(f: Path, report: LoadReport):
                     continue
                 yield f"{f.name} line {n}", {k: (v if v is not None else "") for k, v in row.items()}
     else:
-        with open(f, encoding="utf-8") as fh:
-            for n, line in enumerate(fh, start=1):
+        with open(f, "rb") as fh:  # JSON is UTF-8: a line that is not is named, with its bad byte, and skipped
+            for n, raw in enumerate(fh, start=1):
+                try:
+                    line = raw.decode("utf-8-sig" if n == 1 else "utf-8")
+                except UnicodeDecodeError as e:
+                    report.warn("malformed_row", f"{f.name} line {n}: not UTF-8 (byte 0x{raw[e.start]:02x} at column "
+                                                 f"{e.start + 1})")
+                    continue
                 if not line.strip():
                     continue
                 try:

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from vestis.catalog.catalog import Catalog, LoadReport
 from vestis.catalog.item import Item
+from vestis.catalog.readers.text import open_text
 from vestis.catalog.schema import AttributeSchema
 from vestis.errors import CatalogError
 
@@ -54,7 +55,7 @@ def _metadata_file(path: Path) -> Path | None:
 
 
 def _header(f: Path) -> list[str]:
-    with open(f, newline="", encoding="utf-8-sig") as fh:
+    with open(f, newline="", encoding="utf-8-sig", errors="replace") as fh:
         return [h.strip() for h in next(csv.reader(fh), [])]
 
 
@@ -84,7 +85,7 @@ def image_index(root: Path) -> tuple[Path | None, dict[str, Path]]:
 
 def _rows(f: Path, report: LoadReport) -> Iterator[tuple[str, str, dict[str, list[str]]]]:
     """(where, CID, attribute -> values) per data row, from meta-data.csv or meta-data-bin.csv."""
-    with open(f, newline="", encoding="utf-8-sig") as fh:
+    with open_text(f, report) as fh:
         reader = csv.reader(fh)
         header = [h.strip() for h in next(reader, [])]
         lower = [h.lower() for h in header]

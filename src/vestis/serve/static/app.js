@@ -10,6 +10,7 @@ const el = (tag, attrs = {}, ...children) => {
     if (k === "class") e.className = v;
     else if (k === "text") e.textContent = v;
     else if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
+    else if (k === "style") e.style.cssText = v;  // CSSOM, which the Content-Security-Policy allows (a style attribute it does not)
     else e.setAttribute(k, v === true ? "" : v);
   }
   for (const c of children) if (c !== null && c !== undefined) e.append(c);
