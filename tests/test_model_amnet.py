@@ -8,7 +8,7 @@ from vestis.catalog import AttributeSchema
 from vestis.errors import UnknownAttributeError, UnknownValueError, VestisError
 from vestis.models import TrainData, create_model
 from vestis.runs import load_run, save_run
-from vestis.models.amnet import ManipulationMiner, normalise_indicator
+from vestis.models.amnet import NORMS, ManipulationMiner, normalise_indicator
 from vestis.models.layers import value_means
 from vestis.models.loop import pooled_features
 
@@ -303,3 +303,105 @@ def test_miner_rows_are_valid_manipulations():
     # batches for fit_loop
     bs = list(miner.batches(100, 32, np.random.default_rng(0)))
     assert len(bs) == 3 and all(b.shape == (32, 5) for b in bs)
+
+
+# --- the indicator forms (issue 14) -------------------------------------------------------------------
+def test_binary_indicator_reads_the_desired_values_known_answers():
+    """The paper's h: 1 at the desired values only; h' = h / sum h; one manipulation reads t = M(new)."""
+    m = create_model("amnet", SCHEMA, CH, {"hidden": 8, "dim": 4, "indicator": "binary"})
+    current = torch.tensor([[0, 0], [0, 2], [1, 1]])
+    new = torch.tensor([[1, 1], [2, -1], [-1, -1]])  # blue+long, green, nothing
+    h = m.indicator(current, new)
+    assert h.tolist() == [[0, 1, 0, 0, 1], [0, 0, 1, 0, 0], [0, 0, 0, 0, 0]]
+    assert torch.equal(m.indicator(None, new), h)  # the current value plays no part
+    hn = normalise_indicator(h, "l1")
+    assert hn.tolist() == [[0, 0.5, 0, 0, 0.5], [0, 0, 1, 0, 0], [0, 0, 0, 0, 0]]
+    with torch.no_grad():
+        m.memory.memory.copy_(torch.arange(20.0).reshape(5, 4))
+    M = m.memory.memory
+    t = m.memory(hn)
+    assert torch.allclose(t[0], (M[1] + M[4]) / 2) and torch.equal(t[1], M[2]) and torch.equal(t[2], torch.zeros(4))
+    # init_identity under "binary": one manipulation starts as r' = r + M(new), under every norm
+    for norm in NORMS:
+        mb = create_model("amnet", SCHEMA, CH, {"hidden": 8, "dim": 4, "indicator": "binary", "indicator_norm": norm})
+        with torch.no_grad():
+            mb.memory.memory.normal_()
+        r = torch.randn(2, 4)
+        hb = mb.indicator(None, torch.tensor([[2, -1]] * 2))
+        assert torch.allclose(mb.manipulate(r, hb), r + mb.memory.memory[2], atol=1e-5), norm
+
+
+def test_signed_indicator_with_probabilities_known_answers():
+    """current = "probabilities": -p(v) at every known value of a manipulated attribute, +1 at the new value;
+    l1-normalised by sum |h| = 2 (1 - p(new)) for one manipulation."""
+    m = create_model("amnet", SCHEMA, CH, {"hidden": 8, "dim": 4, "current": "probabilities"})
+    p = torch.tensor([[0.5, 0.3, 0.2, 0.9, 0.1],
+                      [0.2, 0.2, 0.6, 0.4, 0.6]])
+    new = torch.tensor([[1, -1], [2, 0]])  # -> blue ; -> green and short
+    h = m.indicator(p, new)
+    assert torch.allclose(h, torch.tensor([[-0.5, 0.7, -0.2, 0.0, 0.0],
+                                           [-0.2, -0.2, 0.4, 0.6, -0.6]]))
+    hn = normalise_indicator(h, "l1")
+    assert torch.allclose(hn[0], h[0] / 1.4) and torch.allclose(hn[1], h[1] / 2.0)
+    # a one-hot distribution is the integer-code form
+    onehot = torch.tensor([[1.0, 0, 0, 1, 0]])
+    assert torch.equal(m.indicator(onehot, torch.tensor([[2, 1]])), m.indicator(torch.tensor([[0, 0]]), torch.tensor([[2, 1]])))
+    # the model's distribution: softmax over each attribute's known values, rows summing to 1 per attribute
+    r = torch.randn(3, 4)
+    d = m.current_distribution(r)
+    assert d.shape == (3, 5) and torch.allclose(d[:, :3].sum(1), torch.ones(3)) and torch.allclose(d[:, 3:].sum(1), torch.ones(3))
+    lg = m.classify(r)
+    assert torch.allclose(d[:, :3], torch.softmax(lg[0][:, :3], -1))
+
+
+def _same_weights(m, **config):
+    other = create_model("amnet", SCHEMA, CH, {**SMALL, **config}).eval()
+    other.load_state_dict(m.state_dict())
+    return other
+
+
+def test_signed_argmax_cancels_when_the_classifier_already_predicts_the_requested_value(trained):
+    """Today's default ("signed", "argmax"): asking for the value the classifier already predicts gives h = 0,
+    the very query of no manipulation. "binary" reads M(new) there; "probabilities" leaves 1 - p(new)."""
+    m, _ = trained
+    x = _t(_data(20, seed=6))
+    r = m.represent(x)
+    pred = m.current_values(r)
+    asked = [{"colour": SCHEMA.values("colour")[int(c)]} for c in pred[:, 0]]
+    new = m.new_codes(asked)
+    assert torch.equal(m.query_indicator(r, new), torch.zeros(20, 5))  # the cancellation
+    assert torch.equal(m.embed_query(x, asked), m.embed_query(x))
+    binary = _same_weights(m, indicator="binary")
+    hb = binary.query_indicator(r, new)
+    assert torch.equal(hb, binary.indicator(None, new)) and (hb.sum(1) == 1).all() and (hb >= 0).all()
+    expected = binary.manipulator(torch.cat([r, binary.memory.memory[new[:, 0]]], 1))  # t = M(new)
+    assert torch.allclose(binary.embed_query(x, asked), expected, atol=1e-5)
+    assert not torch.allclose(binary.embed_query(x, asked), binary.embed_query(x), atol=1e-3)
+    probs = _same_weights(m, current="probabilities")
+    hp = probs.query_indicator(r, new)
+    p_new = probs.current_distribution(r)[torch.arange(20), new[:, 0]]
+    assert torch.allclose(hp[torch.arange(20), new[:, 0]], 1 - p_new, atol=1e-6)
+    assert torch.allclose(hp.sum(1), torch.zeros(20), atol=1e-5)  # +1 and a distribution summing to 1
+
+
+def test_indicator_options_are_checked():
+    for key in ("indicator", "current", "cls_reduction"):
+        with pytest.raises(VestisError, match=key):
+            create_model("amnet", SCHEMA, CH, {key: "nope"})
+
+
+def test_cls_reduction_sum_is_the_number_of_attributes_times_the_mean():
+    """Eq. 4 sums the attributes' classification losses ("sum"); the default averages them ("mean")."""
+    d = _data(64)
+    x = None
+    rows = torch.from_numpy(ManipulationMiner(d.labels, [3, 2]).sample(32, np.random.default_rng(0)))
+    labels = torch.from_numpy(d.labels)
+    got = {}
+    for red in ("mean", "sum"):
+        torch.manual_seed(0)
+        m = create_model("amnet", SCHEMA, CH, {"hidden": 8, "dim": 4, "cls_reduction": red}).eval()
+        x = pooled_features(d, tuple(m.levels), m.config["pool"]) if x is None else x
+        _, logs = m.training_loss(x, rows, labels)
+        got[red] = logs
+    assert torch.allclose(got["sum"]["cls"], 2 * got["mean"]["cls"], rtol=1e-6)  # A = 2 attributes
+    assert torch.equal(got["sum"]["triplet"], got["mean"]["triplet"])
