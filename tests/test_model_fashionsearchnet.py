@@ -102,6 +102,54 @@ def test_box_from_map_threshold_and_largest_component():
     assert tuple(boxes_from_maps(maps, 0.2)[0].tolist()) == box_from_map(m, 0.2)
 
 
+def test_paper_boxes_known_answers_on_hand_made_maps():
+    """box_mode "paper": clamp at 0, upsample bilinearly x stride, threshold at 0.2 x max, box in cells."""
+    # a map whose positive evidence is one cell (1, 2) of a 4 x 4 grid. Upsampled x16 (align_corners=False),
+    # pixel p sits at x = (p + 0.5) / 16 - 0.5 and reads max(0, 1 - |x - 2|) along x (likewise along y); the
+    # maximum, at the pixels nearest the cell centre, is 0.96875^2; along the peak's row the pixels above 0.2 x
+    # that are those with 1 - |x - 2| > 0.2 x 0.96875, i.e. p = 27 ... 52 -> [27, 53) / 16 = [1.6875, 3.3125)
+    one = np.zeros((4, 4))
+    one[1, 2] = 1.0
+    assert box_from_map(one, 0.2, mode="paper", scale=16) == (1.6875, 0.6875, 3.3125, 2.3125)
+    assert box_from_map(one, 0.2) == (2, 1, 3, 2)  # min-max on the grid: the cell itself
+    assert box_from_map(one - 5.0, 0.2, mode="paper", scale=16) == (0.0, 0.0, 4.0, 4.0)  # no positive cell
+    neg = np.full((4, 4), -1.0)
+    neg[1, 2] = 1.0  # negative cells are clamped: the same box as on zeros
+    assert box_from_map(neg, 0.2, mode="paper", scale=16) == (1.6875, 0.6875, 3.3125, 2.3125)
+    # a map with negative cells: min-max lifts the zero-evidence cells (0 -> 0.8 of the range) above 20 %
+    m = np.zeros((4, 5))
+    m[0, 0] = 1.0
+    m[2:, :] = -4.0
+    assert box_from_map(m, 0.2) == (0, 0, 5, 2)  # the whole top half, though only one cell has evidence
+    # paper: the corner cell alone; the border replicates (pixels 0-7 read 1), then 1 - x > 0.2 up to p = 20
+    assert box_from_map(m, 0.2, mode="paper", scale=16) == (0.0, 0.0, 1.3125, 1.3125)
+    assert box_from_map(m, 0.2, mode="paper", scale=1) == (0.0, 0.0, 1.0, 1.0)  # no upsampling: cells
+    # two separate positive regions: the larger one, fitted at image resolution
+    two = np.zeros((4, 6))
+    two[0, 0] = 1.0
+    two[2:4, 3:6] = 0.5
+    assert box_from_map(two, 0.2, mode="paper", scale=2) == (3.0, 2.0, 6.0, 4.0)
+    # batched: one upsampling for all maps, the same boxes
+    maps = torch.from_numpy(np.stack([one, neg, np.pad(m, ((0, 0), (0, 0)))[:, :4]])).float()
+    got = boxes_from_maps(maps[None], 0.2, mode="paper", scale=16)
+    assert got.shape == (1, 3, 4)
+    for i in range(3):
+        assert tuple(got[0, i].tolist()) == box_from_map(maps[i].numpy(), 0.2, mode="paper", scale=16)
+    with pytest.raises(ValueError, match="box mode"):
+        box_from_map(one, mode="max")
+
+
+def test_roi_features_on_fractional_boxes_span_the_box():
+    """inset=False (box mode "paper"): roi_align's own convention, the bins tile the box's continuous extent."""
+    f = torch.arange(16.0).reshape(1, 1, 4, 4)  # value 4 i + j at cell (i, j), linear: bilinear reads it exactly
+    out = roi_features(f, torch.tensor([[1.0, 0.5, 3.0, 2.5]]), 2, inset=False)
+    # bin centres at x = 1.5, 2.5 and y = 1.0, 2.0 (continuous); cell index = coordinate - 0.5
+    expected = torch.tensor([[4 * 0.5 + 1.0, 4 * 0.5 + 2.0], [4 * 1.5 + 1.0, 4 * 1.5 + 2.0]])
+    assert torch.allclose(out[0, 0], expected, atol=1e-5)
+    assert torch.equal(roi_features(f, torch.tensor([[1.0, 0.0, 3.0, 2.0]]), 2),
+                       roi_features(f, torch.tensor([[1.5, 0.5, 2.5, 1.5]]), 2, inset=False))  # inset = shifted box
+
+
 def test_roi_features_read_only_inside_the_box():
     f = torch.full((1, 2, 10, 8), -100.0)
     inside = torch.arange(18.0).reshape(2, 3, 3) + 1
