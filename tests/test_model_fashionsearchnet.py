@@ -411,3 +411,49 @@ def test_cached_query_matrices_follow_parameter_changes(trained):
         with torch.no_grad():
             m.log_lambda.copy_(saved[0])
             m.global_delta.copy_(saved[1])
+
+
+def test_global_holdout_keeps_its_items_out_of_stages_1_and_2(monkeypatch):
+    """`global_holdout` > 0: stages 1-2 (L_C, L_C + triplet) never draw a held-out item, and L_G (stage 3) is
+    fitted on the held-out items' representations only (the default, 0, fits L_G on the training items)."""
+    import vestis.models.fashionsearchnet as fsn
+
+    d = _data(300)
+    held = fsn.holdout_mask(d.ids, 0.3)
+    assert 0.2 < held.mean() < 0.4 and np.array_equal(held, fsn.holdout_mask(d.ids, 0.3))  # stable
+    drawn: dict[str, set] = {}
+    real_fit_loop = fsn.fit_loop
+
+    def recording_fit_loop(params, data, step, cfg, batches=None, desc="train", **kw):
+        def recorded(rng):
+            for b in batches(rng):
+                if "L_G" not in desc:  # L_G draws slots, not items
+                    drawn.setdefault(desc, set()).update(np.asarray(b).tolist())
+                yield b
+        return real_fit_loop(params, data, step, cfg, batches=recorded, desc=desc, **kw)
+
+    monkeypatch.setattr(fsn, "fit_loop", recording_fit_loop)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny layers: one thread is faster on a busy machine
+    try:
+        for finetune in (True, False):
+            drawn.clear()
+            m = create_model("fashionsearchnet", SCHEMA, CH, {**SMALL, "global_holdout": 0.3, "finetune": finetune})
+            seen = {}
+            real_fit_global = m.fit_global
+
+            def fit_global(reps, labels, progress=True):
+                seen["reps"], seen["labels"] = reps, labels
+                return real_fit_global(reps, labels, progress=progress)
+
+            m.fit_global = fit_global
+            m.fit(d, progress=False)
+            assert len(drawn) == 2, drawn.keys()  # the two stages
+            for desc, items in drawn.items():
+                assert not items & set(np.flatnonzero(held).tolist()), desc
+                assert len(items) > 0.8 * (~held).sum(), desc  # they did see the others
+            assert np.array_equal(seen["labels"], d.labels[held])
+            m.eval()
+            assert torch.allclose(seen["reps"], m.representations(_t(d, held)), atol=1e-5)
+    finally:
+        torch.set_num_threads(threads)
