@@ -112,6 +112,58 @@ def test_global_embed_gradients_and_retrieval():
         create_model("global_embed", SCHEMA, CH).fit(_data(50), progress=False)
 
 
+def test_global_embed_loss_options_known_answers():
+    """Park et al.'s eq. 1 as options: squared distances, margin, the weight on the similarity term, and the
+    Table 1 rows (OC, OC+OS, OC+IS); the defaults are today's (unsquared, 0.2, 1:1, OC+IS)."""
+    import torch.nn.functional as F
+
+    from vestis.losses import batch_hard_triplet
+
+    emb = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 3.0], [0.0, 10.0]])
+    groups = torch.tensor([0, 0, 1, 1])  # products
+    cats = torch.tensor([0, 1, 1, 3])     # colour codes; 3 = unspecified
+    logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [1.0, 1.0, 1.0]])
+    oc = F.cross_entropy(logits[:3], cats[:3])
+    m = create_model("global_embed", SCHEMA, CH, {"width": 8, "dim": 2, "category_attribute": "colour"})
+    assert {k: m.config[k] for k in ("loss", "squared", "margin", "sim_weight")} == \
+        {"loss": "oc+is", "squared": False, "margin": 0.2, "sim_weight": 1.0}
+    loss, logs = m.loss(emb, logits, groups, cats)
+    assert torch.allclose(logs["cls"], oc) and torch.allclose(loss, logs["triplet"] + oc)
+    # batch-hard on products: anchor 0: pos 1, neg 3 -> 0; 1: pos 1, neg sqrt(10) -> 0; 2: pos 7, neg 3 -> 4.2;
+    # 3: pos 7, neg 10 -> 0
+    assert torch.allclose(logs["triplet"], torch.tensor(4.2 / 4))
+    # squared distances: anchor 2: 49 - 9 + m; anchor 1: 1 - 10 + m -> 0; anchor 0: 1 - 9 -> 0; anchor 3: 49 - 100
+    assert torch.allclose(batch_hard_triplet(emb, groups, 0.3, squared=True), torch.tensor(40.3 / 4))
+    paper = create_model("global_embed", SCHEMA, CH, {"width": 8, "dim": 2, "category_attribute": "colour",
+                                                      "squared": True, "margin": 0.3, "sim_weight": 0.1})
+    loss, logs = paper.loss(emb, logits, groups, cats)
+    assert torch.allclose(logs["triplet"], torch.tensor(40.3 / 4)) and torch.allclose(loss, 0.1 * 40.3 / 4 + oc)
+    # OC alone
+    only = create_model("global_embed", SCHEMA, CH, {"width": 8, "dim": 2, "category_attribute": "colour", "loss": "oc"})
+    loss, logs = only.loss(emb, logits, groups, cats)
+    assert set(logs) == {"cls"} and torch.allclose(loss, oc)
+    # OC+OS: positives share the category, the unspecified item (3) takes no part: among items 0-2, anchor 1
+    # (cat 1): pos 2 at sqrt(10), neg 0 at 1 -> sqrt(10) - 1 + 0.2; anchor 2: pos 1, neg 0 at 3 -> sqrt(10) - 3 + 0.2;
+    # anchor 0 has no positive
+    os_ = create_model("global_embed", SCHEMA, CH, {"width": 8, "dim": 2, "category_attribute": "colour", "loss": "oc+os"})
+    loss, logs = os_.loss(emb, logits, groups, cats)
+    r10 = 10 ** 0.5
+    assert torch.allclose(logs["triplet"], torch.tensor(((r10 - 0.8) + (r10 - 2.8)) / 2))
+    assert torch.allclose(loss, logs["triplet"] + oc)
+    with pytest.raises(VestisError, match="loss must be one of"):
+        create_model("global_embed", SCHEMA, CH, {"loss": "is"})
+
+
+@pytest.mark.parametrize("loss", ["oc", "oc+os"])
+def test_global_embed_ablation_rows_train(loss):
+    d = _data(96, views=4)
+    m = create_model("global_embed", SCHEMA, CH, {"epochs": 2, "width": 16, "dim": 8, "p": 8, "k": 4, "loss": loss,
+                                                  "category_attribute": "colour", "squared": True, "margin": 0.3,
+                                                  "sim_weight": 0.1})
+    hist = m.fit(d, progress=False)
+    assert ("triplet" in hist) == (loss != "oc") and np.isfinite(hist["loss"]).all()
+
+
 def test_run_round_trip_and_corruption(tmp_path):
     m = create_model("attribute_baseline", SCHEMA, CH, {"epochs": 1, "hidden": 8})
     m.eval()
