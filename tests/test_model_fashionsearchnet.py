@@ -457,3 +457,26 @@ def test_global_holdout_keeps_its_items_out_of_stages_1_and_2(monkeypatch):
             assert torch.allclose(seen["reps"], m.representations(_t(d, held)), atol=1e-5)
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.mark.xfail(strict=True, reason="known (issue 14): on this fixture the trained AAMs are not localised; the "
+                   "boxes cover most of the 4 x 4 map in both box modes")
+def test_trained_boxes_find_the_parts_of_the_fixture(trained):
+    """The fixture puts the colour evidence in the top two rows of the 4 x 4 stride-16 map (and the top row of
+    the 2 x 2 stride-32 map) and the sleeve evidence in the bottom two: a colour box should be centred in the top
+    half, a sleeve box in the bottom half. Measured (share of 200 unseen items, colour top / sleeve bottom):
+    trained fixture model, box_mode "minmax" 0.16 / 0.23, "paper" 0.18 / 0.58; untrained 0.02 / 0.03 and
+    0.53 / 0.55. Two 3 x 3 convs give every cell of a 4 x 4 map a view of both parts, and the CAM's baseline
+    (no bias, signed weights) is arbitrary, so the maps are smooth and the 20 % boxes nearly whole."""
+    m0, _, _ = trained
+    test = _data(200, seed=2)
+    x = _t(test)
+    for mode in ("minmax", "paper"):
+        m = create_model("fashionsearchnet", SCHEMA, CH, {**SMALL, "box_mode": mode}).eval()
+        m.load_state_dict(m0.state_dict())
+        with torch.no_grad():
+            f = m.features(x)
+            b = m.boxes(f, m.logits(f))
+        centre_y = (b[..., 1] + b[..., 3]) / 2
+        assert (centre_y[:, 0] < 2).float().mean() > 0.9, mode  # colour: top half
+        assert (centre_y[:, 1] > 2).float().mean() > 0.9, mode  # sleeve: bottom half
