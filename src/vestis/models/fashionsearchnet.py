@@ -140,7 +140,8 @@ class FashionSearchNet(SearchModel):
         if c["level"] not in LEVELS:
             raise VestisError(f"model {self.name}: level must be one of {', '.join(LEVELS)}, got {c['level']!r}")
         if c["box_mode"] not in BOX_MODES:
-            raise VestisError(f"model {self.name}: box_mode must be one of {', '.join(BOX_MODES)}, got {c['box_mode']!r}")
+            raise VestisError(f"model {self.name}: box_mode must be one of {', '.join(BOX_MODES)}, "
+                              f"got {c['box_mode']!r}")
         if not 0.0 <= float(c["threshold"]) < 1.0:
             raise VestisError(f"model {self.name}: threshold must be in [0, 1), got {c['threshold']}")
         self.attributes = list(schema.attributes)

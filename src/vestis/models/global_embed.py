@@ -52,7 +52,8 @@ class GlobalEmbed(SearchModel):
     def __init__(self, schema, channels, config=None):
         super().__init__(schema, channels, config)
         if self.config["loss"] not in LOSSES:
-            raise VestisError(f"model {self.name}: loss must be one of {', '.join(LOSSES)}, got {self.config['loss']!r}")
+            raise VestisError(f"model {self.name}: loss must be one of {', '.join(LOSSES)}, "
+                              f"got {self.config['loss']!r}")
         cat = self.config["category_attribute"] or next(
             (a for a in ("category", "articleType") if a in schema), schema.attributes[0])
         schema.check_attribute(cat)
