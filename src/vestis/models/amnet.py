@@ -46,11 +46,11 @@ discriminative); the manipulator starts as r' = r + M(new) - M(old) for one mani
 r' = r + M(new) under "binary" (identity on r, `init_identity`; without memory the indicator block starts at
 zero); weight decay is applied to every parameter but the memory, so memory rows that are never addressed
 never move (eq. 2); training rows are mined from the training labels (ManipulationMiner). Measured on a
-validation slice of the train split of fashion-product-images (runs/tune-amnet), two settings beat the paper's: `normalize` (compare unit-length
-r and r'; unnormalised squared distances made the triplet term swamp the classifier) and
-`indicator_norm="none"` (with a linear manipulator, "l1" scales one change by 1/2 and each of two by 1/4,
-which no single W fits, and slows the memory's gradient by the same factors); the benchmark passes both
-in a config file.
+validation slice of the train split of fashion-product-images (runs/tune-amnet), two settings beat the
+paper's: `normalize` (compare unit-length r and r'; unnormalised squared distances made the triplet term
+swamp the classifier) and `indicator_norm="none"` (with a linear manipulator, "l1" scales one change by 1/2
+and each of two by 1/4, which no single W fits, and slows the memory's gradient by the same factors); the
+benchmark passes both in a config file.
 
 Ablations (paper section 5.3), as config switches of this class with thin registered subclasses:
 `amnet_no_memory` (memory=False: the normalised indicator h' itself is concatenated with r instead of
