@@ -16,7 +16,8 @@ The four components of the paper:
    having exactly the target attribute vector (eq. 5, L_t, squared Euclidean), L = lam L_a + (1 - lam) L_t
    (eq. 6); m = 0.5, lam = 0.2; SGD with momentum. Eq. 4 sums the attributes' classification losses;
    `cls_reduction` = "sum" does that, "mean" (the default, what the README's figures were measured with)
-   averages them, which weighs L_a A times less against L_t (with lam = 0.2 and 6 attributes, 6x).
+   averages them, which weighs L_a A times less against L_t (with lam = 0.2 and 6 attributes, 6x). It sets
+   L_a of phase 2 only; phase 1 (the classifier that initialises M) takes the mean either way.
 
 The indicator h (section 3.2), `indicator`:
 - "binary" (the paper): 1 at each desired value, 0 elsewhere; the controller normalises it (eq. 1),
