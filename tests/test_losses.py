@@ -37,3 +37,18 @@ def test_multi_attribute_ce_ignores_and_grads():
     assert math.isclose(loss.item(), math.log(3), rel_tol=1e-6)
     loss.backward()
     assert logits[0].grad is not None and logits[0].grad.abs().sum() > 0
+
+
+def test_multi_attribute_ce_sum_is_the_number_of_attributes_times_the_mean():
+    g = torch.Generator().manual_seed(0)
+    logits = [torch.randn(5, 3, generator=g), torch.randn(5, 4, generator=g), torch.randn(5, 2, generator=g)]
+    labels = torch.tensor([[0, 1, 1], [2, 3, 0], [1, 0, 1], [0, 2, 0], [2, 1, 1]])
+    mean = multi_attribute_ce(logits, labels)
+    each = [torch.nn.functional.cross_entropy(lg, labels[:, a]) for a, lg in enumerate(logits)]
+    assert math.isclose(float(mean), float(sum(each)) / 3, rel_tol=1e-6)
+    assert math.isclose(float(multi_attribute_ce(logits, labels, reduction="sum")), float(sum(each)), rel_tol=1e-6)
+    # an attribute without a labelled entry adds nothing to either
+    labels[:, 2] = -1
+    assert math.isclose(float(multi_attribute_ce(logits, labels, ignore_index=-1, reduction="sum")),
+                        float(each[0] + each[1]), rel_tol=1e-6)
+    assert math.isclose(float(multi_attribute_ce(logits, labels, ignore_index=-1)), float(each[0] + each[1]) / 2, rel_tol=1e-6)

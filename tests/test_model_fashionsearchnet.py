@@ -102,6 +102,54 @@ def test_box_from_map_threshold_and_largest_component():
     assert tuple(boxes_from_maps(maps, 0.2)[0].tolist()) == box_from_map(m, 0.2)
 
 
+def test_paper_boxes_known_answers_on_hand_made_maps():
+    """box_mode "paper": clamp at 0, upsample bilinearly x stride, threshold at 0.2 x max, box in cells."""
+    # a map whose positive evidence is one cell (1, 2) of a 4 x 4 grid. Upsampled x16 (align_corners=False),
+    # pixel p sits at x = (p + 0.5) / 16 - 0.5 and reads max(0, 1 - |x - 2|) along x (likewise along y); the
+    # maximum, at the pixels nearest the cell centre, is 0.96875^2; along the peak's row the pixels above 0.2 x
+    # that are those with 1 - |x - 2| > 0.2 x 0.96875, i.e. p = 27 ... 52 -> [27, 53) / 16 = [1.6875, 3.3125)
+    one = np.zeros((4, 4))
+    one[1, 2] = 1.0
+    assert box_from_map(one, 0.2, mode="paper", scale=16) == (1.6875, 0.6875, 3.3125, 2.3125)
+    assert box_from_map(one, 0.2) == (2, 1, 3, 2)  # min-max on the grid: the cell itself
+    assert box_from_map(one - 5.0, 0.2, mode="paper", scale=16) == (0.0, 0.0, 4.0, 4.0)  # no positive cell
+    neg = np.full((4, 4), -1.0)
+    neg[1, 2] = 1.0  # negative cells are clamped: the same box as on zeros
+    assert box_from_map(neg, 0.2, mode="paper", scale=16) == (1.6875, 0.6875, 3.3125, 2.3125)
+    # a map with negative cells: min-max lifts the zero-evidence cells (0 -> 0.8 of the range) above 20 %
+    m = np.zeros((4, 5))
+    m[0, 0] = 1.0
+    m[2:, :] = -4.0
+    assert box_from_map(m, 0.2) == (0, 0, 5, 2)  # the whole top half, though only one cell has evidence
+    # paper: the corner cell alone; the border replicates (pixels 0-7 read 1), then 1 - x > 0.2 up to p = 20
+    assert box_from_map(m, 0.2, mode="paper", scale=16) == (0.0, 0.0, 1.3125, 1.3125)
+    assert box_from_map(m, 0.2, mode="paper", scale=1) == (0.0, 0.0, 1.0, 1.0)  # no upsampling: cells
+    # two separate positive regions: the larger one, fitted at image resolution
+    two = np.zeros((4, 6))
+    two[0, 0] = 1.0
+    two[2:4, 3:6] = 0.5
+    assert box_from_map(two, 0.2, mode="paper", scale=2) == (3.0, 2.0, 6.0, 4.0)
+    # batched: one upsampling for all maps, the same boxes
+    maps = torch.from_numpy(np.stack([one, neg, np.pad(m, ((0, 0), (0, 0)))[:, :4]])).float()
+    got = boxes_from_maps(maps[None], 0.2, mode="paper", scale=16)
+    assert got.shape == (1, 3, 4)
+    for i in range(3):
+        assert tuple(got[0, i].tolist()) == box_from_map(maps[i].numpy(), 0.2, mode="paper", scale=16)
+    with pytest.raises(ValueError, match="box mode"):
+        box_from_map(one, mode="max")
+
+
+def test_roi_features_on_fractional_boxes_span_the_box():
+    """inset=False (box mode "paper"): roi_align's own convention, the bins tile the box's continuous extent."""
+    f = torch.arange(16.0).reshape(1, 1, 4, 4)  # value 4 i + j at cell (i, j), linear: bilinear reads it exactly
+    out = roi_features(f, torch.tensor([[1.0, 0.5, 3.0, 2.5]]), 2, inset=False)
+    # bin centres at x = 1.5, 2.5 and y = 1.0, 2.0 (continuous); cell index = coordinate - 0.5
+    expected = torch.tensor([[4 * 0.5 + 1.0, 4 * 0.5 + 2.0], [4 * 1.5 + 1.0, 4 * 1.5 + 2.0]])
+    assert torch.allclose(out[0, 0], expected, atol=1e-5)
+    assert torch.equal(roi_features(f, torch.tensor([[1.0, 0.0, 3.0, 2.0]]), 2),
+                       roi_features(f, torch.tensor([[1.5, 0.5, 2.5, 1.5]]), 2, inset=False))  # inset = shifted box
+
+
 def test_roi_features_read_only_inside_the_box():
     f = torch.full((1, 2, 10, 8), -100.0)
     inside = torch.arange(18.0).reshape(2, 3, 3) + 1
@@ -363,3 +411,72 @@ def test_cached_query_matrices_follow_parameter_changes(trained):
         with torch.no_grad():
             m.log_lambda.copy_(saved[0])
             m.global_delta.copy_(saved[1])
+
+
+def test_global_holdout_keeps_its_items_out_of_stages_1_and_2(monkeypatch):
+    """`global_holdout` > 0: stages 1-2 (L_C, L_C + triplet) never draw a held-out item, and L_G (stage 3) is
+    fitted on the held-out items' representations only (the default, 0, fits L_G on the training items)."""
+    import vestis.models.fashionsearchnet as fsn
+
+    d = _data(300)
+    held = fsn.holdout_mask(d.ids, 0.3)
+    assert 0.2 < held.mean() < 0.4 and np.array_equal(held, fsn.holdout_mask(d.ids, 0.3))  # stable
+    drawn: dict[str, set] = {}
+    real_fit_loop = fsn.fit_loop
+
+    def recording_fit_loop(params, data, step, cfg, batches=None, desc="train", **kw):
+        def recorded(rng):
+            for b in batches(rng):
+                if "L_G" not in desc:  # L_G draws slots, not items
+                    drawn.setdefault(desc, set()).update(np.asarray(b).tolist())
+                yield b
+        return real_fit_loop(params, data, step, cfg, batches=recorded, desc=desc, **kw)
+
+    monkeypatch.setattr(fsn, "fit_loop", recording_fit_loop)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny layers: one thread is faster on a busy machine
+    try:
+        for finetune in (True, False):
+            drawn.clear()
+            m = create_model("fashionsearchnet", SCHEMA, CH, {**SMALL, "global_holdout": 0.3, "finetune": finetune})
+            seen = {}
+            real_fit_global = m.fit_global
+
+            def fit_global(reps, labels, progress=True):
+                seen["reps"], seen["labels"] = reps, labels
+                return real_fit_global(reps, labels, progress=progress)
+
+            m.fit_global = fit_global
+            m.fit(d, progress=False)
+            assert len(drawn) == 2, drawn.keys()  # the two stages
+            for desc, items in drawn.items():
+                assert not items & set(np.flatnonzero(held).tolist()), desc
+                assert len(items) > 0.8 * (~held).sum(), desc  # they did see the others
+            assert np.array_equal(seen["labels"], d.labels[held])
+            m.eval()
+            assert torch.allclose(seen["reps"], m.representations(_t(d, held)), atol=1e-5)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.xfail(strict=True, reason="known (issue 14): on this fixture the trained AAMs are not localised; the "
+                   "boxes cover most of the 4 x 4 map in both box modes")
+def test_trained_boxes_find_the_parts_of_the_fixture(trained):
+    """The fixture puts the colour evidence in the top two rows of the 4 x 4 stride-16 map (and the top row of
+    the 2 x 2 stride-32 map) and the sleeve evidence in the bottom two: a colour box should be centred in the top
+    half, a sleeve box in the bottom half. Measured (share of 200 unseen items, colour top / sleeve bottom):
+    trained fixture model, box_mode "minmax" 0.16 / 0.23, "paper" 0.18 / 0.58; untrained 0.02 / 0.03 and
+    0.53 / 0.55. Two 3 x 3 convs give every cell of a 4 x 4 map a view of both parts, and the CAM's baseline
+    (no bias, signed weights) is arbitrary, so the maps are smooth and the 20 % boxes nearly whole."""
+    m0, _, _ = trained
+    test = _data(200, seed=2)
+    x = _t(test)
+    for mode in ("minmax", "paper"):
+        m = create_model("fashionsearchnet", SCHEMA, CH, {**SMALL, "box_mode": mode}).eval()
+        m.load_state_dict(m0.state_dict())
+        with torch.no_grad():
+            f = m.features(x)
+            b = m.boxes(f, m.logits(f))
+        centre_y = (b[..., 1] + b[..., 3]) / 2
+        assert (centre_y[:, 0] < 2).float().mean() > 0.9, mode  # colour: top half
+        assert (centre_y[:, 1] > 2).float().mean() > 0.9, mode  # sleeve: bottom half

@@ -6,11 +6,17 @@ import torch
 import torch.nn.functional as F
 
 
-def multi_attribute_ce(logits: list[torch.Tensor], labels: torch.Tensor, ignore_index: int | None = None) -> torch.Tensor:
-    """Mean over attributes of the cross-entropy of each attribute's classifier (FashionSearchNet L_C, eq. 1).
+def multi_attribute_ce(logits: list[torch.Tensor], labels: torch.Tensor, ignore_index: int | None = None,
+                       reduction: str = "mean") -> torch.Tensor:
+    """The cross-entropy of each attribute's classifier (each averaged over the batch), combined over attributes
+    by `reduction`: "mean" (default; FashionSearchNet L_C, eq. 1) or "sum" (AMNet's L_a, eq. 4, sums over the
+    attributes).
 
-    labels[:, a] indexes logits[a]'s classes; `ignore_index` (e.g. -1) drops unlabelled entries.
+    labels[:, a] indexes logits[a]'s classes; `ignore_index` (e.g. -1) drops unlabelled entries (an attribute
+    with no labelled entry in the batch adds nothing to either reduction).
     """
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
     losses = []
     for a, lg in enumerate(logits):
         y = labels[:, a]
@@ -20,7 +26,10 @@ def multi_attribute_ce(logits: list[torch.Tensor], labels: torch.Tensor, ignore_
                 continue
             lg, y = lg[keep], y[keep]
         losses.append(F.cross_entropy(lg, y))
-    return torch.stack(losses).mean() if losses else logits[0].sum() * 0
+    if not losses:
+        return logits[0].sum() * 0
+    stacked = torch.stack(losses)
+    return stacked.sum() if reduction == "sum" else stacked.mean()
 
 
 def triplet_margin(anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, margin: float,
@@ -45,10 +54,15 @@ def soft_triplet(anchor: torch.Tensor, positive: torch.Tensor, negative: torch.T
     return (d[:, 0].pow(2) + (d[:, 1] - 1).pow(2)).mean()
 
 
-def batch_hard_triplet(embeddings: torch.Tensor, groups: torch.Tensor, margin: float) -> torch.Tensor:
-    """Instance triplet loss with the hardest positive and negative in the batch for each anchor
-    (Park et al.'s instance-similarity loss on P x K batches). Anchors without a positive are skipped."""
+def batch_hard_triplet(embeddings: torch.Tensor, groups: torch.Tensor, margin: float,
+                       squared: bool = False) -> torch.Tensor:
+    """Triplet loss with the hardest positive and negative in the batch for each anchor (Park et al.'s
+    instance-similarity loss on P x K batches; with category ids as groups, their object-similarity loss).
+    Anchors without a positive or a negative are skipped. `squared`: squared Euclidean distances (Park et al.'s
+    eq. 1) instead of Euclidean ones."""
     d = torch.cdist(embeddings, embeddings)
+    if squared:
+        d = d.pow(2)
     same = groups[:, None] == groups[None, :]
     eye = torch.eye(len(groups), dtype=torch.bool, device=embeddings.device)
     pos_mask = same & ~eye

@@ -14,32 +14,44 @@ The four components of the paper:
 4. Losses: the classification branches applied to r' with the reference's labels after the manipulation
    (eq. 4, L_a), the triplet ranking loss max(0, m + d(r', r+) - d(r', r-)) on <ref, pos, neg> with pos
    having exactly the target attribute vector (eq. 5, L_t, squared Euclidean), L = lam L_a + (1 - lam) L_t
-   (eq. 6); m = 0.5, lam = 0.2; SGD with momentum.
+   (eq. 6); m = 0.5, lam = 0.2; SGD with momentum. Eq. 4 sums the attributes' classification losses;
+   `cls_reduction` = "sum" does that, "mean" (the default, what the README's figures were measured with)
+   averages them, which weighs L_a A times less against L_t (with lam = 0.2 and 6 attributes, 6x). It sets
+   L_a of phase 2 only; phase 1 (the classifier that initialises M) takes the mean either way.
 
-The indicator h (section 3.2): for every manipulated attribute, +1 at the desired value and -1 at the
-value it replaces ("remove the old value, add the new one"; the -1/0/+1 encoding later attribute-
-manipulation code such as ADDE also uses); 0 elsewhere; several attributes may be manipulated at once.
-The controller normalises it (eq. 1); `indicator_norm="l1"` (default), h' = h / sum_i |h(i)|, reads
-t = (M(new) - M(old)) / 2 for one manipulation and a quarter of each difference for two; "l2" and "none"
-(h' = h) are the alternatives. At query time the current value of a manipulated attribute is not given
-(the query may be any image), so it is the classification branches' prediction on r among the
-attribute's known values (a manipulation implies a known current value); during training it is the
-reference's label. A query without manipulation has h = 0, so t = 0 and r' = W [r, 0] + b: the
-manipulator is always applied, as in the paper's network (identity triplets, `p_identity`, train that
+The indicator h (section 3.2), `indicator`:
+- "binary" (the paper): 1 at each desired value, 0 elsewhere; the controller normalises it (eq. 1),
+  h' = h / sum_i h(i), and t = sum_i h'(i) M(i): one manipulation reads t = M(new), two read
+  (M(new_a) + M(new_b)) / 2. The current value plays no part.
+- "signed" (the default, kept because the README's figures were measured with it): +1 at each desired value
+  and minus the weight of the value it replaces ("remove the old value, add the new one"; the -1/0/+1
+  encoding of later attribute-manipulation code such as ADDE), so one manipulation reads a difference of
+  prototypes. Training takes the reference's labelled current value (-1 at it). At query time the current
+  value is not given (the query may be any image), so `current` says what stands in for it:
+  "argmax" (default): -1 at the classification branches' most likely known value. When that IS the
+  requested value the +1 and -1 cancel, h = 0 and the query is not manipulated at all (tested);
+  "probabilities": -p(v) at every known value v, p the branches' probabilities over the attribute's known
+  values; then h(new) = 1 - p(new), so a confident "already blue" leaves little to do but never cancels
+  outright, and an unsure classifier spreads the subtraction instead of betting on one value.
+Several attributes may be manipulated at once. `indicator_norm` sets the normalisation of eq. 1: "l1"
+(default), h' = h / sum_i |h(i)| (for "binary", exactly the paper's h / sum h); under "signed" one
+manipulation then reads (M(new) - M(old)) / 2 and two a quarter of each difference; "l2" (h / ||h||) and
+"none" (h' = h) are the alternatives. A query without manipulation has h = 0, so t = 0 and r' = W [r, 0] + b:
+the manipulator is always applied, as in the paper's network (identity triplets, `p_identity`, train that
 case: pos = another item with the reference's exact vector).
 
 Deviations and choices, each a config switch: the trunk is frozen (cached maps; the paper fine-tunes its
 dual-path CNN), so r = FC(BN(FC(BN(pooled s32 + s16 maps)))); the classification branches also classify r
 of the reference, positive and negative (`cls_all`, keeping the gallery representation attribute-
-discriminative); the manipulator starts as r' = r + M(new) - M(old) for one manipulation (identity on r,
-`init_identity`; without memory the indicator block starts at zero); weight decay is applied to every
-parameter but the memory, so memory rows that are never addressed never move (eq. 2); training rows are
-mined from the training labels (ManipulationMiner). Measured on a validation slice of the train split of
-fashion-product-images (runs/tune-amnet), two settings beat the paper's: `normalize` (compare unit-length
-r and r'; unnormalised squared distances made the triplet term swamp the classifier) and
-`indicator_norm="none"` (with a linear manipulator, "l1" scales one change by 1/2 and each of two by 1/4,
-which no single W fits, and slows the memory's gradient by the same factors); the benchmark passes both
-in a config file.
+discriminative); the manipulator starts as r' = r + M(new) - M(old) for one manipulation under "signed",
+r' = r + M(new) under "binary" (identity on r, `init_identity`; without memory the indicator block starts at
+zero); weight decay is applied to every parameter but the memory, so memory rows that are never addressed
+never move (eq. 2); training rows are mined from the training labels (ManipulationMiner). Measured on a
+validation slice of the train split of fashion-product-images (runs/tune-amnet), two settings beat the
+paper's: `normalize` (compare unit-length r and r'; unnormalised squared distances made the triplet term
+swamp the classifier) and `indicator_norm="none"` (with a linear manipulator, "l1" scales one change by 1/2
+and each of two by 1/4, which no single W fits, and slows the memory's gradient by the same factors); the
+benchmark passes both in a config file.
 
 Ablations (paper section 5.3), as config switches of this class with thin registered subclasses:
 `amnet_no_memory` (memory=False: the normalised indicator h' itself is concatenated with r instead of
@@ -62,12 +74,16 @@ from vestis.models.layers import POOLS, AttributeClassifiers, l2n, pool_maps, va
 from vestis.models.loop import LoopConfig, TrainData, fit_loop, pooled_features
 
 NORMS = ("l1", "l2", "none")
-INIT_GAIN = {"l1": 2.0, "l2": 2 ** 0.5, "none": 1.0}  # one manipulation reads (M(new) - M(old)) / gain
+INDICATORS = ("signed", "binary")
+CURRENTS = ("argmax", "probabilities")
+REDUCTIONS = ("mean", "sum")
+# "signed": one manipulation reads (M(new) - M(old)) / gain; "binary" reads M(new) under every norm
+INIT_GAIN = {"l1": 2.0, "l2": 2 ** 0.5, "none": 1.0}
 
 
 def normalise_indicator(h: torch.Tensor, norm: str = "l1") -> torch.Tensor:
-    """h' of eq. 1. "l1": h / sum |h| (the paper's controller); "l2": h / ||h||; "none": h. Rows of h that
-    are all zero (no manipulation) stay zero."""
+    """h' of eq. 1. "l1": h / sum |h| (for a binary h, the paper's controller h / sum h); "l2": h / ||h||;
+    "none": h. Rows of h that are all zero (no manipulation) stay zero."""
     if norm == "none":
         return h
     d = h.abs().sum(-1, keepdim=True) if norm == "l1" else h.norm(dim=-1, keepdim=True)
@@ -268,6 +284,9 @@ class AMNet(SearchModel):
         # settings that measured better on fashion-product-images (normalize, indicator_norm="none")
         "memory": True, "lam": 0.2, "margin": 0.5, "squared": True, "indicator_norm": "l1",
         "normalize": False, "cls_all": True, "init_identity": True, "init_gain": 0.0,
+        # the indicator h and L_a's reduction over attributes: the paper's values are "binary" and "sum";
+        # the defaults ("signed" with "argmax", "mean") are what the README's figures were measured with
+        "indicator": "signed", "current": "argmax", "cls_reduction": "mean",
         # phase 1 (section 3.4): the multi-attribute classifier whose representations initialise M
         "pre_epochs": 25, "pre_lr": 0.1,
         # phase 2: joint training on <ref, pos, neg> triplets, SGD with momentum 0.9
@@ -291,6 +310,9 @@ class AMNet(SearchModel):
         if cfg["indicator_norm"] not in NORMS:
             raise VestisError(f"model {self.name}: indicator_norm must be one of {NORMS}, "
                               f"got {cfg['indicator_norm']!r}")
+        for key, allowed in (("indicator", INDICATORS), ("current", CURRENTS), ("cls_reduction", REDUCTIONS)):
+            if cfg[key] not in allowed:
+                raise VestisError(f"model {self.name}: {key} must be one of {allowed}, got {cfg[key]!r}")
         if not 0.0 <= cfg["lam"] <= 1.0:
             raise VestisError(f"model {self.name}: lam must be in [0, 1], got {cfg['lam']}")
         self.n_values = [len(schema.values(a)) for a in schema.attributes]
@@ -307,8 +329,9 @@ class AMNet(SearchModel):
             with torch.no_grad():
                 w = torch.zeros(q, q + cond)
                 w[:, :q] = torch.eye(q)
-                if cfg["memory"]:  # r' = r + M(new) - M(old) for one manipulation (t = that / 2 under "l1")
-                    w[:, q:] = (cfg["init_gain"] or INIT_GAIN[cfg["indicator_norm"]]) * torch.eye(q)
+                if cfg["memory"]:  # one manipulation: r' = r + M(new) - M(old) ("signed"), r + M(new) ("binary")
+                    gain = 1.0 if cfg["indicator"] == "binary" else INIT_GAIN[cfg["indicator_norm"]]
+                    w[:, q:] = (cfg["init_gain"] or gain) * torch.eye(q)
                 self.manipulator.weight.copy_(w)
                 self.manipulator.bias.zero_()
         self.register_buffer("offsets", torch.tensor(np.concatenate([[0], np.cumsum(self.n_values)[:-1]]),
@@ -323,15 +346,23 @@ class AMNet(SearchModel):
     def _out(self, r: torch.Tensor) -> torch.Tensor:
         return l2n(r) if self.config["normalize"] else r
 
-    def indicator(self, current: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
-        """Raw indicator h (N, C): +1 at each manipulated attribute's new value, -1 at its current value.
-        current, new: (N, A) codes; new = -1 where the attribute is not manipulated; a current code of
-        "unspecified" (or -1) adds no -1."""
-        current = torch.as_tensor(current, dtype=torch.long)
+    def indicator(self, current: torch.Tensor | None, new: torch.Tensor) -> torch.Tensor:
+        """Raw indicator h (N, C). new: (N, A) codes, -1 where the attribute is not manipulated; +1 at each
+        manipulated attribute's new value. Under "binary" that is all (`current` is ignored). Under "signed"
+        the current value is subtracted: `current` (N, A) integer codes put -1 at that code (a code of
+        "unspecified", or -1, subtracts nothing), or (N, C) float weights in memory-row layout (e.g.
+        `current_distribution`) subtract those weights from every row of a manipulated attribute."""
         new = torch.as_tensor(new, dtype=torch.long)
         h = torch.zeros(len(new), self.n_rows)
         mask = new >= 0
         h.scatter_add_(1, self.offsets + new.clamp_min(0), mask.float())
+        if self.config["indicator"] == "binary":
+            return h
+        current = torch.as_tensor(current)
+        if current.is_floating_point():
+            rows = torch.repeat_interleave(mask, self.value_counts, dim=1)  # (N, C): rows of manipulated attributes
+            return h - current.to(h.dtype) * rows
+        current = current.long()
         known = mask & (current >= 0) & (current < self.value_counts)
         cur = torch.minimum(current.clamp_min(0), self.value_counts - 1)
         h.scatter_add_(1, self.offsets + cur, -known.float())
@@ -350,6 +381,21 @@ class AMNet(SearchModel):
     def current_values(self, r: torch.Tensor) -> torch.Tensor:
         """(N, A) predicted codes among each attribute's known values (the classification branches on r)."""
         return torch.stack([lg[:, :n].argmax(-1) for lg, n in zip(self.classify(r), self.n_values)], dim=1)
+
+    def current_distribution(self, r: torch.Tensor) -> torch.Tensor:
+        """(N, C) in memory-row layout: per attribute, the branches' probabilities over its known values
+        (softmax over those logits only; "unspecified" has no row), the stand-in for the current value under
+        `current` = "probabilities"."""
+        return torch.cat([F.softmax(lg[:, :n], dim=-1) for lg, n in zip(self.classify(r), self.n_values)], dim=1)
+
+    def query_indicator(self, r: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+        """h for queries: the current value is not given, so the classification branches' reading of r
+        stands in for it (`current`); "binary" needs none."""
+        if self.config["indicator"] == "binary":
+            return self.indicator(None, new)
+        if self.config["current"] == "probabilities":
+            return self.indicator(self.current_distribution(r), new)
+        return self.indicator(self.current_values(r), new)
 
     def new_codes(self, manipulations: list[dict]) -> torch.Tensor:
         new = torch.full((len(manipulations), len(self.n_values)), -1, dtype=torch.long)
@@ -379,7 +425,7 @@ class AMNet(SearchModel):
         n = next(iter(maps.values())).shape[0]
         manipulations = self.check_manipulations(manipulations, n)
         r = self.represent(maps)
-        h = self.indicator(self.current_values(r), self.new_codes(manipulations))
+        h = self.query_indicator(r, self.new_codes(manipulations))
         return self._out(self.manipulate(r, h))
 
     # --- training ----------------------------------------------------------------------------------------
@@ -406,9 +452,10 @@ class AMNet(SearchModel):
         cur = labels[ref]
         r_m = self.manipulate(r[:b], self.indicator(cur, new))
         target = torch.where(new >= 0, new, cur)  # eq. 4: the reference's labels follow the manipulation
-        l_a = multi_attribute_ce(self.classify(r_m), target)
+        red = cfg["cls_reduction"]
+        l_a = multi_attribute_ce(self.classify(r_m), target, reduction=red)
         if cfg["cls_all"]:
-            l_a = (l_a + multi_attribute_ce(self.classify(r), labels[idx])) / 2
+            l_a = (l_a + multi_attribute_ce(self.classify(r), labels[idx], reduction=red)) / 2
         loss, logs = lam * l_a, {"cls": l_a}
         if lam < 1:
             out = self._out(torch.cat([r_m, r[b:]]))

@@ -7,6 +7,17 @@ A head on the trunk's stride-32 map feeds two paths:
   - object classification (OC): the feature-relaxation module (conv, ReLU, dropout, conv) -> GAP ->
     category classifier with cross-entropy. The relaxation module lets the classification loss shape
     the shared features without forcing the embedding itself to collapse onto category labels.
+
+The loss, `loss = cls_weight * OC + sim_weight * similarity` (Park et al.'s eq. 1 and their Table 1 rows):
+  - `loss`: "oc+is" (default, the paper's best row): the similarity term is IS, a triplet loss whose
+    positives are views of the same product; "oc+os": OS, a triplet loss whose positives share the category
+    (items of an unspecified category take no part); "oc": the classification loss alone (the embedding
+    layer is then never trained: the ablation's point);
+  - `squared`: squared Euclidean distances in the triplet term (the paper's eq. 1: True; default False,
+    plain distances, what the README's figures were measured with);
+  - `margin`: the paper's delta is 0.3; default 0.2 (as measured for the README);
+  - `sim_weight`: the paper's beta = 0.1 on the similarity term; default 1.0 (1:1, as measured);
+  - mining: batch-hard (the hardest positive and negative in each P x K batch), not the paper's sampling.
 """
 
 from __future__ import annotations
@@ -23,17 +34,26 @@ from vestis.models.layers import gap, l2n
 from vestis.models.loop import LoopConfig, TrainData, batch_maps, fit_loop, pk_batches
 
 
+LOSSES = ("oc+is", "oc+os", "oc")
+
+
 @register
 class GlobalEmbed(SearchModel):
     name = "global_embed"
     levels = ("s32",)
     quick_config = {"epochs": 2, "width": 32, "dim": 16, "p": 8, "k": 2, "batch_size": 16}
+    # the paper's loss (eq. 1): "squared": True, "margin": 0.3, "sim_weight": 0.1; the defaults are what the
+    # README's figures were measured with (see the module docstring)
     default_config = {"width": 256, "dim": 256, "dropout": 0.5, "margin": 0.2, "cls_weight": 1.0,
+                      "loss": "oc+is", "squared": False, "sim_weight": 1.0,
                       "category_attribute": None, "epochs": 12, "p": 32, "k": 4, "batch_size": 128,
                       "lr": 1e-3, "weight_decay": 1e-4, "seed": 0}
 
     def __init__(self, schema, channels, config=None):
         super().__init__(schema, channels, config)
+        if self.config["loss"] not in LOSSES:
+            raise VestisError(f"model {self.name}: loss must be one of {', '.join(LOSSES)}, "
+                              f"got {self.config['loss']!r}")
         cat = self.config["category_attribute"] or next(
             (a for a in ("category", "articleType") if a in schema), schema.attributes[0])
         schema.check_attribute(cat)
@@ -62,14 +82,25 @@ class GlobalEmbed(SearchModel):
 
         def step(idx):
             emb, logits = self(batch_maps(data, idx, ("s32",)))
-            y = cats[idx]
-            known = y < self.n_categories  # "unspecified" category: no classification target
-            cls = F.cross_entropy(logits[known], y[known]) if known.any() else logits.sum() * 0
-            tri = batch_hard_triplet(emb, groups[idx], c["margin"])
-            return tri + c["cls_weight"] * cls, {"triplet": tri, "cls": cls}
+            return self.loss(emb, logits, groups[idx], cats[idx])
 
         return fit_loop(self.parameters(), data, step, cfg, desc="global_embed", progress=progress, modules=[self],
                         batches=lambda rng: pk_batches(data.instances, c["p"], c["k"], rng))
+
+    def loss(self, emb: torch.Tensor, logits: torch.Tensor, groups: torch.Tensor,
+             cats: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """cls_weight * OC + sim_weight * (IS or OS) on one batch (see the module docstring); groups: product
+        ids, cats: category codes (n_categories = "unspecified")."""
+        c = self.config
+        known = cats < self.n_categories  # "unspecified" category: no classification target
+        cls = F.cross_entropy(logits[known], cats[known]) if known.any() else logits.sum() * 0
+        if c["loss"] == "oc":
+            return c["cls_weight"] * cls, {"cls": cls}
+        if c["loss"] == "oc+is":
+            sim = batch_hard_triplet(emb, groups, c["margin"], squared=c["squared"])
+        else:  # "oc+os": positives share the category
+            sim = batch_hard_triplet(emb[known], cats[known], c["margin"], squared=c["squared"])
+        return c["sim_weight"] * sim + c["cls_weight"] * cls, {"triplet": sim, "cls": cls}
 
     @property
     def dim(self) -> int:

@@ -74,27 +74,15 @@ def class_activation_maps(features: torch.Tensor, weight: torch.Tensor, classes:
     return torch.einsum("nk,nkhw->nhw", weight[classes], features)
 
 
-def box_from_map(activation, threshold: float = 0.2, connectivity: int = 2) -> tuple[int, int, int, int]:
-    """Fit a box to the largest connected region of cells above `threshold` of an activation map's maximum.
+BOX_MODES = ("minmax", "paper")
 
-    The map (H, W) is min-max normalised first (as CAM's reference code does, so a map with negative values
-    is measured from its minimum); cells strictly above `threshold` are segmented, connected components are
-    labelled (connectivity 2 = 8-neighbourhood, 1 = 4-neighbourhood; scipy.ndimage.label) and the largest
-    one (ties: the one holding the highest cell) gives the box (x0, y0, x1, y1) in cell units, x1 / y1
-    exclusive: cell (i, j) covers [j, j+1) x [i, i+1), the feature-map convention of
-    `vestis.vision.preprocess`. A constant map gives the whole map.
-    """
+
+def _largest_region_box(mask, m, connectivity: int) -> tuple[int, int, int, int]:
+    """Box (x0, y0, x1, y1; x1 / y1 exclusive) of the largest connected region of `mask` (ties: the region
+    holding the highest value of `m`); connectivity 2 = 8-neighbourhood, 1 = 4-neighbourhood."""
     import numpy as np
     from scipy import ndimage
 
-    m = np.asarray(activation, dtype=np.float64)
-    if m.ndim != 2:
-        raise ValueError(f"an activation map must be 2-D, got shape {m.shape}")
-    h, w = m.shape
-    lo, hi = float(m.min()), float(m.max())
-    if not np.isfinite(hi - lo) or hi - lo <= 1e-12:
-        return (0, 0, w, h)
-    mask = (m - lo) / (hi - lo) > threshold
     labels, n = ndimage.label(mask, structure=ndimage.generate_binary_structure(2, connectivity))
     if n > 1:
         sizes = np.bincount(labels.ravel())[1:]
@@ -110,28 +98,95 @@ def box_from_map(activation, threshold: float = 0.2, connectivity: int = 2) -> t
     return (int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1)
 
 
-def boxes_from_maps(activations: torch.Tensor, threshold: float = 0.2, connectivity: int = 2) -> torch.Tensor:
+def upsample_map(activation: torch.Tensor, scale: int) -> torch.Tensor:
+    """(..., H, W) -> (..., H*scale, W*scale), bilinear (align_corners=False: cell centres stay at cell centres,
+    the border replicates), as CAM's localisation resizes a map to the image."""
+    if scale == 1:
+        return activation
+    lead = activation.shape[:-2]
+    x = activation.reshape(-1, 1, *activation.shape[-2:])
+    up = F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False)
+    return up.reshape(*lead, *up.shape[-2:])
+
+
+def box_from_map(activation, threshold: float = 0.2, connectivity: int = 2, mode: str = "minmax",
+                 scale: int = 1) -> tuple:
+    """Fit a box to the largest connected region of an activation map (H, W) above `threshold` of its maximum.
+
+    mode "minmax" (FashionSearchNet's default, what the README's figures were measured with): the map is
+    min-max normalised (as CAM's reference code does, so a map with negative values is measured from its
+    minimum: cells of zero evidence pass a 20 % threshold when the map has negative cells) and cells strictly
+    above `threshold` are segmented on the feature grid; returns integer cells.
+    mode "paper" (the papers' localisation): the map is clamped at 0 (negative evidence is no evidence),
+    upsampled bilinearly by `scale` (the trunk stride: image resolution), and pixels strictly above
+    `threshold` x its maximum are segmented there; returns the box in (fractional) cell units, pixel edges /
+    `scale`. A map with no positive cell gives the whole map.
+    Connected components (scipy.ndimage.label; connectivity 2 = 8-neighbourhood, 1 = 4-neighbourhood): the
+    largest one (ties: the one holding the highest value) gives the box (x0, y0, x1, y1) in cell units, x1 / y1
+    exclusive: cell (i, j) covers [j, j+1) x [i, i+1), the feature-map convention of `vestis.vision.preprocess`.
+    A constant map gives the whole map.
+    """
+    import numpy as np
+
+    if mode not in BOX_MODES:
+        raise ValueError(f"box mode must be one of {BOX_MODES}, got {mode!r}")
+    m = np.asarray(activation, dtype=np.float64)
+    if m.ndim != 2:
+        raise ValueError(f"an activation map must be 2-D, got shape {m.shape}")
+    h, w = m.shape
+    if mode == "paper":
+        up = upsample_map(torch.from_numpy(np.maximum(m, 0.0)), int(scale)).numpy()
+        return _paper_box(up, threshold, connectivity, int(scale), (w, h))
+    lo, hi = float(m.min()), float(m.max())
+    if not np.isfinite(hi - lo) or hi - lo <= 1e-12:
+        return (0, 0, w, h)
+    return _largest_region_box((m - lo) / (hi - lo) > threshold, m, connectivity)
+
+
+def _paper_box(up, threshold: float, connectivity: int, scale: int, size: tuple[int, int]) -> tuple:
+    """The "paper" box on an upsampled, clamped map: pixels above threshold x max, in cell units."""
+    import numpy as np
+
+    hi = float(up.max())
+    if not np.isfinite(hi) or hi <= 1e-12:
+        return (0.0, 0.0, float(size[0]), float(size[1]))
+    return tuple(v / scale for v in _largest_region_box(up > threshold * hi, up, connectivity))
+
+
+def boxes_from_maps(activations: torch.Tensor, threshold: float = 0.2, connectivity: int = 2,
+                    mode: str = "minmax", scale: int = 1) -> torch.Tensor:
     """`box_from_map` over maps of any leading shape (..., H, W) -> float32 boxes (..., 4) in cell units."""
     import numpy as np
 
-    a = activations.detach().float().cpu().numpy()
-    flat = a.reshape(-1, *a.shape[-2:])
-    out = np.array([box_from_map(m, threshold, connectivity) for m in flat], dtype=np.float32).reshape(*a.shape[:-2], 4)
-    return torch.from_numpy(out)
+    if mode not in BOX_MODES:
+        raise ValueError(f"box mode must be one of {BOX_MODES}, got {mode!r}")
+    a = activations.detach().float().cpu()
+    lead, (h, w) = a.shape[:-2], a.shape[-2:]
+    flat = a.reshape(-1, h, w)
+    if mode == "paper":  # one batched upsampling, then the per-map segmentation
+        up = upsample_map(flat.clamp_min(0.0), int(scale)).double().numpy()
+        out = [_paper_box(u, threshold, connectivity, int(scale), (w, h)) for u in up]
+    else:
+        out = [box_from_map(m, threshold, connectivity) for m in flat.numpy()]
+    return torch.from_numpy(np.array(out, dtype=np.float32).reshape(*lead, 4))
 
 
-def roi_features(features: torch.Tensor, boxes: torch.Tensor, output_size: int | tuple[int, int]) -> torch.Tensor:
+def roi_features(features: torch.Tensor, boxes: torch.Tensor, output_size: int | tuple[int, int],
+                 inset: bool = True) -> torch.Tensor:
     """ROI-align the cells inside each box to a fixed grid: features (N, K, H, W), boxes (N, 4) in cell units
     (x0, y0, x1, y1; x1 / y1 exclusive, as `box_from_map` returns) -> (N, K, oh, ow).
 
     torchvision's roi_align (aligned=True: feature index j sits at continuous coordinate j + 0.5) samples a grid
-    spanning the box; here the grid spans the CENTRES of the box's first and last cells, so bilinear
-    interpolation only ever reads cells inside the box (a one-cell box gives that cell everywhere).
+    spanning the box. `inset` (for integer cell boxes, box mode "minmax"): the grid spans the CENTRES of the
+    box's first and last cells, so bilinear interpolation only ever reads cells inside the box (a one-cell box
+    gives that cell everywhere). inset=False (fractional boxes, box mode "paper"): the grid spans the box's own
+    continuous extent, roi_align's convention, reading neighbouring cells where the box edge cuts a cell.
     """
     from torchvision.ops import roi_align
 
     b = boxes.to(features.dtype).reshape(-1, 4)
-    inset = torch.tensor([0.5, 0.5, -0.5, -0.5], dtype=b.dtype, device=b.device)
-    rois = torch.cat([torch.arange(len(b), dtype=b.dtype, device=b.device)[:, None], b + inset], dim=1)
+    if inset:
+        b = b + torch.tensor([0.5, 0.5, -0.5, -0.5], dtype=b.dtype, device=b.device)
+    rois = torch.cat([torch.arange(len(b), dtype=b.dtype, device=b.device)[:, None], b], dim=1)
     size = (output_size, output_size) if isinstance(output_size, int) else tuple(output_size)
     return roi_align(features, rois, size, spatial_scale=1.0, sampling_ratio=2, aligned=True)
