@@ -204,8 +204,9 @@ async function runSearch(label = null, {record = true} = {}) {
     const filterable = new Set(state.schema.filters.map((f) => f.name));
     const filters = $("#strict").checked
       ? Object.fromEntries(Object.entries(manip).filter(([a]) => filterable.has(a))) : {};
+    const labels = $("#labels").checked ? "on" : "off";
     if (q.kind === "item") {
-      const body = {item_id: q.item.id, manipulations: manip, mode, k, filters};
+      const body = {item_id: q.item.id, manipulations: manip, mode, k, filters, labels};
       if (text) body.text = text;
       response = await api("/search", {method: "POST", headers: {"Content-Type": "application/json"},
                                        body: JSON.stringify(body)});
@@ -216,6 +217,7 @@ async function runSearch(label = null, {record = true} = {}) {
       form.append("mode", mode);
       form.append("k", String(k));
       form.append("filters", JSON.stringify(filters));
+      form.append("labels", labels);
       if (text) form.append("text", text);
       response = await api("/search", {method: "POST", body: form});
     }
@@ -263,7 +265,10 @@ function renderResults(r) {
   const changes = Object.entries(r.manipulations).map(([a, v]) => `${a} = ${v}`).join(", ");
   const only = Object.entries(r.filters || {}).map(([a, v]) => `${a} = ${v}`).join(", ");
   setStatus(`${r.results.length} results · ${modeLabel(r.mode)}${changes ? ` · ${changes}` : ""}` +
-            `${only ? ` · only ${only}` : ""} · ${r.took_ms} ms`);
+            `${only ? ` · only ${only}` : ""} · labels ${r.labels} · ${r.took_ms} ms`);
+  const note = $("#note");
+  note.textContent = r.note || "";
+  note.classList.toggle("hidden", !r.note);
   const tgt = $("#target");
   tgt.innerHTML = "";
   if (Object.keys(r.target).length) {
