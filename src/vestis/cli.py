@@ -128,7 +128,8 @@ def cmd_bench_search(args) -> int:
 def cmd_bench_query(args) -> int:
     from vestis.bench.query import bench_query, describe
 
-    r = bench_query(args.run, args.index, args.queries, n_queries=args.n, repeats=args.repeats, cache_dir=args.cache)
+    r = bench_query(args.run, args.index, args.queries, n_queries=args.n, repeats=args.repeats, cache_dir=args.cache,
+                    labels=args.labels == "on")
     print(describe(r))
     print(json.dumps(r))
     return 0
@@ -252,6 +253,8 @@ def cmd_search(args) -> int:
     from vestis.eval.runners import rank_queries
 
     engine = Engine.load(args.run, args.index, cache_dir=args.cache)
+    if args.label_weight is not None:
+        engine.label_weight = args.label_weight
     if args.queries:
         from vestis.eval.queries import read_queries
         from vestis.eval.rankings import write_rankings
@@ -498,6 +501,8 @@ def build_parser() -> argparse.ArgumentParser:
     b = bench.add_parser("query", help="one manipulation query through the engine on a built index")
     bench_run_options(b, 500, "queries", 3)
     b.add_argument("--queries", type=Path, required=True, help="a manipulation query file")
+    b.add_argument("--labels", choices=["on", "off"], default="off",
+                   help="off (default): vision only, as the protocol figures; on: catalogue-aware ranking")
     b.set_defaults(func=cmd_bench_query)
 
     b = bench.add_parser("serve", help="HTTP load test of `vestis serve` on loopback")
@@ -552,6 +557,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--labels", choices=["on", "off"], default="on",
                    help="on (default): rank with the catalogue's labels (requested values as constraints, the query's "
                         "other attributes as preferences); off: vision only, the papers' protocol")
+    s.add_argument("--label-weight", type=float, default=None, metavar="W",
+                   help="labels on: how much the run's similarity counts against label log-likelihoods (default "
+                        "vestis.catalogue_ranking.LABEL_WEIGHT)")
     s.add_argument("--photos", action="store_true",
                    help="with --queries: search catalogue-item queries by their image file, as shopper photos (their "
                         "own labels unseen)")
