@@ -127,3 +127,14 @@ def test_bench_search_reports_rows_and_verdict(pipeline, bench_queries, capsys):
     assert rep["items"] == 400 and [r["kind"] for r in rep["rows"]] == ["auto", "flat", "hnsw"]
     flat = rep["rows"][1]
     assert flat["recall_ties"] == 1.0 and flat["items"] == 400
+
+
+def test_bench_labels_times_the_catalogue_aware_query_and_its_recall(pipeline, bench_queries, capsys):
+    root, cat, run, idx, cache = pipeline
+    assert main(["bench", "labels", "--run", str(run), "--index", str(idx), "--queries", str(bench_queries),
+                 "--n", "5", "--repeats", "1", "--items", "400", "--cache", str(cache)]) == 0
+    out = capsys.readouterr().out
+    assert "400 items" in out and "FAISS flat" in out  # 400 vectors: kind auto searches exactly
+    recall = float(out.split("same filter: ")[1].split(" ")[0])
+    assert recall == 1.0  # exact search: the constrained results are the exact top k under the filter
+    assert "p50 **" in out

@@ -135,6 +135,14 @@ def cmd_bench_query(args) -> int:
     return 0
 
 
+def cmd_bench_labels(args) -> int:
+    from vestis.bench.labels import bench_labels
+
+    print(bench_labels(args.run, args.index, args.queries, n=args.items, n_queries=args.n, repeats=args.repeats,
+                       cache_dir=args.cache))
+    return 0
+
+
 def cmd_bench_serve(args) -> int:
     from vestis.bench.serve import bench_serve
 
@@ -462,7 +470,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_extract)
 
     s = sub.add_parser("bench", help="speed benchmarks (PROTOCOLS.md section 5)")
-    bench = s.add_subparsers(dest="benchmark", required=True, metavar="{extract,search,query,serve}")
+    bench = s.add_subparsers(dest="benchmark", required=True, metavar="{extract,search,query,labels,serve}")
 
     def bench_run_options(b, n: int, n_help: str, repeats: int):
         b.add_argument("--run", type=Path, required=True, help="the trained run")
@@ -504,6 +512,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--labels", choices=["on", "off"], default="off",
                    help="off (default): vision only, as the protocol figures; on: catalogue-aware ranking")
     b.set_defaults(func=cmd_bench_query)
+
+    b = bench.add_parser("labels", help="catalogue-aware (labels on) query time and recall at catalogue scale")
+    bench_run_options(b, 300, "queries", 3)
+    b.add_argument("--queries", type=Path, required=True, help="a manipulation query file")
+    b.add_argument("--items", type=_positive, default=200_000, help="gallery size: real items + feature-map variants")
+    b.set_defaults(func=cmd_bench_labels)
 
     b = bench.add_parser("serve", help="HTTP load test of `vestis serve` on loopback")
     bench_run_options(b, 2000, "requests per repeat", 3)
