@@ -55,7 +55,7 @@ def finetune_trunk(catalog, spec, out_weights: Path, *, epochs: int = 2, blocks:
     from tqdm import tqdm
 
     from vestis.losses import multi_attribute_ce
-    from vestis.models.layers import AttributeClassifiers
+    from vestis.models.layers import AttributeClassifiers, pool_maps
     from vestis.images import ImageReadError
     from vestis.vision.preprocess import load_letterboxed, normalize
     from vestis.vision.trunk import build_trunk
@@ -98,7 +98,7 @@ def finetune_trunk(catalog, spec, out_weights: Path, *, epochs: int = 2, blocks:
                     continue
                 x = normalize(np.stack(pics), trunk.mean, trunk.std).to(device)
                 (s32,) = trunk(x)
-                loss = multi_attribute_ce(heads(s32.mean(dim=(2, 3))), labels[rows].to(device))
+                loss = multi_attribute_ce(heads(pool_maps({"s32": s32})), labels[rows].to(device))
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
