@@ -21,7 +21,7 @@ import torch
 from vestis import catalogue_ranking
 from vestis.catalog import Catalog
 from vestis.errors import VestisError, echo
-from vestis.indexing import ENGINE_FILE, parent_id
+from vestis.indexing import ENGINE_FILE, check_spaces, parent_id
 from vestis.models import Probe, Request, SearchModel, Space
 from vestis.paths import default_cache_dir
 from vestis.runs import load_run
@@ -122,6 +122,8 @@ class Engine:
         try:
             meta = json.loads((index_dir / ENGINE_FILE).read_text())
             names = list(meta["spaces"])
+            if not isinstance(meta["spaces"], dict):
+                raise TypeError("'spaces' is not an object")
         except (ValueError, KeyError, TypeError) as e:
             raise EngineError(f"{index_dir / ENGINE_FILE} is corrupt ({e}); rebuild the index with `vestis index`") from None
         model, info = load_run(run_dir)
@@ -132,8 +134,12 @@ class Engine:
         if missing:
             raise EngineError(f"index {index_dir} lacks the space(s) {sorted(missing)} that model {model.name} "
                               f"searches; rebuild it with `vestis index --run {run_dir}`")
-        spaces = {s: load_index(index_dir / s, expect_run_id=info.run_id, expect_schema_digest=model.schema.digest())
-                  for s in names}
+        try:  # every space from the one build engine.json describes, before any is opened
+            dirs = check_spaces(index_dir, meta)
+        except VestisError as e:
+            raise EngineError(str(e)) from None
+        spaces = {s: load_index(d, expect_run_id=info.run_id, expect_schema_digest=model.schema.digest())
+                  for s, d in dirs.items()}
         if catalog is None:
             path = meta["catalog"]["path"]
             if not path:
