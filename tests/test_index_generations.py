@@ -209,3 +209,22 @@ def test_milvus_lite_rebuilds_are_atomic_too(built, tmp_path, monkeypatch):
     again = build_index(run, cat, idx, backend="milvus", cache_dir=cache, progress=False)
     assert _generations(idx) == [again["generation"]] != [meta["generation"]]
     assert _answers(run, idx, cat, cache, query)[0] == again["spaces"]["main"]["count"] > before[0]
+
+
+def test_a_reader_racing_a_rebuild_gets_the_new_generation(built, monkeypatch):
+    """A rebuild that switches (and removes the generation the reader was opening) mid-load: the reader reads the
+    new engine.json and opens the new generation, whole."""
+    import vestis.engine
+
+    run, cat, idx, cache, query = built
+    real_check, calls = vestis.engine.check_spaces, []
+
+    def rebuild_first(index_dir, meta):
+        if not calls:
+            calls.append(build_index(run, cat, idx, cache_dir=cache, progress=False))
+        return real_check(index_dir, meta)
+
+    monkeypatch.setattr(vestis.engine, "check_spaces", rebuild_first)
+    eng = Engine.load(run, idx, catalog=cat, cache_dir=cache)
+    assert eng.meta["generation"] == calls[0]["generation"]
+    assert len(eng.spaces["main"]) == calls[0]["spaces"]["main"]["count"]
