@@ -21,7 +21,7 @@ import torch
 from vestis import catalogue_ranking
 from vestis.catalog import Catalog
 from vestis.errors import VestisError, echo
-from vestis.indexing import ENGINE_FILE, parent_id
+from vestis.indexing import ENGINE_FILE, check_spaces, parent_id
 from vestis.models import Probe, Request, SearchModel, Space
 from vestis.paths import default_cache_dir
 from vestis.runs import load_run
@@ -114,32 +114,71 @@ class Engine:
 
     @classmethod
     def load(cls, run_dir: Path, index_dir: Path, catalog: Catalog | None = None, cache_dir: Path | None = None) -> "Engine":
-        from vestis.index import load_index
-
         index_dir = Path(index_dir)
-        if not (index_dir / ENGINE_FILE).is_file():
-            raise EngineError(f"{index_dir} is not an index built by `vestis index` ({ENGINE_FILE} is missing)")
-        try:
-            meta = json.loads((index_dir / ENGINE_FILE).read_text())
-            names = list(meta["spaces"])
-        except (ValueError, KeyError, TypeError) as e:
-            raise EngineError(f"{index_dir / ENGINE_FILE} is corrupt ({e}); rebuild the index with `vestis index`") from None
+        text = cls._read_engine_json(index_dir)
+        meta = cls._parse_engine_json(index_dir, text)  # a broken index is said before the run is loaded
         model, info = load_run(run_dir)
-        if meta.get("run_id") != info.run_id:
-            raise EngineError(f"index {index_dir} was built with run {meta.get('run_id')}, not with {info.run_id} "
-                              f"({run_dir}); rebuild it with `vestis index --run {run_dir}`")
-        missing = set(model.spaces()) - set(names)
-        if missing:
-            raise EngineError(f"index {index_dir} lacks the space(s) {sorted(missing)} that model {model.name} "
-                              f"searches; rebuild it with `vestis index --run {run_dir}`")
-        spaces = {s: load_index(index_dir / s, expect_run_id=info.run_id, expect_schema_digest=model.schema.digest())
-                  for s in names}
+        for attempt in range(3):
+            try:
+                spaces = cls._load_spaces(index_dir, meta, run_dir, model, info)
+                break
+            except VestisError:
+                # a rebuild may have switched generations (and removed ours) while we read: read the new one
+                now = cls._read_engine_json(index_dir)
+                if attempt == 2 or now == text:
+                    raise
+                text, meta = now, cls._parse_engine_json(index_dir, now)
         if catalog is None:
             path = meta["catalog"]["path"]
             if not path:
                 raise EngineError(f"index {index_dir} does not record its catalogue; pass it explicitly")
             catalog = Catalog.load(Path(path), format=meta["catalog"].get("format"))
         return cls(model, info, spaces, catalog, TrunkSpec.from_json(info.trunk), cache_dir or default_cache_dir(), meta)
+
+    @staticmethod
+    def _read_engine_json(index_dir: Path) -> str:
+        try:
+            return (index_dir / ENGINE_FILE).read_text()
+        except FileNotFoundError:
+            raise EngineError(f"{index_dir} is not an index built by `vestis index` ({ENGINE_FILE} is missing)") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise EngineError(f"cannot read {index_dir / ENGINE_FILE}: {e}") from None
+
+    @staticmethod
+    def _parse_engine_json(index_dir: Path, text: str) -> dict:
+        try:
+            meta = json.loads(text)
+            if not isinstance(meta["spaces"], dict):
+                raise TypeError("'spaces' is not an object")
+        except (ValueError, KeyError, TypeError) as e:
+            raise EngineError(f"{index_dir / ENGINE_FILE} is corrupt ({e}); rebuild the index with `vestis index`") from None
+        return meta
+
+    @staticmethod
+    def _load_spaces(index_dir: Path, meta: dict, run_dir, model, info) -> dict:
+        """Every space engine.json names, checked to come from that one build."""
+        from vestis.index import load_index
+
+        if meta.get("run_id") != info.run_id:
+            raise EngineError(f"index {index_dir} was built with run {meta.get('run_id')}, not with {info.run_id} "
+                              f"({run_dir}); rebuild it with `vestis index --run {run_dir}`")
+        missing = set(model.spaces()) - set(meta["spaces"])
+        if missing:
+            raise EngineError(f"index {index_dir} lacks the space(s) {sorted(missing)} that model {model.name} "
+                              f"searches; rebuild it with `vestis index --run {run_dir}`")
+        try:  # every space from the one build engine.json describes, before any is opened
+            dirs = check_spaces(index_dir, meta)
+        except VestisError as e:
+            raise EngineError(str(e)) from None
+        spaces = {}
+        try:
+            for s, d in dirs.items():
+                spaces[s] = load_index(d, expect_run_id=info.run_id, expect_schema_digest=model.schema.digest())
+        except BaseException:
+            for idx in spaces.values():
+                idx.close()
+            raise
+        return spaces
 
     # --- query features ------------------------------------------------------------------------
     def encode_images(self, images: Sequence[Path | bytes]) -> dict[str, torch.Tensor]:

@@ -1,15 +1,35 @@
 """`vestis index`: embed a catalogue with a trained run into one index per vector space the run's model declares.
 
-An index directory holds one sub-folder per space (`model.spaces()`: "main", "visual", one per attribute, one per
-part...) and `engine.json`, which names the run, the catalogue and what each space holds. A per-attribute space
-holds only the items with a known catalogue value of its attribute; a per-part space holds `item#k` vectors with
-a `part` attribute (the engine collapses them back to the item).
+An index directory holds `engine.json`, which names the run, the catalogue, what each space holds and the
+generation folder the spaces live in, and that folder, with one sub-folder per space (`model.spaces()`: "main",
+"visual", one per attribute, one per part...)::
+
+    index_dir/
+      engine.json                      <- the commit point: {"generation": "gen-...", "spaces": {...}, ...}
+      gen-20261203T150000-1a2b3c4d/
+        main/  visual/  labels/ ...    <- vestis.index directories (manifest.json + data-*)
+
+A rebuild writes every space into a NEW generation folder, then replaces engine.json in one rename
+(`atomic_write`), then removes the previous generation: a reader - or a rebuild killed at any point - sees the
+old index or the new one, never a mix of spaces from two builds. Leftover generations of a killed build are
+removed by the next build. engine.json records, per space, the count, run id and the `data_dir` of the space's
+manifest (unique to one save), which `Engine.load` checks against each space's manifest (`check_spaces`).
+
+Index folders of the previous layout (spaces directly under index_dir, no "generation") are still read, with
+the same count / run id / kind checks, so existing indexes keep working; rebuilding one moves it to the new
+layout and removes the old space folders.
+
+A per-attribute space holds only the items with a known catalogue value of its attribute; a per-part space holds
+`item#k` vectors with a `part` attribute (the engine collapses them back to the item).
 """
 
 from __future__ import annotations
 
 import json
 import re
+import secrets
+import shutil
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +45,8 @@ from vestis.vision.extract import catalogue_features
 from vestis.vision.trunk import TrunkSpec
 
 ENGINE_FILE = "engine.json"
+GENERATION_PREFIX = "gen-"
+_GENERATION_RE = re.compile(r"gen-[0-9A-Za-z-]+")
 PART_SEPARATOR = "#"
 CONNECTION_OPTIONS = ("uri", "token", "db_name")  # where a Milvus index lives: the same for every space
 
@@ -35,6 +57,64 @@ def part_id(item_id: str, k: int) -> str:
 
 def parent_id(vector_id: str) -> str:
     return vector_id.rsplit(PART_SEPARATOR, 1)[0]
+
+
+class IndexLayoutError(VestisError):
+    """An index directory whose spaces disagree with its engine.json (a mixed or tampered build)."""
+
+
+def space_dir(index_dir: Path, meta: dict, space: str) -> Path:
+    """Where `space` of the index described by `meta` (its engine.json) lives."""
+    gen = meta.get("generation")
+    return Path(index_dir) / gen / space if gen is not None else Path(index_dir) / space  # previous layout
+
+
+def check_spaces(index_dir: Path, meta: dict) -> dict[str, Path]:
+    """Each space's folder, after checking that its manifest belongs to the build engine.json describes: the
+    generation folder, run id, item count, kind, size and (new layout) the manifest's data folder. Raises
+    `IndexLayoutError` naming the first disagreement; reads manifests only (no vectors)."""
+    from vestis.index import read_manifest
+
+    index_dir = Path(index_dir)
+    where = index_dir / ENGINE_FILE
+    rebuild = "rebuild it with `vestis index` (an interrupted or mixed build?)"
+    gen = meta.get("generation")
+    if gen is not None:
+        if not isinstance(gen, str) or not _GENERATION_RE.fullmatch(gen):
+            raise IndexLayoutError(f"{where} names an invalid generation {gen!r}; {rebuild}")
+        if not (index_dir / gen).is_dir():
+            raise IndexLayoutError(f"{where} names generation {gen}, but {index_dir / gen} is missing; {rebuild}")
+    out = {}
+    for name, rec in meta["spaces"].items():
+        d = space_dir(index_dir, meta, name)
+        if not isinstance(rec, dict):
+            raise IndexLayoutError(f"{where} has no record of space {name!r}; {rebuild}")
+        m = read_manifest(d)
+        checks = [("run id", meta.get("run_id"), m.run_id), ("item count", rec.get("count"), m.count),
+                  ("index kind", rec.get("kind"), m.kind), ("embedding size", rec.get("dim"), m.dim)]
+        if gen is not None:  # the manifest of exactly the save this build made
+            checks.append(("data folder", rec.get("data_dir"), m.data_dir))
+        for what, recorded, found in checks:
+            if (recorded is not None or gen is not None) and recorded != found:
+                raise IndexLayoutError(f"index {index_dir}: space {name!r} holds {what} {found!r} but {ENGINE_FILE} "
+                                       f"records {recorded!r}; {rebuild}")
+        out[name] = d
+    return out
+
+
+def _read_meta(index_dir: Path) -> dict | None:
+    try:
+        meta = json.loads((index_dir / ENGINE_FILE).read_text())
+        return meta if isinstance(meta, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+def _remove_generations(out: Path, keep: str | None) -> None:
+    """Generation folders other than `keep`: superseded ones, or half-built ones of a killed build."""
+    for p in out.iterdir():
+        if p.is_dir() and p.name != keep and _GENERATION_RE.fullmatch(p.name):
+            shutil.rmtree(p, ignore_errors=True)
 
 
 def _space_options(space: str, backend: str, options: dict) -> dict:
@@ -81,9 +161,8 @@ def build_index(run_dir: Path, catalog: Catalog, out: Path, *, backend: str = "f
     """Embed `catalog` (or one split of it) with a trained run and save a searchable index to `out`.
 
     kind "auto" (the default) chooses per vector space from its size (`vestis.index.auto_kind`): exact
-    search for small catalogues, the tuned HNSW graph for large ones; `engine.json` records the choice."""
-    from vestis.index import create_index
-
+    search for small catalogues, the tuned HNSW graph for large ones; `engine.json` records the choice.
+    Rebuilding in place is atomic: see the module docstring."""
     model, info = load_run(run_dir)
     spec = TrunkSpec.from_json(info.trunk)
     part = catalog.split(split) if split else catalog
@@ -95,6 +174,36 @@ def build_index(run_dir: Path, catalog: Catalog, out: Path, *, backend: str = "f
     attrs = [part[i].attributes for i in feats.ids]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    previous = _read_meta(out)
+    _remove_generations(out, keep=(previous or {}).get("generation"))  # leftovers of a killed build
+    generation = f"{GENERATION_PREFIX}{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(4)}"
+    try:
+        meta = _build_generation(model, info, feats, attrs, out / generation, backend, kind, index_options)
+    except BaseException:
+        shutil.rmtree(out / generation, ignore_errors=True)
+        raise
+    meta = {"run_id": info.run_id, "run_dir": str(Path(run_dir).resolve()), "model": info.model,
+            "catalog": {"path": str(Path(catalog.path).resolve()) if catalog.path else None,
+                        "format": catalog.source, "name": catalog.name, "split": split},
+            "backend": backend, "kind": kind, "generation": generation, **meta,
+            "count": len(feats.ids),
+            "without_features": {"missing": len(feats.missing), "unreadable": len(feats.unreadable),
+                                 "not_extracted": len(feats.not_extracted)}}
+    atomic_write(out / ENGINE_FILE, json.dumps(meta, indent=1) + "\n")  # the switch
+    _remove_generations(out, keep=generation)
+    if previous and previous.get("generation") is None and isinstance(previous.get("spaces"), dict):
+        for name in previous["spaces"]:  # the previous layout's space folders
+            old = out / str(name)
+            if old.parent == out and old.name not in ("", ".", "..") and (old / "manifest.json").is_file():
+                shutil.rmtree(old, ignore_errors=True)
+    return meta
+
+
+def _build_generation(model, info, feats, attrs, gen_dir: Path, backend: str, kind: str, index_options: dict) -> dict:
+    """Every space of one build, into `gen_dir`; engine.json's "kinds" and "spaces"."""
+    from vestis.index import create_index, read_manifest
+
+    gen_dir.mkdir()
     spaces = {}
     for name, space in model.spaces().items():
         vecs = run_batched(lambda m, name=name: model.embed(m, name), feats.maps)
@@ -116,9 +225,10 @@ def build_index(run_dir: Path, catalog: Catalog, out: Path, *, backend: str = "f
                            n_items=len(ids), **_space_options(name, backend, index_options))
         if ids:
             idx.add(ids, vecs, rows)
-        idx.save(out / name)
+        idx.save(gen_dir / name)
         spaces[name] = {"kind": idx.kind, "dim": space.dim, "metric": space.metric, "members": space.members,
-                        "attribute": space.attribute, "parts": space.parts, "count": len(ids)}
+                        "attribute": space.attribute, "parts": space.parts, "count": len(ids),
+                        "data_dir": read_manifest(gen_dir / name).data_dir}
         idx.close()
     labels = _label_space(model, feats, attrs)
     if labels is not None:  # catalogue-aware ranking (labels on): vestis.catalogue_ranking
@@ -127,17 +237,10 @@ def build_index(run_dir: Path, catalog: Catalog, out: Path, *, backend: str = "f
                            schema_digest=model.schema.digest(), attributes=sorted({a for d in attrs for a in d}),
                            n_items=len(feats.ids), **_space_options(catalogue_ranking.SPACE, backend, index_options))
         idx.add(list(feats.ids), vecs, [dict(a) for a in attrs])
-        idx.save(out / catalogue_ranking.SPACE)
+        idx.save(gen_dir / catalogue_ranking.SPACE)
         spaces[catalogue_ranking.SPACE] = {"kind": idx.kind, "dim": int(vecs.shape[1]), "metric": "ip",
                                            "members": "items", "attribute": None, "parts": 1, "count": len(feats.ids),
-                                           "labels": scale}
+                                           "labels": scale,
+                                           "data_dir": read_manifest(gen_dir / catalogue_ranking.SPACE).data_dir}
         idx.close()
-    meta = {"run_id": info.run_id, "run_dir": str(Path(run_dir).resolve()), "model": info.model,
-            "catalog": {"path": str(Path(catalog.path).resolve()) if catalog.path else None,
-                        "format": catalog.source, "name": catalog.name, "split": split},
-            "backend": backend, "kind": kind, "kinds": {s: d["kind"] for s, d in spaces.items()}, "spaces": spaces,
-            "count": len(feats.ids),
-            "without_features": {"missing": len(feats.missing), "unreadable": len(feats.unreadable),
-                                 "not_extracted": len(feats.not_extracted)}}
-    atomic_write(out / ENGINE_FILE, json.dumps(meta, indent=1) + "\n")
-    return meta
+    return {"kinds": {s: d["kind"] for s, d in spaces.items()}, "spaces": spaces}

@@ -81,7 +81,7 @@ def render_overlay(image: str | Path | bytes, explanation: Explanation, resoluti
     the map covers (the trunk's letterbox, `resolution` = (HEIGHT, WIDTH)), its box, and its caption above."""
     if not isinstance(explanation, Explanation):
         raise TypeError(f"render_overlay draws one Explanation (explain(maps)[i]), got {type(explanation).__name__}")
-    img = load_rgb(image)
+    img = load_rgb(image, draft=(PANEL, PANEL), reduce_to=(PANEL, PANEL))  # a 19 MP upload: small copies only
     w0, h0 = img.info.get("original_size", img.size)
     geo = letterbox_geometry(w0, h0, tuple(resolution))
     regions = explanation.regions

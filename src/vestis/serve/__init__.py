@@ -23,7 +23,10 @@ def serve(engine, host: str = "127.0.0.1", port: int = 8000, log_level: str = "w
     import uvicorn
 
     from vestis.errors import VestisError
+    from vestis.images import return_large_buffers
     from vestis.serve.app import create_app
+
+    return_large_buffers()  # large uploads' decoded pixels go back to the system once answered
 
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
