@@ -46,3 +46,12 @@ def tiny_pipeline(tmp_path_factory):
     assert main(["index", "--run", str(run), "--catalog", str(cat), "--out", str(idx), "--split", "gallery",
                  "--cache", str(cache)]) == 0
     return root, cat, run, idx, cache
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_pipeline):
+    """The tiny pipeline's run and index, loaded (the HTTP API tests serve it)."""
+    from vestis.engine import Engine
+
+    root, cat, run, idx, cache = tiny_pipeline
+    return Engine.load(run, idx, cache_dir=cache)

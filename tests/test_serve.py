@@ -22,12 +22,6 @@ from vestis.serve.app import MAX_K, create_app  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def engine(tiny_pipeline):
-    root, cat, run, idx, cache = tiny_pipeline
-    return Engine.load(run, idx, cache_dir=cache)
-
-
-@pytest.fixture(scope="module")
 def client(engine):
     return TestClient(create_app(engine))
 

@@ -8,15 +8,8 @@ import pytest
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
-from vestis.engine import Engine  # noqa: E402
 from vestis.errors import ECHO_LIMIT, UnknownValueError, echo  # noqa: E402
 from vestis.serve.app import create_app  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def engine(tiny_pipeline):
-    root, cat, run, idx, cache = tiny_pipeline
-    return Engine.load(run, idx, cache_dir=cache)
 
 
 @pytest.fixture(scope="module")

@@ -178,6 +178,19 @@ def parse_json(raw: bytes | str, what: str = "the body"):
     return value
 
 
+class _Started:
+    """An ASGI `send` that remembers whether the response has started: a middleware can still answer an error
+    of its own until then."""
+
+    def __init__(self, send):
+        self.send, self.started = send, False
+
+    async def __call__(self, msg):
+        if msg["type"] == "http.response.start":
+            self.started = True
+        await self.send(msg)
+
+
 class BodyLimit:
     """ASGI middleware: 413 for a request body over `limit` bytes, from the Content-Length header before any
     byte is read, or as soon as a streamed (chunked) body passes the limit."""
@@ -197,7 +210,7 @@ class BodyLimit:
                     too_big = False
                 if too_big:
                     return await JSONResponse({"detail": message}, 413)(scope, receive, send)
-        seen, started = 0, False
+        seen, tracked = 0, _Started(send)
 
         async def counted():
             nonlocal seen
@@ -208,16 +221,10 @@ class BodyLimit:
                     raise BodyTooLarge(message)
             return msg
 
-        async def tracked(msg):
-            nonlocal started
-            if msg["type"] == "http.response.start":
-                started = True
-            await send(msg)
-
         try:
             await self.app(scope, counted, tracked)
         except BodyTooLarge:
-            if not started:
+            if not tracked.started:
                 await JSONResponse({"detail": message}, 413)(scope, receive, send)
 
 
@@ -236,7 +243,7 @@ class BodyTimeout:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        body_done, started = False, False
+        body_done, tracked = False, _Started(send)
 
         async def timed():
             nonlocal body_done
@@ -250,18 +257,12 @@ class BodyTimeout:
                 body_done = True
             return msg
 
-        async def tracked(msg):
-            nonlocal started
-            if msg["type"] == "http.response.start":
-                started = True
-            await send(msg)
-
         where = f"{scope.get('method')} {scope.get('path')} from {_client(scope)}"
         try:
             await self.app(scope, timed, tracked)
         except BodyStalled:
             log.warning("vestis: %s: the request body stalled for %g s; answered 408", where, self.timeout)
-            if not started:
+            if not tracked.started:
                 await JSONResponse({"detail": f"the request body stalled for {self.timeout:g} s"}, 408,
                                    headers={"Connection": "close"})(scope, receive, send)
         except ClientDisconnect:
