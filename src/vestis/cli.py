@@ -138,8 +138,12 @@ def cmd_bench_query(args) -> int:
 def cmd_bench_labels(args) -> int:
     from vestis.bench.labels import bench_labels
 
+    try:
+        options = json.loads(args.options) if args.options else {}
+    except ValueError as e:
+        raise VestisError(f"--options must be a JSON object: {e}") from None
     print(bench_labels(args.run, args.index, args.queries, n=args.items, n_queries=args.n, repeats=args.repeats,
-                       cache_dir=args.cache))
+                       cache_dir=args.cache, index_options=options))
     return 0
 
 
@@ -517,6 +521,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_run_options(b, 300, "queries", 3)
     b.add_argument("--queries", type=Path, required=True, help="a manipulation query file")
     b.add_argument("--items", type=_positive, default=200_000, help="gallery size: real items + feature-map variants")
+    b.add_argument("--options", default=None, help='JSON FAISS index options, e.g. \'{"exact_filter_fraction": 0.05}\'')
     b.set_defaults(func=cmd_bench_labels)
 
     b = bench.add_parser("serve", help="HTTP load test of `vestis serve` on loopback")

@@ -46,7 +46,11 @@ def _label_rows(model, probs: np.ndarray) -> list[dict]:
 
 
 def bench_labels(run_dir: Path, index_dir: Path, queries_file: Path, n: int = 200_000, n_queries: int = 300,
-                 k: int = 30, repeats: int = 3, seed: int = 0, cache_dir: Path | None = None, log=print) -> str:
+                 k: int = 30, repeats: int = 3, seed: int = 0, cache_dir: Path | None = None,
+                 index_options: dict | None = None, log=print) -> str:
+    """`index_options`: options of the FAISS index over the default `kind="auto"` choice (e.g.
+    {"exact_filter_fraction": 0.05}: filters matching at most that share of the items are answered by an exact scan
+    of the matches, broader ones by the filtered graph walk)."""
     from vestis.bench.gallery import augmented_gallery, cached_gallery
     from vestis.eval.queries import read_queries
     from vestis.index import create_index
@@ -83,7 +87,7 @@ def bench_labels(run_dir: Path, index_dir: Path, queries_file: Path, n: int = 20
         log(f"[bench] label gallery {vectors.shape} in {gallery_s:.0f} s")
         t0 = time.perf_counter()
         index = create_index("faiss", "auto", vectors.shape[1], "ip", n_items=len(vectors),
-                             attributes=sorted({a for d in labels for a in d}))
+                             attributes=sorted({a for d in labels for a in d}), **(index_options or {}))
         ids = [str(i) for i in range(len(vectors))]
         index.add(ids, vectors, labels)
         build_s = time.perf_counter() - t0
