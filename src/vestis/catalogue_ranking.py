@@ -36,7 +36,7 @@ import numpy as np
 from vestis.catalog.schema import UNSPECIFIED
 
 SPACE = "labels"  # the index space that holds the label vectors
-LABEL_WEIGHT = 1.0  # w: how much the model's similarity counts against label log-likelihoods (README, measured)
+LABEL_WEIGHT = 1.0  # w: how much the run's similarity (in [-1, 1]) counts against label log-likelihoods (README: sweep)
 PROB_FLOOR = 1e-6
 
 
