@@ -245,8 +245,7 @@ class Engine:
         out = {}
         cat_schema = self.catalog.schema
         for a, v in (filters or {}).items():
-            if a not in cat_schema:
-                cat_schema.check_attribute(a)
+            cat_schema.check_attribute(a)
             vals = [v] if isinstance(v, str) else list(v)
             if not vals:
                 raise EngineError(f"filter {echo(a)} has an empty list of values, which no item matches; give one or "
@@ -260,12 +259,14 @@ class Engine:
     def search_maps(self, maps, manipulations: Sequence[Mapping[str, str]] | None = None, k: int = 30,
                     filters: Mapping | None = None, mode: str = "manipulate",
                     exclude: Sequence[str | None] | None = None, labels: bool = True,
-                    query_labels: Sequence[Mapping[str, str] | None] | None = None) -> list[Result]:
+                    query_labels: Sequence[Mapping[str, str] | None] | None = None,
+                    probabilities: Mapping[str, torch.Tensor] | None = None) -> list[Result]:
         """One Result per query row of `maps` (a batch): the model's plan, run probe by probe.
 
         labels=True (the product default) ranks `manipulate` queries with the catalogue's labels where the index
         has the label space (`vestis.catalogue_ranking`); `query_labels[i]` are query i's own catalogue labels
-        (a catalogue item), used as its preferences. labels=False reads no label at all (the papers' protocol)."""
+        (a catalogue item), used as its preferences. labels=False reads no label at all (the papers' protocol).
+        `probabilities`: the model's attribute probabilities of these maps, where the caller already has them."""
         n = len(next(iter(maps.values())))
         manipulations = [dict(m) for m in manipulations] if manipulations is not None else [{}] * n
         if len(manipulations) != n:
@@ -279,7 +280,7 @@ class Engine:
         on = labels and mode == "manipulate" and catalogue_ranking.SPACE in self.spaces
         notes: list[str | None] = [None] * n
         if on:
-            probes, notes = self._label_probes(maps, probes, manipulations, query_labels)
+            probes, notes = self._label_probes(maps, probes, manipulations, query_labels, probabilities)
         for probe in probes:
             got = dict(self._run_probe(probe, k, filters, exclude, manipulations))
             short = [j for j, q in enumerate(self._probe_rows(probe)) if len(got[q].hits) < k]
@@ -296,13 +297,12 @@ class Engine:
                 groups[q].append(group)
         return [Result(g, labels="on" if on else "off", note=note) for g, note in zip(groups, notes)]
 
-    def _label_probes(self, maps, probes: list[Probe], manipulations: list[dict], query_labels):
+    def _label_probes(self, maps, probes: list[Probe], manipulations: list[dict], query_labels, probabilities=None):
         """The model's "main" probe turned into label-space probes, one per distinct set of requested values (their
         constraints are filters inside the index), and per row a note when no gallery item has the exact target."""
         (main,) = [p for p in probes if p.space == "main"]
         schema = self.model.schema
-        with torch.inference_mode():
-            probs = {a: p.numpy() for a, p in self.model.attribute_probabilities(maps).items()}
+        probs = {a: p.numpy() for a, p in (probabilities or self._probabilities(maps)).items()}
         rows = catalogue_ranking.targets(schema, probs, manipulations, query_labels)
         scale = self.meta["spaces"][catalogue_ranking.SPACE]["labels"]
         q = catalogue_ranking.query_vectors(schema, rows, main.vectors, scale["main_metric"], scale, self.label_weight)
@@ -366,10 +366,15 @@ class Engine:
         None when the model has no attribute classifiers."""
         if not self.model.predicts_attributes:
             return None
+        return self._describe(self._probabilities(maps), top)
+
+    def _probabilities(self, maps) -> dict[str, torch.Tensor]:
         with torch.inference_mode():
-            probs = self.model.attribute_probabilities(maps)
+            return self.model.attribute_probabilities(maps)
+
+    def _describe(self, probs: Mapping[str, torch.Tensor], top: int = 3) -> list[dict]:
         schema, out = self.model.schema, []
-        for i in range(len(next(iter(maps.values())))):
+        for i in range(len(next(iter(probs.values())))):
             row = {}
             for a, p in probs.items():
                 names = [*schema.values(a), None]
@@ -394,8 +399,8 @@ class Engine:
         self.check_request(mode, [manipulations], filters)  # before any image is decoded
         maps = self.query_maps(image=image, item_id=item_id)
         known = [self.catalog[item_id].attributes] if item_id is not None and labels else None
+        probs = self._probabilities(maps) if self.model.predicts_attributes else None  # once: ranking and answer
         result = self.search_maps(maps, [manipulations], k, filters, mode, exclude=[item_id], labels=labels,
-                                  query_labels=known)[0]
-        predicted = self.predict_attributes(maps)
-        result.predicted = predicted[0] if predicted else None
+                                  query_labels=known, probabilities=probs)[0]
+        result.predicted = self._describe(probs)[0] if probs is not None else None
         return result
