@@ -129,6 +129,24 @@ def test_bench_search_reports_rows_and_verdict(pipeline, bench_queries, capsys):
     assert flat["recall_ties"] == 1.0 and flat["items"] == 400
 
 
+def test_bench_search_times_an_attribute_space(pipeline, bench_queries, capsys):
+    """`--mode attribute:<name>` times the attribute's own space (attribute_baseline: p_q . p_c over its values)."""
+    root, cat, run, idx, cache = pipeline
+    assert main(["bench", "search", "--run", str(run), "--index", str(idx), "--queries", str(bench_queries),
+                 "--n", "5", "--repeats", "1", "--items", "300", "--milvus-items", "0", "--kinds", "auto,flat",
+                 "--mode", "attribute:colour", "--json", str(root / "bench-attr.json"), "--cache", str(cache)]) == 0
+    out = capsys.readouterr().out
+    assert "mode attribute:colour (space attr_colour)" in out and "The query vector alone" in out
+    rep = json.loads((root / "bench-attr.json").read_text())
+    from vestis.catalog import Catalog
+
+    n_colours = len(Catalog.load(cat).schema.values("colour"))
+    assert rep["space"] == "attr_colour" and rep["dim"] == n_colours and rep["rows"][1]["recall_ties"] == 1.0
+    assert main(["bench", "search", "--run", str(run), "--index", str(idx), "--queries", str(bench_queries),
+                 "--n", "2", "--items", "300", "--milvus-items", "0", "--mode", "attribute:nope", "--cache", str(cache)]) == 2
+    assert "unknown attribute 'nope'" in capsys.readouterr().err
+
+
 def test_bench_labels_times_the_catalogue_aware_query_and_its_recall(pipeline, bench_queries, capsys):
     root, cat, run, idx, cache = pipeline
     assert main(["bench", "labels", "--run", str(run), "--index", str(idx), "--queries", str(bench_queries),

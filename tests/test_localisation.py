@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from vestis.cli import main
-from vestis.eval.localisation import box_iou, box_scores, summarise
+from vestis.eval.localisation import box_iou, box_scores, peak_cell, points_inside, summarise
 
 
 def test_box_scores_known_answers():
@@ -19,6 +19,22 @@ def test_box_scores_known_answers():
     summary = summarise([{"iou": 0.6, "coverage": 1.0, "precision": 0.6}, {"iou": 0.2, "coverage": 0.4, "precision": 0.5}])
     assert summary["n"] == 2 and summary["iou_0.5"] == 0.5 and summary["coverage_0.5"] == 0.5
     assert summary["mean_iou"] == pytest.approx(0.4) and summary["mean_precision"] == pytest.approx(0.55)
+
+
+def test_pointing_game_known_answers():
+    import numpy as np
+
+    m = np.zeros((4, 3))
+    m[2, 1] = 5.0
+    m[0, 0] = 4.0
+    assert peak_cell(m) == (1.0, 2.0, 2.0, 3.0)  # column 1, row 2
+    assert points_inside((1.5, 2.5), (1, 2, 2, 3)) and points_inside((1.0, 2.0), (1, 2, 2, 3))  # edges count
+    assert not points_inside((0.5, 2.5), (1, 2, 2, 3))
+    rows = [{"iou": 0.1, "coverage": 0.1, "precision": 0.1, "pointing": 1.0},
+            {"iou": 0.1, "coverage": 0.1, "precision": 0.1, "pointing": 0.0},
+            {"iou": 0.1, "coverage": 0.1, "precision": 0.1, "pointing": 1.0}]
+    assert summarise(rows)["pointing"] == pytest.approx(2 / 3)
+    assert "pointing" not in summarise([{"iou": 0.1, "coverage": 0.1, "precision": 0.1}])
 
 
 TINY_FSN = {"width": 16, "reduce": 8, "dim": 8, "roi": 2, "batch_size": 32, "epochs_cls": 1, "epochs": 1,

@@ -23,7 +23,7 @@ def tiny(tmp_path_factory):
     generate(n=120, seed=11, out=root / "cat", workers=1)
     cat = Catalog.load(root / "cat")
     cat = cat.with_attributes(["category", "colour", "sleeve"])
-    spec = TrunkSpec()
+    spec = TrunkSpec(levels=declared_levels())  # what the CLI extracts: every method's levels
     feats = catalogue_features(cat, spec, root / "cache", progress=False)
     return root, cat, spec, feats
 

@@ -10,6 +10,7 @@ import zlib
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -343,6 +344,54 @@ def test_explain_an_upload(client, query):
     r = client.post("/explain", files={"image": ("bomb.png", _png_claiming(6000, 6000), "image/png")})
     assert r.status_code == 413
     assert client.post("/explain", json={"item_id": it.id}).status_code == 415
+
+
+def test_explain_one_attribute(client, query):
+    it, _ = query
+    whole = Image.open(io.BytesIO(client.get(f"/items/{it.id}/explain").content))
+    r = client.get(f"/items/{it.id}/explain", params={"attribute": "colour"})
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    one = Image.open(io.BytesIO(r.content))
+    assert one.width < whole.width  # one panel instead of one per attribute
+    r = client.get(f"/items/{it.id}/explain", params={"attribute": "neckline"})
+    assert r.status_code == 400 and "colour" in r.json()["detail"]  # names the valid attributes
+    photo = Path(it.image).read_bytes()
+    r = client.post("/explain", files={"image": ("q.jpg", photo, "image/jpeg")}, data={"attribute": "colour"})
+    assert r.status_code == 200 and Image.open(io.BytesIO(r.content)).size == one.size
+    r = client.post("/explain", files={"image": ("q.jpg", photo, "image/jpeg")}, data={"k": "3"})
+    assert r.status_code == 422 and "attribute" in r.json()["detail"]
+
+
+@pytest.fixture(scope="module")
+def agmlan_client(tiny_pipeline, train_tiny):
+    root, cat, run, idx, cache = tiny_pipeline
+    arun, aidx = root / "serve-agmlan-run", root / "serve-agmlan-idx"
+    if not (aidx / "engine.json").is_file():
+        train_tiny(root, cat, "agmlan", {"low": 8, "high": 8, "attention": 8, "attr_embed": 8, "dim": 8, "epochs": 1,
+                                        "triplets_per_batch": 16, "attributes": ["category", "colour", "pattern"]},
+                  cache, name="serve-agmlan-run")
+        assert main(["index", "--run", str(arun), "--catalog", str(cat), "--out", str(aidx), "--split", "gallery",
+                     "--cache", str(cache)]) == 0
+    return TestClient(create_app(Engine.load(arun, aidx, cache_dir=cache)))
+
+
+def test_similar_in_one_attribute_with_agmlan(agmlan_client, query):
+    """AG-MLAN ranks `attribute:<name>` in that attribute's own space, and shows that attribute's attention map."""
+    it, _ = query
+    s = agmlan_client.get("/schema").json()
+    assert "attribute:colour" in s["modes"] and "manipulate" not in s["modes"] and s["explains"]
+    d = agmlan_client.post("/search", json={"item_id": it.id, "mode": "attribute:colour", "k": 5}).json()
+    assert len(d["results"]) == 5 and [g["label"] for g in d["groups"]] == ["colour"]
+    assert all(h["attributes"].get("colour") for h in d["results"])  # candidates: items with a known colour
+    engine = agmlan_client.app.state.service.engine
+    maps = engine.item_maps([it.id])
+    want = engine.model.embed(maps, "attr_colour").numpy()[0]
+    got = [h["score"] for h in d["results"]]
+    ids = [h["id"] for h in d["results"]]
+    vecs = engine.model.embed(engine.item_maps(ids), "attr_colour").numpy()
+    assert np.allclose(vecs @ want, got, atol=1e-4)  # the scores are cosines in the colour space
+    r = agmlan_client.get(f"/items/{it.id}/explain", params={"attribute": "colour"})
+    assert r.status_code == 200 and Image.open(io.BytesIO(r.content)).format == "PNG"
 
 
 @pytest.fixture(scope="module")

@@ -189,6 +189,17 @@ def test_page_end_to_end(browser, server, tmp_path):
     assert "uploaded photo" in page.inner_text("#explain-title")
     page.click("#explain-dialog .close")
 
+    # "similar colour" from the query card: the colour ranking, and where the model looked for colour
+    page.click("#query-attrs button.similar:has-text('similar colour')")
+    _wait(page, "document.querySelector('#status').textContent.includes('similar colour')")
+    want = [h.id for h in engine.search(image=Path(item.image), mode="attribute:colour", k=12)]
+    assert _cards(page) == want
+    _wait(page, "document.querySelector('#attention-img').naturalWidth > 0")
+    assert "looked for colour" in page.inner_text("#attention-note")
+    page.screenshot(path=str(tmp_path / "similar-colour.png"), full_page=True)
+    page.select_option("#mode", "manipulate")
+    _wait(page, "!document.querySelector('#text').disabled")
+
     # bad input shows the server's message, not a broken page
     page.fill("#text", "something for my grandmother")
     page.press("#text", "Enter")

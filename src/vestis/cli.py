@@ -121,7 +121,7 @@ def cmd_bench_search(args) -> int:
 
     print(bench_search(args.run, args.index, args.queries, n=args.items, n_queries=args.n, sweep=args.sweep,
                        gallery=args.gallery, repeats=args.repeats, milvus_n=args.milvus_items, threads=args.threads,
-                       cache_dir=args.cache, json_out=args.json, kinds=args.kinds.split(",")))
+                       cache_dir=args.cache, json_out=args.json, kinds=args.kinds.split(","), mode=args.mode))
     return 0
 
 
@@ -508,6 +508,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--threads", type=_positive, default=None, help="FAISS threads for index builds (default: all cores)")
     b.add_argument("--json", type=Path, default=None, help="also write the report as JSON here")
     b.add_argument("--kinds", default="auto,flat,hnsw,ivfpq", help="without --sweep: the FAISS kinds to measure")
+    b.add_argument("--mode", default="manipulate",
+                   help="manipulate (default) or attribute:<name>: time that attribute's own space (AG-MLAN, "
+                        "attribute_baseline), its query vectors from the items of --queries")
     b.set_defaults(func=cmd_bench_search)
 
     b = bench.add_parser("query", help="one manipulation query through the engine on a built index")

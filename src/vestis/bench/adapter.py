@@ -16,24 +16,37 @@ import numpy as np
 class BenchRun:
     """A trained run with its index and catalogue, as the benchmarks use it."""
 
-    def __init__(self, engine):
+    def __init__(self, engine, mode: str = "manipulate"):
+        from vestis.models.base import attribute_space
+
         self.engine = engine
         self.model = engine.model
         self.run_id: str = engine.info.run_id
         self.catalog = engine.catalog
         self.cache_dir: Path = engine.cache_dir
-        self.space = engine.spaces["main"]  # the index the main search mode answers from
+        # the space the timed mode searches: "main" for manipulate, an attribute's own space for attribute:<name>
+        # where the model has one (else "main", the whole-item vector)
+        self.mode = mode
+        self.space_name = "main"
+        if mode.startswith("attribute:"):
+            self.model.schema.check_attribute(mode.split(":", 1)[1])
+            own = attribute_space(mode.split(":", 1)[1])
+            self.space_name = own if own in engine.spaces else "main"
+        elif mode != "manipulate":
+            raise ValueError(f"the benchmark times manipulate or attribute:<name> queries, not {mode!r}")
+        self.space = engine.spaces[self.space_name]
+        self.metric: str = engine.space_defs[self.space_name].metric
         self.index_name = f"{engine.meta.get('backend', '?')} {engine.meta.get('kind', '?')}"
 
     @classmethod
     def load(cls, run_dir: Path, index_dir: Path, cache_dir: Path | None = None,
-             catalog_path: Path | None = None) -> BenchRun:
+             catalog_path: Path | None = None, mode: str = "manipulate") -> BenchRun:
         """The run and the index `vestis index` built from it; the catalogue is the index's unless given."""
         from vestis.catalog import Catalog
         from vestis.engine import Engine
 
         catalog = Catalog.load(catalog_path) if catalog_path is not None else None
-        return cls(Engine.load(run_dir, index_dir, catalog=catalog, cache_dir=cache_dir))
+        return cls(Engine.load(run_dir, index_dir, catalog=catalog, cache_dir=cache_dir), mode)
 
     def query_maps(self, item_ids: list[str]) -> list[dict]:
         """Each item's cached trunk maps as a batch of one ({level: (1, C, H, W) tensor}), in order."""
@@ -41,8 +54,14 @@ class BenchRun:
         return [{lv: v[i:i + 1] for lv, v in maps.items()} for i in range(len(item_ids))]
 
     def embed_query(self, maps, manipulation: Mapping[str, str]) -> np.ndarray:
-        """The model's query vector (1, D) for one item's maps and its manipulation (no index)."""
-        return self.model.embed_query(maps, [manipulation]).numpy()
+        """The model's query vector (1, D) for one item's maps and its manipulation (no index); for an
+        attribute:<name> mode, the vector the model's plan looks up (the manipulation is not used)."""
+        if self.mode == "manipulate":
+            return self.model.embed_query(maps, [manipulation]).numpy()
+        from vestis.models import Request
+
+        (probe,) = self.model.plan(maps, Request(self.mode, [{}]))
+        return probe.vectors
 
     def search(self, maps, manipulation: Mapping[str, str], k: int, exclude: str | None, labels: bool = False):
         """One manipulation query through the engine, as a user's request: query vector + index search (labels
@@ -53,7 +72,7 @@ class BenchRun:
         """(N, D) float32 item vectors of float16 / float32 maps ({level: (N, C, H, W)}), in batches."""
         from vestis.models import run_batched
 
-        return run_batched(self.model.embed, maps)
+        return run_batched(lambda m: self.model.embed(m, self.space_name), maps)
 
     def catalogue_maps(self, catalog=None):
         """The cached trunk maps (a FeatureSet) of `catalog` (default: the run's), encoding what is missing."""

@@ -167,7 +167,8 @@ def _build(cfg: Config, vectors: np.ndarray, metric: str, threads: int, work_dir
 def bench_search(run_dir: Path, index_dir: Path, queries_file: Path, n: int = GOAL_ITEMS, n_queries: int = 300,
                  k: int = 30, sweep: bool = False, gallery: str = "augmented", repeats: int = 3,
                  milvus_n: int = 20_000, threads: int | None = None, seed: int = 0, cache_dir: Path | None = None,
-                 json_out: Path | None = None, kinds: Sequence[str] = DEFAULT_KINDS, log=print) -> str:
+                 json_out: Path | None = None, kinds: Sequence[str] = DEFAULT_KINDS, mode: str = "manipulate",
+                 log=print) -> str:
     from vestis.bench.gallery import augmented_gallery, cached_gallery
     from vestis.eval.queries import read_queries
 
@@ -175,13 +176,14 @@ def bench_search(run_dir: Path, index_dir: Path, queries_file: Path, n: int = GO
     torch_threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        run = BenchRun.load(run_dir, index_dir, cache_dir=cache_dir)
+        run = BenchRun.load(run_dir, index_dir, cache_dir=cache_dir, mode=mode)
         model = run.model
         t = time.perf_counter()
         if gallery == "augmented":
             feats = run.catalogue_maps()
             n_real = len(feats)
-            vectors = cached_gallery(run.cache_dir, f"{run.run_id}-{run.catalog.name}-n{n}-s{seed}",
+            space = "" if run.space_name == "main" else f"-{run.space_name}"
+            vectors = cached_gallery(run.cache_dir, f"{run.run_id}-{run.catalog.name}-n{n}-s{seed}{space}",
                                      lambda: augmented_gallery(run.embed_maps, feats.maps, n, seed=seed, log=log))
             del feats
             what = (f"{min(n, n_real)} real catalogue items (all splits) + {max(0, n - n_real)} made in feature-map "
@@ -203,7 +205,7 @@ def bench_search(run_dir: Path, index_dir: Path, queries_file: Path, n: int = GO
         queries = [(m, q.get("manipulations") or {}) for m, q in zip(maps, qs)]
         with torch.inference_mode():
             qvec = np.concatenate([run.embed_query(m, man) for m, man in queries])
-        scores = exact_scores(vectors, qvec, model.metric)
+        scores = exact_scores(vectors, qvec, run.metric)
         # the manipulation alone (no index), to tell the model's share of a row's latency from the index's
         q50, q99, _ = _time_queries(lambda q, kk: [], run.embed_query, queries, k, repeats)
         log(f"[bench] embed_query alone: p50 {q50:.2f} ms, p99 {q99:.2f} ms")
@@ -212,11 +214,11 @@ def bench_search(run_dir: Path, index_dir: Path, queries_file: Path, n: int = GO
         for cfg in configs:
             size = min(cfg.items or n, n)
             sub = vectors[:size]
-            sub_scores = scores if size == n else exact_scores(sub, qvec, model.metric)
+            sub_scores = scores if size == n else exact_scores(sub, qvec, run.metric)
             nq = len(queries) if cfg.backend != "milvus" else min(len(queries), 50)
             with tempfile.TemporaryDirectory(prefix="vestis-bench-") as tmp:
                 t = time.perf_counter()
-                search, shown, built_kind, close = _build(cfg, sub, model.metric, threads, tmp)
+                search, shown, built_kind, close = _build(cfg, sub, run.metric, threads, tmp)
                 build_s = time.perf_counter() - t
                 for params in cfg.searches:
                     p50, p99, found = _time_queries(lambda q, kk: search(q, kk, **params), run.embed_query,
@@ -240,7 +242,7 @@ def bench_search(run_dir: Path, index_dir: Path, queries_file: Path, n: int = GO
     finally:
         torch.set_num_threads(torch_threads)
     m = machine_info()
-    report = {"run_id": run.run_id, "model": model.name, "dim": int(vectors.shape[1]), "metric": model.metric,
+    report = {"run_id": run.run_id, "model": model.name, "mode": mode, "space": run.space_name, "dim": int(vectors.shape[1]), "metric": run.metric,
               "k": k, "items": n, "gallery": gallery, "gallery_description": what, "queries": len(queries),
               "repeats": repeats, "threads_build": threads, "rows": rows, "embed_query_p50_ms": q50,
               "embed_query_p99_ms": q99, "encoding_p50_ms": e50,
@@ -275,8 +277,9 @@ def goal_verdict(report: dict) -> str:
 
 def format_report(report: dict) -> str:
     k, m = report["k"], report["machine"]
-    lines = [f"Search latency (PROTOCOLS.md section 5): run `{report['run_id']}` ({report['model']}), "
-             f"{report['dim']}-d vectors, metric {report['metric']}, k={k}, batch size 1, {report['queries']} queries, "
+    mode = report.get("mode", "manipulate")
+    lines = [f"Search latency (PROTOCOLS.md section 5): run `{report['run_id']}` ({report['model']}), mode {mode} "
+             f"(space {report.get('space', 'main')}), {report['dim']}-d vectors, metric {report['metric']}, k={k}, batch size 1, {report['queries']} queries, "
              f"median of {report['repeats']} passes; gallery: {report['gallery_description']}",
              f"machine: {format_machine(m, ('faiss-cpu', 'faiss-gpu', 'torch'))} at the end; "
              f"threads: torch 1, FAISS 1 per query, {report['threads_build']} for builds",
@@ -287,7 +290,8 @@ def format_report(report: dict) -> str:
         lines.append(f"| {r['backend']} | {kind} | {_opts(r['options'])} | {r['items']} | {r['build_s']:.1f} | "
                      f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['recall']:.4f} | {r['recall_ties']:.4f} |")
     if "embed_query_p50_ms" in report:
-        lines += ["", f"The manipulation alone (`embed_query`, no index): p50 {report['embed_query_p50_ms']:.2f} ms, "
+        what = "The manipulation alone (`embed_query`" if mode == "manipulate" else "The query vector alone (the plan"
+        lines += ["", f"{what}, no index): p50 {report['embed_query_p50_ms']:.2f} ms, "
                       f"p99 {report['embed_query_p99_ms']:.2f} ms - part of every row above."]
     lines += ["", goal_verdict(report), "",
               f"Image encoding (decode + letterbox + trunk, one image): p50 {report['encoding_p50_ms']:.1f} ms, "

@@ -9,6 +9,8 @@ the trunk saw, and compared with the labelled region:
   - IoU, and the share of boxes with IoU >= 0.5 (the PASCAL criterion);
   - coverage: the share of the region inside the box, and the share of boxes covering >= 50 % of it;
   - precision: the share of the box inside the region (a whole-image box covers everything and is imprecise).
+  - pointing game: the share of images whose map's peak (the centre of its highest cell) falls inside the region
+    (for attention maps, AG-MLAN's figure).
 The same figures for the whole picture as the box (what "w/o Loc." pools) are reported beside them, so a
 number means something only where it beats that floor. For every attribute, with or without labelled
 regions (e.g. real product photos), the report also gives the boxes' mean area as a share of the picture:
@@ -50,15 +52,31 @@ def box_scores(box: Box, region: Box) -> dict[str, float]:
             "precision": inter / box_area(box) if box_area(box) > 0 else 0.0}
 
 
+def peak_cell(heatmap) -> tuple[float, float, float, float]:
+    """The box (x0, y0, x1, y1, in cells) of a map's highest cell (the first in row-major order on ties)."""
+    m = np.asarray(heatmap, dtype=np.float64)
+    r, c = np.unravel_index(int(np.argmax(m)), m.shape)
+    return (float(c), float(r), float(c + 1), float(r + 1))
+
+
+def points_inside(point: Sequence[float], region: Box) -> bool:
+    """Pointing game hit: the point (x, y) lies inside the region box (edges included)."""
+    return region[0] <= point[0] <= region[2] and region[1] <= point[1] <= region[3]
+
+
 def summarise(rows: list[dict[str, float]]) -> dict[str, float]:
     if not rows:
         return {"n": 0}
     iou = np.array([r["iou"] for r in rows])
     cov = np.array([r["coverage"] for r in rows])
     prec = np.array([r["precision"] for r in rows])
-    return {"n": len(rows), "mean_iou": float(iou.mean()), "iou_0.5": float((iou >= 0.5).mean()),
-            "mean_coverage": float(cov.mean()), "coverage_0.5": float((cov >= 0.5).mean()),
-            "mean_precision": float(prec.mean())}
+    out = {"n": len(rows), "mean_iou": float(iou.mean()), "iou_0.5": float((iou >= 0.5).mean()),
+           "mean_coverage": float(cov.mean()), "coverage_0.5": float((cov >= 0.5).mean()),
+           "mean_precision": float(prec.mean())}
+    pointing = [r["pointing"] for r in rows if "pointing" in r]
+    if pointing:
+        out["pointing"] = float(np.mean(pointing))
+    return out
 
 
 def localisation_report(run_dir: Path, catalog, split: str | None = "query", threshold: float | None = None,
@@ -105,7 +123,11 @@ def localisation_report(run_dir: Path, catalog, split: str | None = "query", thr
                 region = (it.regions or {}).get(a)
                 if region is None:
                     continue
-                per[a].append(box_scores(b, region))
+                scores = box_scores(b, region)
+                if r.heatmap is not None:
+                    x0, y0, x1, y1 = exp.box_in_photo(peak_cell(r.heatmap), geo)
+                    scores["pointing"] = float(points_inside(((x0 + x1) / 2, (y0 + y1) / 2), region))
+                per[a].append(scores)
                 floor[a].append(box_scores(whole, region))
     return {"run": info.run_id, "model": model.name, "split": split, "n_items": len(feats.ids),
             "threshold": float(exps[0].threshold),
@@ -117,14 +139,15 @@ def report_markdown(report: dict) -> str:
     lines = [f"Attribute boxes of run `{report['run']}` ({report['model']}, threshold {report['threshold']:g}) vs "
              f"labelled regions, split `{report['split']}`, {report['n_items']} items.", "",
              "| attribute | box area / picture | regions | IoU>=0.5 | mean IoU | covers>=50% | mean precision "
-             "| whole image: IoU>=0.5 | mean IoU | mean precision |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| pointing game | whole image: IoU>=0.5 | mean IoU | mean precision |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for a, r in report["attributes"].items():
         b, f = r["boxes"], r["whole_image"]
         if not b["n"]:
-            lines.append(f"| {a} | {r['area_share']:.2f} | 0 | - | - | - | - | - | - | - |")
+            lines.append(f"| {a} | {r['area_share']:.2f} | 0 | - | - | - | - | - | - | - | - |")
             continue
+        point = f"{b['pointing']:.1%}" if "pointing" in b else "-"
         lines.append(f"| {a} | {r['area_share']:.2f} | {b['n']} | {b['iou_0.5']:.1%} | {b['mean_iou']:.3f} | "
-                     f"{b['coverage_0.5']:.1%} | {b['mean_precision']:.3f} | {f['iou_0.5']:.1%} | {f['mean_iou']:.3f} | "
-                     f"{f['mean_precision']:.3f} |")
+                     f"{b['coverage_0.5']:.1%} | {b['mean_precision']:.3f} | {point} | {f['iou_0.5']:.1%} | "
+                     f"{f['mean_iou']:.3f} | {f['mean_precision']:.3f} |")
     return "\n".join(lines) + "\n"

@@ -30,7 +30,7 @@ from torch import nn
 
 from vestis.errors import VestisError
 from vestis.losses import multi_attribute_ce
-from vestis.models.base import Maps, SearchModel, register
+from vestis.models.base import Maps, Probe, Request, SearchModel, Space, attribute_space, register
 from vestis.models.explanation import Explanation, attribute_explanations
 from vestis.models.layers import AttributeClassifiers, l2n, pool_maps
 from vestis.models.loop import LoopConfig, TrainData, fit_loop, pooled_features
@@ -97,6 +97,9 @@ class AttributeBaseline(SearchModel):
 
     @torch.no_grad()
     def embed(self, maps: Maps, space: str = "main") -> torch.Tensor:
+        for a in self.schema.attributes:
+            if space == attribute_space(a):
+                return self.value_probabilities(maps, a)
         if space != "main":
             return super().embed(maps, space)
         probs = self.predict_attributes(maps)
@@ -133,14 +136,28 @@ class AttributeBaseline(SearchModel):
             parts.append(F.one_hot(target, p.shape[-1]).float())
         return torch.cat([*parts, self._visual(maps), torch.zeros(n, 1)], dim=-1)
 
-    @torch.no_grad()
-    def attribute_query(self, maps: Maps, attribute: str) -> torch.Tensor:
-        """Agreement on one attribute only: the predicted value's one-hot in that attribute's block."""
-        a = self.schema.attributes.index(attribute)
-        probs = self.predict_attributes(maps)
-        parts = [torch.zeros_like(p) for p in probs]
-        parts[a] = F.one_hot(probs[a].argmax(-1), probs[a].shape[-1]).float()
-        return torch.cat([*parts, self._visual(maps), torch.zeros(len(parts[a]), 1)], dim=-1)
+    # --- similarity with respect to one attribute (PROTOCOLS.md section 2) -------------------------
+    def spaces(self) -> dict[str, Space]:
+        """"main", "visual", and per attribute `attr_<a>`: the predicted distribution over its known values."""
+        out = super().spaces()
+        for a, n in zip(self.schema.attributes, self.n_states):
+            out[attribute_space(a)] = Space(n - 1, "ip", members="known", attribute=a)
+        return out
+
+    def value_probabilities(self, maps: Maps, attribute: str) -> torch.Tensor:
+        """(N, values) P(value | image, the value is known): the candidates and a query all have a known value."""
+        p = self.predict_attributes(maps)[self.schema.attributes.index(attribute)][:, :-1]
+        return p / p.sum(-1, keepdim=True).clamp_min(PROB_FLOOR)
+
+    def plan(self, maps: Maps, request: Request) -> list[Probe]:
+        """`attribute:<a>` ranks candidates by the probability that they share the query's value,
+        sum_v p_q(v) p_c(v): the inner product of the two predicted distributions, in the attribute's own space."""
+        if request.mode.startswith("attribute:"):
+            attr = request.mode.split(":", 1)[1]
+            self.schema.check_attribute(attr)
+            with torch.inference_mode():
+                return [Probe(attribute_space(attr), self.value_probabilities(maps, attr).numpy(), group=attr)]
+        return super().plan(maps, request)
 
     def explain(self, maps: Maps, threshold: float = 0.2) -> list[Explanation]:
         """Grad-CAM (Selvaraju et al. 2017) of each attribute's most confident known value on the stride-32 map.

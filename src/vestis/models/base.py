@@ -22,6 +22,7 @@ applied) and `attribute_query`; a method with per-attribute or per-part spaces o
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -83,6 +84,12 @@ class Probe:
     rows: np.ndarray | None = None
     boxes: np.ndarray | None = None
     scores: np.ndarray | None = None  # (M,) how confident the model is in this group, if it knows
+
+
+def attribute_space(attribute: str) -> str:
+    """The name of an attribute's own vector space (members "known"), for models with one space per attribute;
+    it names a folder and a Milvus collection suffix, so odd characters become "_"."""
+    return "attr_" + re.sub(r"[^A-Za-z0-9_.-]", "_", attribute)
 
 
 def run_batched(fn, maps: Mapping[str, np.ndarray], batch: int = EMBED_BATCH) -> np.ndarray:

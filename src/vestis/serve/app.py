@@ -455,20 +455,26 @@ class Service:
             out = {a: out[a]} if a in out else {}
         return out
 
-    def explain_png(self, item=None, image: bytes | None = None) -> bytes:
-        """The activation-map overlay of a catalogue item (cached) or of an uploaded photo, as PNG bytes."""
+    def explain_png(self, item=None, image: bytes | None = None, attribute: str | None = None) -> bytes:
+        """The activation-map overlay of a catalogue item (cached) or of an uploaded photo, as PNG bytes; with
+        `attribute`, that attribute's map alone (what "similar in <attribute>" looked at)."""
+        from dataclasses import replace
+
         from vestis.overlay import render_overlay
 
         model = self.engine.model
         if not model.explains:
             raise HTTPException(400, f"this run's model ({model.name}) has no explanation maps; FashionSearchNet runs "
-                                     f"(attribute activation maps) and attribute_baseline runs (class activation "
-                                     f"maps) have them")
-        if item is not None:
+                                     f"(attribute activation maps), attribute_baseline runs (class activation "
+                                     f"maps) and agmlan / asen / csn runs (attention maps) have them")
+        if attribute is not None:
+            model.schema.check_attribute(attribute)
+        key = (item.id, attribute) if item is not None else None
+        if key is not None:
             with self._cache_lock:
-                if item.id in self._explained:
-                    self._explained.move_to_end(item.id)
-                    return self._explained[item.id]
+                if key in self._explained:
+                    self._explained.move_to_end(key)
+                    return self._explained[key]
             source = self.image_path(item)
         else:
             self.check_image(image)
@@ -476,10 +482,15 @@ class Service:
         with self.lock:
             maps = self.engine.item_maps([item.id]) if item is not None else self.engine.encode_images([image])
             expl = model.explain(maps)[0]
+        if attribute is not None:
+            if attribute not in expl.names:
+                raise HTTPException(400, f"this run's explanations have no map of {echo(attribute)}; they have: "
+                                         f"{', '.join(expl.names)}")
+            expl = replace(expl, regions=[expl.region(attribute)])
         png = render_overlay(source, expl, self.engine.spec.resolution)
-        if item is not None:
+        if key is not None:
             with self._cache_lock:
-                self._explained[item.id] = png
+                self._explained[key] = png
                 while len(self._explained) > EXPLAIN_CACHE:
                     self._explained.popitem(last=False)
         return png
@@ -497,6 +508,7 @@ def create_app(engine, *, max_upload_bytes: int = MAX_UPLOAD_BYTES, max_pixels: 
     from fastapi_offline import FastAPIOffline
 
     svc = Service(engine, max_upload_bytes=max_upload_bytes, max_pixels=max_pixels, image_roots=image_roots)
+    attr_names = list(engine.model.schema.attributes)  # what an explanation may be narrowed to
     app = FastAPIOffline(title=title, version="1", docs_url=DOCS_URL, static_url="/static-docs", redoc_url=None,
                          description="Attribute-aware search over a fashion catalogue: 'like this, but in navy blue'.")
     app.state.service = svc
@@ -593,23 +605,26 @@ def create_app(engine, *, max_upload_bytes: int = MAX_UPLOAD_BYTES, max_pixels: 
 
     @app.get("/items/{item_id:path}/explain", response_class=Response,
              responses={200: {"content": PNG, "description": "the overlay"}, **answers(400, 404)})
-    async def item_explain(item_id: str):
-        png = await run_in_threadpool(svc.explain_png, svc.item(item_id))
+    async def item_explain(item_id: str, attribute: str | None = Query(
+            None, max_length=200, description="only this attribute's map (e.g. for a `attribute:<name>` search)",
+            json_schema_extra={"enum": attr_names})):
+        png = await run_in_threadpool(svc.explain_png, svc.item(item_id), None, attribute)
         return Response(png, media_type="image/png")
 
     @app.post("/explain", response_class=Response,
               responses={200: {"content": PNG, "description": "the overlay"}, **answers(400, 408, 413, 415, 422)},
               openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
                   "type": "object", "required": ["image"], "additionalProperties": False,
-                  "properties": {"image": {"type": "string", "format": "binary"}}}}}}})
+                  "properties": {"image": {"type": "string", "format": "binary"},
+                                 "attribute": {"type": "string", "enum": attr_names}}}}}}})
     async def explain_upload(request: Request):
-        """The activation-map overlay of an uploaded photo (multipart field `image`)."""
+        """The activation-map overlay of an uploaded photo (multipart field `image`; `attribute`: only that map)."""
         if not request.headers.get("content-type", "").startswith("multipart/form-data"):
             raise HTTPException(415, "send the photo as multipart/form-data with a field `image`")
-        fields, image = await _read_form(request, svc.max_upload_bytes)
-        if fields or image is None:
-            raise HTTPException(422, "POST /explain takes one multipart field: `image`")
-        png = await run_in_threadpool(svc.explain_png, None, image)
+        fields, image = await _read_form(request, svc.max_upload_bytes, ("attribute",))
+        if set(fields) - {"attribute"} or image is None:
+            raise HTTPException(422, "POST /explain takes the multipart fields `image` and, optionally, `attribute`")
+        png = await run_in_threadpool(svc.explain_png, None, image, fields.get("attribute"))
         return Response(png, media_type="image/png")
 
     @app.get("/items/{item_id:path}", responses=answers(404))
@@ -656,7 +671,11 @@ def create_app(engine, *, max_upload_bytes: int = MAX_UPLOAD_BYTES, max_pixels: 
     return app
 
 
-async def _read_form(request: Request, max_bytes: int) -> tuple[dict, bytes]:
+SEARCH_TEXT_FIELDS = ("text", "mode", "item_id", "labels")
+
+
+async def _read_form(request: Request, max_bytes: int, text_fields=SEARCH_TEXT_FIELDS) -> tuple[dict, bytes]:
+    """The multipart form's fields (the JSON, integer and `text_fields` ones POST /search takes) and its image."""
     try:
         form = await request.form(max_files=1, max_fields=16, max_part_size=64 * 1024)
     except (HTTPException, BodyTooLarge, BodyStalled, ClientDisconnect):
@@ -685,8 +704,10 @@ async def _read_form(request: Request, max_bytes: int) -> tuple[dict, bytes]:
                 fields[key] = int(value)
             except ValueError:
                 fields[key] = value
-        elif key in ("text", "mode", "item_id", "labels"):
+        elif key in text_fields:
             fields[key] = value
+        elif text_fields != SEARCH_TEXT_FIELDS:
+            raise HTTPException(422, f"unknown form field {echo(key)}; fields: image, {', '.join(text_fields)}")
         else:
             raise HTTPException(422, f"unknown form field {echo(key)}; fields: image, manipulations, text, mode, k, "
                                      f"filters, labels")

@@ -164,7 +164,8 @@ function renderQuery() {
   }
   const t = $("#query-attrs");
   t.innerHTML = "";
-  t.append(el("tr", {}, el("th", {text: "attribute"}), el("th", {text: "catalogue"}), el("th", {text: "predicted"})));
+  t.append(el("tr", {}, el("th", {text: "attribute"}), el("th", {text: "catalogue"}), el("th", {text: "predicted"}),
+                     el("th", {})));
   for (const a of state.schema.attributes) {
     const known = q.kind === "item" ? q.item.attributes[a.name] : null;
     const p = q.predicted && q.predicted[a.name];
@@ -176,7 +177,11 @@ function renderQuery() {
           el("i", {style: `width:${Math.round(p.probability * 100)}%`})),
         el("span", {class: "muted small", text: ` ${(p.probability * 100).toFixed(0)}%`}));
     } else pcell.append(el("span", {class: "muted", text: state.schema.predicts_attributes ? "…" : "—"}));
-    t.append(el("tr", {}, el("td", {text: a.name}), el("td", {text: known || "—"}), pcell));
+    const similar = el("td", {});
+    if (state.schema.modes.includes(`attribute:${a.name}`))  // "items with a <attribute> like this one's"
+      similar.append(el("button", {type: "button", class: "similar", title: `items whose ${a.name} is like this one's`,
+        text: `similar ${a.name}`, onclick: () => similarIn(a.name)}));
+    t.append(el("tr", {}, el("td", {text: a.name}), el("td", {text: known || "—"}), pcell, similar));
   }
   refreshKeepLabels();
 }
@@ -259,9 +264,40 @@ function renderUnderstood(u) {
     box.append(el("span", {class: "chip warn", text: `not understood: ${u.unmatched.join(", ")}`}));
 }
 
+async function similarIn(attribute) {
+  $("#mode").value = `attribute:${attribute}`;
+  onModeChange();
+  await runSearch(`similar ${attribute}`);
+}
+
+// the attention (or activation) map of the attribute an `attribute:<name>` search ranked by, for the query
+async function showAttention(r) {
+  const box = $("#attention");
+  const q = state.query;
+  const attribute = r.mode.startsWith("attribute:") ? r.mode.slice(10) : null;
+  box.classList.toggle("hidden", !(attribute && state.schema.explains && q));
+  if (box.classList.contains("hidden")) return;
+  $("#attention-note").textContent = `where the model looked for ${attribute} in the query`;
+  const img = $("#attention-img");
+  img.removeAttribute("src");
+  try {
+    let resp;
+    if (q.kind === "item") resp = await fetch(`${q.item.explain_url}?${new URLSearchParams({attribute})}`);
+    else {
+      const form = new FormData();
+      form.append("image", q.file, q.name);
+      form.append("attribute", attribute);
+      resp = await fetch("/explain", {method: "POST", body: form});
+    }
+    if (!resp.ok) throw new Error((await resp.json()).detail || resp.statusText);
+    img.src = URL.createObjectURL(await resp.blob());
+  } catch (e) { $("#attention-note").textContent = e.message; }
+}
+
 function renderResults(r) {
   const grid = $("#results");
   grid.innerHTML = "";
+  showAttention(r);
   const changes = Object.entries(r.manipulations).map(([a, v]) => `${a} = ${v}`).join(", ");
   const only = Object.entries(r.filters || {}).map(([a, v]) => `${a} = ${v}`).join(", ");
   setStatus(`${r.results.length} results · ${modeLabel(r.mode)}${changes ? ` · ${changes}` : ""}` +
