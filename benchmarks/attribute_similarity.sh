@@ -7,14 +7,14 @@
 #
 # DATA: the catalogue (default ../shared/datasets/fashion-product-images-small); OUT: runs, rankings and reports
 # (default runs/bench/fpi-attr). The query files are made once (seed 0) and shared by every row: PER queries per
-# attribute (default 300; each ranks the attribute's whole candidate set) and TRIPLETS test triplets per
+# attribute (default 200; each ranks the attribute's whole candidate set) and TRIPLETS test triplets per
 # attribute (default 3334: 20,000 over the six attributes). Vision only (labels off), the papers' protocol.
 set -euo pipefail
 NAME=$1; MODEL=$2; CONFIG=${3:-}
 DATA=${DATA:-../shared/datasets/fashion-product-images-small}
 OUT=${OUT:-runs/bench/fpi-attr}
 V=${VESTIS:-.venv/bin/vestis}
-PER=${PER:-300}; TRIPLETS=${TRIPLETS:-3334}
+PER=${PER:-200}; TRIPLETS=${TRIPLETS:-3334}
 mkdir -p "$OUT/$NAME"
 QA="$OUT/queries-attribute.jsonl"; QT="$OUT/queries-triplet.jsonl"
 [ -f "$QA" ] || $V queries --catalog "$DATA" --protocol attribute --per-attribute "$PER" --seed 0 --out "$QA"

@@ -16,7 +16,9 @@ def pipeline(tiny_pipeline):
 def test_default_index_kind_auto_searches_a_small_catalogue_exactly(pipeline):
     root, cat, run, idx, cache = pipeline
     meta = json.loads((idx / "engine.json").read_text())
-    assert meta["kind"] == "auto" and meta["kinds"] == {"main": "flat", "visual": "flat", "labels": "flat"}
+    assert meta["kind"] == "auto" and meta["kinds"] == {"main": "flat", "visual": "flat", "labels": "flat",
+                                                        "attr_category": "flat", "attr_colour": "flat",
+                                                        "attr_pattern": "flat"}
 
 
 def test_cli_pipeline_writes_rankings_and_report(pipeline, capsys):

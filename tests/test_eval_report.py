@@ -57,6 +57,7 @@ def test_write_report_files(tmp_path):
     assert "| Run | colour (n=1) | length (n=1) |" in md  # per-attribute Top-30, single-attribute queries
     assert "| Run | colour+length (n=1) |" in md
     assert "NDCG@10" in md and "MAP (%)" in md and "Triplet accuracy" in md and "| Run | queries | R@1 |" in md
+    assert "| over queries |" in md and "| over triplets |" in md
     assert "sha256 `" + "0" * 64 in md and "synthetic multi-view" in md
     assert "| amnet |" in md
     for key in ("top_k", "gallery_size", "recall"):

@@ -40,7 +40,7 @@ class EngineError(VestisError):
 class Hit:
     id: str
     score: float
-    attributes: dict
+    attributes: dict  # the catalogue item's own labels (shared with the catalogue: do not modify)
     image: Path | None
     matches: dict = field(default_factory=dict)  # attribute -> does the item have the requested value
     part: int | None = None  # which of the item's parts matched, in a per-part space
@@ -351,9 +351,10 @@ class Engine:
                     continue
                 seen.add(iid)
                 item = self.catalog.by_id.get(iid)
-                attrs = dict(item.attributes) if item else {}
+                attrs = item.attributes if item else {}  # shared, read-only: a protocol-2 ranking holds every item
+                wanted = manipulations[q]
                 hits.append(Hit(iid, float(s), attrs, item.image if item else None,
-                                {a: attrs.get(a) == v for a, v in manipulations[q].items()}, part))
+                                {a: attrs.get(a) == v for a, v in wanted.items()} if wanted else {}, part))
                 if len(hits) == k:
                     break
             box = tuple(float(v) for v in probe.boxes[j]) if probe.boxes is not None else None
