@@ -4,6 +4,7 @@ synth -> train -> index -> queries -> search -> eval, plus the engine API and it
 import json
 
 import pytest
+import torch
 
 from vestis.cli import main
 
@@ -158,3 +159,35 @@ def test_bench_labels_times_the_catalogue_aware_query_and_its_recall(pipeline, b
     recall = float(out.split("same filter: ")[1].split(" ")[0])
     assert recall == 1.0  # exact search: the constrained results are the exact top k under the filter
     assert "p50 **" in out
+
+
+def test_protocol2_through_the_command_line_with_triplets_batched(pipeline, engine, capsys):
+    """Attribute MAP and triplet queries, searched and scored by the CLI; a triplet's scores are the inner products
+    of the plan's query vector with x+ and x- in the attribute's space (attribute_baseline: p_q . p_c), whatever
+    the batch."""
+    from vestis.eval.queries import read_queries
+    from vestis.eval.runners import triplet_scores
+
+    root, cat, run, idx, cache = pipeline
+    for protocol in ("attribute", "triplet"):
+        q, r = root / f"p2-{protocol}.jsonl", root / f"p2-{protocol}-rankings.jsonl"
+        assert main(["queries", "--catalog", str(cat), "--protocol", protocol, "--out", str(q),
+                     "--attributes", "category,colour", "--per-attribute", "6"]) == 0
+        assert main(["search", "--run", str(run), "--index", str(idx), "--queries", str(q), "--output", str(r),
+                     "--labels", "off", "--cache", str(cache)]) == 0
+        assert main(["eval", "--queries", str(q), "--rankings", str(r), "--catalog", str(cat),
+                     "--report", str(root / f"p2-{protocol}-report")]) == 0
+    for protocol in ("attribute", "triplet"):
+        rep = json.loads((root / f"p2-{protocol}-report" / "report.json").read_text())
+        assert set(rep[protocol]["per_attribute"]) == {"category", "colour"}
+    assert 0 <= rep["triplet"]["overall"] <= 1
+    triplets = read_queries(root / "p2-triplet.jsonl")
+    batched, one_by_one = triplet_scores(engine, triplets), triplet_scores(engine, triplets, batch=1)
+    assert [r["query_id"] for r in batched] == [t["query_id"] for t in triplets]
+    for a, b in zip(batched, one_by_one):
+        assert a["scores"] == pytest.approx(b["scores"], abs=1e-5)
+    t = triplets[0]
+    maps = engine.item_maps([t["item_id"], t["positive_id"], t["negative_id"]])
+    with torch.inference_mode():
+        v = engine.model.embed(maps, f"attr_{t['attribute']}").numpy()
+    assert batched[0]["scores"] == pytest.approx([float(v[1] @ v[0]), float(v[2] @ v[0])], abs=1e-5)

@@ -37,25 +37,31 @@ def category_scores(run_dir: Path, catalog: Catalog, split: str, cache_dir: Path
     return scores, labels, list(model.schema.values(attr))
 
 
-def triplet_scores(engine, queries: Sequence[Mapping]) -> list[dict]:
+def triplet_scores(engine, queries: Sequence[Mapping], batch: int = 256) -> list[dict]:
     """Rows {query_id, scores: [sim(x, x+ | a), sim(x, x- | a)]} for triplet queries (PROTOCOLS.md section 2):
     the attribute-specific query of x (the model's plan for `attribute:<a>`) against the gallery vectors of x+ and
-    x- in the space that plan searches."""
+    x- in the space that plan searches. Batched per attribute; rows in the order of `queries`."""
     from vestis.models import Request
 
-    rows = []
+    by_attribute: dict[str, list[Mapping]] = {}
     for q in queries:
-        maps = engine.item_maps([q["item_id"], q["positive_id"], q["negative_id"]])
-        (probe,) = engine.model.plan({k: v[:1] for k, v in maps.items()}, Request(f"attribute:{q['attribute']}", [{}]))
-        with torch.inference_mode():
-            others = engine.model.embed({k: v[1:] for k, v in maps.items()}, probe.space).numpy()
-        anchor = probe.vectors[0]
-        if engine.space_defs[probe.space].metric == "l2":
-            sims = -((others - anchor) ** 2).sum(-1)
-        else:
-            sims = others @ anchor
-        rows.append({"query_id": q["query_id"], "scores": [float(sims[0]), float(sims[1])]})
-    return rows
+        by_attribute.setdefault(q["attribute"], []).append(q)
+    out: dict[str, dict] = {}
+    for attribute, qs in by_attribute.items():
+        for i in range(0, len(qs), batch):
+            chunk = qs[i:i + batch]
+            anchors = engine.item_maps([q["item_id"] for q in chunk])
+            (probe,) = engine.model.plan(anchors, Request(f"attribute:{attribute}", [{}] * len(chunk)))
+            with torch.inference_mode():
+                pos, neg = (engine.model.embed(engine.item_maps([q[key] for q in chunk]), probe.space).numpy()
+                            for key in ("positive_id", "negative_id"))
+            if engine.space_defs[probe.space].metric == "l2":
+                sp, sn = (-((v - probe.vectors) ** 2).sum(-1) for v in (pos, neg))
+            else:
+                sp, sn = ((v * probe.vectors).sum(-1) for v in (pos, neg))
+            for q, a, b in zip(chunk, sp, sn):
+                out[q["query_id"]] = {"query_id": q["query_id"], "scores": [float(a), float(b)]}
+    return [out[q["query_id"]] for q in queries]
 
 
 def _mode(engine, q: Mapping) -> str:
