@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from vestis.cli import main
-from vestis.eval.localisation import box_iou, box_scores, peak_cell, points_inside, summarise
+from vestis.eval.localisation import box_iou, box_scores, mirror, peak_cell, points_inside, summarise
 
 
 def test_box_scores_known_answers():
@@ -35,6 +35,8 @@ def test_pointing_game_known_answers():
             {"iou": 0.1, "coverage": 0.1, "precision": 0.1, "pointing": 1.0}]
     assert summarise(rows)["pointing"] == pytest.approx(2 / 3)
     assert "pointing" not in summarise([{"iou": 0.1, "coverage": 0.1, "precision": 0.1}])
+    assert mirror((10, 5, 20, 9), (0, 0, 100, 50)) == (80, 5, 90, 9)  # about x = 50
+    assert summarise([{**rows[1], "pointing_mirrored": 1.0}])["pointing_mirrored"] == 1.0
 
 
 TINY_FSN = {"width": 16, "reduce": 8, "dim": 8, "roi": 2, "batch_size": 32, "epochs_cls": 1, "epochs": 1,
