@@ -251,3 +251,17 @@ def test_attribute_baseline_ranks_by_the_probability_of_sharing_the_value():
     assert probe.space == "attr_colour" and m.spaces()["attr_colour"].dim == 3
     scores = m.embed(x, "attr_colour").numpy() @ probe.vectors[0]
     assert np.allclose(scores, (p @ p[0]).numpy(), atol=1e-6)  # sum_v p_q(v) p_c(v)
+
+
+def test_branch1_auto_uses_the_papers_target_where_each_image_has_one_label(trained):
+    _, hist = trained
+    assert hist["branch1"] == "values"  # every image has a colour and (mostly) a sleeve
+    data = _data(240, seed=4)
+    one = data.labels.copy()
+    half = np.arange(len(one)) % 2 == 0
+    one[half, 1] = 2  # sleeve unspecified on even rows ...
+    one[~half, 0] = 3  # ... colour unspecified on odd rows: one labelled attribute per image (FashionAI)
+    m = create_model("agmlan", SCHEMA, CH, {**SMALL, "epochs": 1})
+    before = m.type_classifier.weight.detach().clone()
+    hist = m.fit(TrainData(data.ids, data.maps, one, data.instances, SCHEMA), progress=False)
+    assert hist["branch1"] == "type" and not torch.equal(before, m.type_classifier.weight)

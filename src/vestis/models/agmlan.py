@@ -13,9 +13,10 @@ The network, on cached trunk maps (s8 20x16, s16 10x8, s32 5x4 at 160x128):
    (the levels' channel counts differ). `features: last` (ASEN / CSN) reads the s32 map alone, on its own grid.
 2. Branch 1, attribute classification on the pooled hierarchical features. DEVIATION: the paper's target is
    the type of attribute a triplet is about, which carries no information on a catalogue where every item has
-   every attribute; `branch1: values` (default) is per-attribute value cross-entropy (values + "unspecified", as
+   every attribute; `branch1: values` is per-attribute value cross-entropy (values + "unspecified", as
    every vestis classifier), `branch1: type` the paper's target (for catalogues where an image is labelled for one
-   attribute only, such as FashionAI), `branch1: off` the "w/o branch 1" ablation: the classifiers then train on
+   attribute only, such as FashionAI; `auto`, the default, picks it when no training image has two known
+   attributes, else `values`), `branch1: off` the "w/o branch 1" ablation: the classifiers then train on
    detached features, so the run still predicts attributes but branch 1 shapes nothing else.
 3. Branch 2, multi-level attention, per attribute a with a learned embedding e_a:
    - p(a) = sigma(W_a e_a) * W_a e_a (self-gated);
@@ -64,7 +65,7 @@ from vestis.models.loop import LoopConfig, TrainData, batch_maps, fit_loop
 
 FEATURES = ("hierarchical", "last")
 MASKS = ("learned", "disjoint", "none")
-BRANCH1 = ("values", "type", "off")
+BRANCH1 = ("auto", "values", "type", "off")
 REDUCE = ("nonzero", "all")
 CSN_EMBED_L2, CSN_MASK_L1 = 5e-3, 5e-4  # CSN's code
 
@@ -121,7 +122,7 @@ class AGMLAN(SearchModel):
         "attr_embed": 32, "attention": 64,                  # e_a and p(a) sizes
         "sa": True, "asa": True, "aca": True, "aca_hidden": 64,
         "mask": "learned", "dim": 64,                        # per-attribute embedding size
-        "branch1": "values", "csn_reg": False,
+        "branch1": "auto", "csn_reg": False,
         "margin": 0.2, "triplet_reduce": "nonzero", "uncertainty": True,
         "epochs": 6, "triplets_per_batch": 32, "lr": 1e-3, "weight_decay": 1e-4, "seed": 0,
     }
@@ -230,6 +231,8 @@ class AGMLAN(SearchModel):
             raise VestisError(f"model {self.name}: no attribute has two known values with an anchor and positive in "
                               "the training split, so no triplet can be drawn")
         steps = max(1, len(data) // (3 * t))
+        known = (data.labels < np.array(sampler.known_counts)[None, :]).sum(1)
+        branch1 = c["branch1"] if c["branch1"] != "auto" else ("type" if known.max(initial=0) <= 1 else "values")
 
         def batches(rng):
             for _ in range(steps):
@@ -245,9 +248,9 @@ class AGMLAN(SearchModel):
             trip = batch_all_triplet(emb, y, sampler.known_counts, c["margin"], c["triplet_reduce"], anchors)
             logs = {"triplet": trip}
             loss = trip
-            if c["branch1"] == "values":
+            if branch1 == "values":
                 cls = multi_attribute_ce(self.logits(feats), y)
-            elif c["branch1"] == "type":  # the paper's target: which attribute each anchor's triplet is about
+            elif branch1 == "type":  # the paper's target: which attribute each anchor's triplet is about
                 cls = F.cross_entropy(self.type_classifier(feats.mean(dim=(2, 3))[0::3]),
                                       torch.from_numpy(sampler.last_attributes))
             else:
@@ -259,7 +262,7 @@ class AGMLAN(SearchModel):
                     loss = 0.5 * torch.exp(-s[0]) * trip + 0.5 * s[0] + 0.5 * torch.exp(-s[1]) * cls + 0.5 * s[1]
                 else:
                     loss = trip + cls
-            if c["branch1"] != "values":  # the classifiers still learn, on detached features (predictions only)
+            if branch1 != "values":  # the classifiers still learn, on detached features (predictions only)
                 loss = loss + multi_attribute_ce(self.classifiers(feats.detach().mean(dim=(2, 3))), y)
             if c["csn_reg"]:
                 m = self.masks(all_attrs)
@@ -271,6 +274,7 @@ class AGMLAN(SearchModel):
         history = fit_loop(self.parameters(), data, step, cfg, batches=batches, desc=self.name, progress=progress,
                            modules=[self])
         history["uncertainty_s"] = [float(v) for v in self.log_vars.detach()]
+        history["branch1"] = branch1
         return history
 
     # --- the gallery side ----------------------------------------------------------------------
