@@ -8,6 +8,7 @@
     GET  /items/{id}/explain     activation-map overlay PNG (models with explanation maps)
     POST /explain                the same for an uploaded photo (multipart `image`)
     GET  /understand?text=...    how a free-text request maps onto the attributes (no search)
+    PATCH /items/attributes      change items' attributes without re-encoding (only with --allow-writes; else 403)
     GET  /health                 liveness and what is loaded
     GET  /docs, /openapi.json    API documentation (Swagger UI served locally, no CDN)
     GET  /                       the web page (static/, vanilla JS, no external assets)
@@ -51,6 +52,7 @@ from vestis.catalog.splits import SPLITS
 from vestis.errors import ECHO_LIMIT, UnknownAttributeError, UnknownValueError, VestisError, echo
 from vestis.serve.textquery import TextInterpreter, TextQueryError
 from vestis.images import ImageReadError
+from vestis.attribute_updates import UnknownItemsError
 
 STATIC = Path(__file__).parent / "static"
 MAX_UPLOAD_BYTES = 10 * 2**20
@@ -111,6 +113,7 @@ class ValidationErrorBody(ErrorBody):
 ANSWERS = {
     400: "a request that cannot be answered: an unknown attribute, value, mode or split, a text request that maps "
          "onto no value, a body that is not valid JSON",
+    403: "writes are off: the server was started without --allow-writes",
     404: "an unknown item id, or an item whose image file is missing",
     408: "the request body stalled",
     413: "a body or image over the size or pixel limit",
@@ -133,6 +136,19 @@ def search_body_schema(engine) -> dict:
                       {"type": "array", "minItems": 1, "items": {"enum": list(cat_schema.values(a))}}]}
         for a in cat_schema.attributes})
     return out
+
+
+def update_body_schema(engine) -> dict:
+    """The body of PATCH /items/attributes, with the catalogue's attributes and values spelled out."""
+    cs = engine.catalog.schema
+    return {"type": "object", "required": ["updates"], "additionalProperties": False, "properties": {"updates": {
+        "type": "array", "minItems": 1, "items": {
+            "type": "object", "required": ["id", "attributes"], "additionalProperties": False, "properties": {
+                "id": {"type": "string", "minLength": 1, "description": "an indexed item id"},
+                "attributes": {"type": "object", "minProperties": 1, "additionalProperties": False,
+                               "description": "{attribute: new value, or null / \"unspecified\" to clear the label}",
+                               "properties": {a: {"anyOf": [{"enum": [*cs.values(a), "unspecified"]}, {"type": "null"}]}
+                                              for a in cs.attributes}}}}}}}
 
 
 def answers(*codes: int) -> dict:
@@ -313,8 +329,9 @@ class SecurityHeaders:
 class Service:
     """What the routes share: the engine, its lock, the text interpreter, and item look-ups."""
 
-    def __init__(self, engine, *, max_upload_bytes: int, max_pixels: int, image_roots):
+    def __init__(self, engine, *, max_upload_bytes: int, max_pixels: int, image_roots, allow_writes: bool = False):
         self.engine = engine
+        self.allow_writes = allow_writes
         self.lock = threading.Lock()
         self.schema = engine.model.schema
         self.text = TextInterpreter(self.schema)
@@ -368,6 +385,27 @@ class Service:
         return {"id": it.id, "attributes": dict(it.attributes), "split": self.engine.catalog.split_of(it.id),
                 "indexed": it.id in self.indexed, "image_url": f"/items/{iid}/image",
                 "explain_url": f"/items/{iid}/explain" if self.engine.model.explains else None}
+
+    # --- writes ----------------------------------------------------------------------------------
+    def update_attributes(self, body) -> dict:
+        """PATCH /items/attributes: `vestis.attribute_updates` on the served index, under the engine's lock (the
+        spaces and the catalogue are swapped while no search runs), then the item listings refreshed."""
+        from vestis.attribute_updates import parse_rows, update_attributes
+
+        if not self.allow_writes:
+            raise HTTPException(403, "writes are off: this server was started without --allow-writes, so attributes "
+                                     "cannot be changed over HTTP (or use `vestis index --update-attributes FILE`)")
+        if not isinstance(body, dict) or set(body) != {"updates"}:
+            raise HTTPException(400, 'the body must be {"updates": [{"id": ..., "attributes": {attribute: value or '
+                                     'null}}, ...]}')
+        changes = parse_rows(body["updates"], where="updates")
+        if self.engine.index_dir is None:
+            raise HTTPException(400, "this engine was not loaded from an index directory; nothing to update")
+        with self.lock:
+            result = update_attributes(self.engine, self.engine.index_dir, changes)
+            self.browsable = [it for it in self.engine.catalog if it.image is not None and Path(it.image).is_file()]
+        log.info("vestis: updated the attributes of %d item(s) (generation %s)", result["updated"], result["generation"])
+        return result
 
     # --- uploads ---------------------------------------------------------------------------------
     def check_image(self, data: bytes) -> None:
@@ -491,12 +529,14 @@ def _error(status: int, message: str, **extra) -> JSONResponse:
 
 def create_app(engine, *, max_upload_bytes: int = MAX_UPLOAD_BYTES, max_pixels: int = MAX_PIXELS,
                image_roots=None, title: str = "vestis", allowed_hosts=None,
-               body_timeout: float = BODY_TIMEOUT) -> FastAPI:
+               body_timeout: float = BODY_TIMEOUT, allow_writes: bool = False) -> FastAPI:
     """The FastAPI application for a loaded `vestis.engine.Engine`. `allowed_hosts`: the Host header names it
-    answers (with the loopback names), against DNS rebinding; None answers any."""
+    answers (with the loopback names), against DNS rebinding; None answers any. `allow_writes`: answer
+    PATCH /items/attributes (off: 403)."""
     from fastapi_offline import FastAPIOffline
 
-    svc = Service(engine, max_upload_bytes=max_upload_bytes, max_pixels=max_pixels, image_roots=image_roots)
+    svc = Service(engine, max_upload_bytes=max_upload_bytes, max_pixels=max_pixels, image_roots=image_roots,
+                  allow_writes=allow_writes)
     app = FastAPIOffline(title=title, version="1", docs_url=DOCS_URL, static_url="/static-docs", redoc_url=None,
                          description="Attribute-aware search over a fashion catalogue: 'like this, but in navy blue'.")
     app.state.service = svc
@@ -517,6 +557,10 @@ def create_app(engine, *, max_upload_bytes: int = MAX_UPLOAD_BYTES, max_pixels: 
     @app.exception_handler(ImageReadError)
     async def _bad_image(request, e: ImageReadError):
         return _error(413 if "over the limit" in str(e) else 422, str(e))
+
+    @app.exception_handler(UnknownItemsError)
+    async def _unknown_items(request, e: UnknownItemsError):
+        return _error(404, str(e))
 
     @app.exception_handler(TextQueryError)
     async def _bad_text(request, e: TextQueryError):
@@ -583,6 +627,20 @@ def create_app(engine, *, max_upload_bytes: int = MAX_UPLOAD_BYTES, max_pixels: 
         else:
             chosen = pool[offset:offset + limit]
         return {"total": len(pool), "offset": 0 if random_ else offset, "items": [svc.item_json(it) for it in chosen]}
+
+    @app.patch("/items/attributes", responses=answers(400, 403, 404, 408, 413, 415, 422), openapi_extra={
+        "requestBody": {"required": True, "content": {"application/json": {"schema": update_body_schema(engine)}}}})
+    async def update_item_attributes(request: Request):
+        """Change indexed items' catalogue attributes without re-encoding images (filters, catalogue-aware ranking
+        and the answers' attributes all follow); atomic, and checked first: an unknown id (404), attribute or value
+        (400) changes nothing. Only with `vestis serve --allow-writes` (else 403)."""
+        if not svc.allow_writes:  # before reading the body
+            raise HTTPException(403, "writes are off: this server was started without --allow-writes, so attributes "
+                                     "cannot be changed over HTTP (or use `vestis index --update-attributes FILE`)")
+        ctype = request.headers.get("content-type", "")
+        if ctype and not ctype.startswith("application/json"):
+            raise HTTPException(415, f"send application/json, not {ctype}")
+        return JSONResponse(await run_in_threadpool(svc.update_attributes, parse_json(await request.body())))
 
     @app.get("/items/{item_id:path}/image", response_class=Response, responses={
         200: {"content": IMAGE_TYPES, "description": "the item's photo (JPEG for most catalogues)"}, **answers(404)})
