@@ -150,8 +150,14 @@ def cmd_bench_labels(args) -> int:
 def cmd_bench_serve(args) -> int:
     from vestis.bench.serve import bench_serve
 
+    try:
+        workers = tuple(int(w) for w in args.workers.split(","))
+    except ValueError:
+        raise VestisError(f"--workers takes numbers separated by commas, e.g. 1,2; got {args.workers!r}") from None
+    if not workers or min(workers) < 1:
+        raise VestisError(f"--workers: each number must be at least 1, got {args.workers!r}")
     print(bench_serve(args.run, args.index, catalog=args.catalog, n_requests=args.n, concurrency=args.concurrency,
-                      repeats=args.repeats, cache_dir=args.cache))
+                      repeats=args.repeats, cache_dir=args.cache, workers=workers, uploads=args.uploads))
     return 0
 
 
@@ -456,7 +462,8 @@ def cmd_serve(args) -> int:
     engine = load_engine(args.run, args.index, args.catalog, args.format, args.cache)
     serve(engine, host=args.host, port=args.port, max_upload_bytes=int(args.max_upload_mb * 2**20),
           max_pixels=int(args.max_megapixels * 1e6), image_roots=args.image_root or None,
-          allowed_hosts=args.allowed_host or None, body_timeout=args.body_timeout, allow_writes=args.allow_writes)
+          allowed_hosts=args.allowed_host or None, body_timeout=args.body_timeout, allow_writes=args.allow_writes,
+          workers=args.workers)
     return 0
 
 
@@ -564,6 +571,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench_run_options(b, 2000, "requests per repeat", 3)
     b.add_argument("--catalog", type=Path, default=None, help="the catalogue to serve (default: the index's)")
     b.add_argument("--concurrency", type=_positive, default=8, help="concurrent clients (default 8)")
+    b.add_argument("--workers", default="1", help="server processes, one configuration per number: 1,2 measures "
+                                                  "both in one run (default 1)")
+    b.add_argument("--uploads", type=int, default=0, help="also this many photo uploads per configuration (p50 "
+                                                           "reported apart; default 0)")
     b.set_defaults(func=cmd_bench_serve)
 
     def catalog_option(s, required=True):
@@ -690,6 +701,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "server's host names when --host binds beyond this machine, against DNS rebinding")
     s.add_argument("--body-timeout", type=float, default=10.0, metavar="SECONDS",
                    help="answer 408 when a request body stalls this long between two chunks (default 10)")
+    s.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="server processes sharing the loaded index (forked after loading; default 1; README, "
+                        "HTTP API under load)")
     s.add_argument("--allow-writes", action="store_true",
                    help="answer PATCH /items/attributes, which changes the served index's attributes in place (off by "
                         "default: 403)")

@@ -11,6 +11,8 @@ Index directories are built by `vestis.indexing.build_index`.
 from __future__ import annotations
 
 import json
+import os
+import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,6 +111,7 @@ class Engine:
             self.space_defs[catalogue_ranking.SPACE] = Space(spaces[catalogue_ranking.SPACE].dim, "ip")
         self._encoder = None
         self._cache = None
+        self._hashes: dict = {}  # image path -> ((size, mtime), content hash), see item_maps
         self._present = None
         self.label_weight = catalogue_ranking.LABEL_WEIGHT
         self.index_dir: Path | None = None  # where `load` read the index (attribute updates write there)
@@ -211,9 +214,18 @@ class Engine:
             item = self.catalog.by_id.get(iid)
             if item is None:
                 raise EngineError(f"unknown item id {echo(iid)}")
-            if item.image is None or not Path(item.image).is_file():
+            try:
+                st = os.stat(item.image) if item.image is not None else None
+            except OSError:
+                st = None
+            if st is None or not stat.S_ISREG(st.st_mode):
                 raise EngineError(f"item {iid!r} has no image file ({item.image})")
-            got = self._cache.get(content_hash(item.image))
+            # the content hash keys the cache; re-read the file only when its size or modification time changed
+            key = (st.st_size, st.st_mtime_ns)
+            kept = self._hashes.get(item.image)
+            if kept is None or kept[0] != key:
+                kept = self._hashes[item.image] = (key, content_hash(item.image))
+            got = self._cache.get(kept[1])
             rows.append(got)
             if got is None:
                 todo.append(i)

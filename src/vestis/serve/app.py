@@ -346,6 +346,8 @@ class Service:
         self.splits = sorted({catalog.split_of(it.id) for it in catalog} | set(SPLITS))
         self._explained: OrderedDict[str, bytes] = OrderedDict()
         self._cache_lock = threading.Lock()
+        self._item_rows: dict[str, tuple] = {}  # item id -> (the Item, its JSON): see item_json
+        self._image_paths: dict[str, tuple] = {}  # item id -> (the Item, its checked image path): see image_path
 
     def warm_up(self) -> str | None:
         """Answer one search so the first user does not wait for the feature cache's index to load; returns
@@ -368,7 +370,20 @@ class Service:
         return it
 
     def image_path(self, item) -> Path:
-        """The item's image file, refusing anything that is not an image file inside the catalogue's folder."""
+        """The item's image file, refusing anything that is not an image file inside the catalogue's folder. The
+        resolved, checked path is kept per item (resolving walks every folder of the path); whether the file
+        exists is asked every time."""
+        kept = self._image_paths.get(item.id)
+        if kept is not None and kept[0] is item:
+            p = kept[1]
+            if not p.is_file():
+                raise HTTPException(404, f"item {echo(item.id)}: image file {p.name} is missing")
+            return p
+        p = self._check_image_path(item)
+        self._image_paths[item.id] = (item, p)
+        return p
+
+    def _check_image_path(self, item) -> Path:
         if item.image is None:
             raise HTTPException(404, f"item {echo(item.id)} has no image")
         p = Path(item.image).resolve()
@@ -381,10 +396,16 @@ class Service:
         return p
 
     def item_json(self, it) -> dict:
-        iid = quote(it.id, safe="")
-        return {"id": it.id, "attributes": dict(it.attributes), "split": self.engine.catalog.split_of(it.id),
+        """An item's JSON (a fresh dict: callers add to it). Prepared once per item and kept (`_item_rows`), since
+        every answer lists 30 of them; attribute updates clear the kept ones (`update_attributes`)."""
+        row = self._item_rows.get(it.id)
+        if row is None or row[0] is not it:  # (the catalogue replaces an item whose attributes change)
+            iid = quote(it.id, safe="")
+            row = self._item_rows[it.id] = (it, {
+                "id": it.id, "attributes": dict(it.attributes), "split": self.engine.catalog.split_of(it.id),
                 "indexed": it.id in self.indexed, "image_url": f"/items/{iid}/image",
-                "explain_url": f"/items/{iid}/explain" if self.engine.model.explains else None}
+                "explain_url": f"/items/{iid}/explain" if self.engine.model.explains else None})
+        return {**row[1], "attributes": dict(row[1]["attributes"])}
 
     # --- writes ----------------------------------------------------------------------------------
     def update_attributes(self, body) -> dict:
@@ -404,6 +425,9 @@ class Service:
         with self.lock:
             result = update_attributes(self.engine, self.engine.index_dir, changes)
             self.browsable = [it for it in self.engine.catalog if it.image is not None and Path(it.image).is_file()]
+            for iid in changes:  # (item_json / image_path also notice the replaced Item objects)
+                self._item_rows.pop(iid, None)
+                self._image_paths.pop(iid, None)
         log.info("vestis: updated the attributes of %d item(s) (generation %s)", result["updated"], result["generation"])
         return result
 
@@ -460,9 +484,12 @@ class Service:
                    "results": [self.hit_json(h, r, target) for r, h in enumerate(g.hits, 1)]} for g in result.groups]
         query = {"item": self.item_json(item) if item else None, "predicted": result.predicted,
                  "upload": None if item else {"bytes": len(image)}}
+        # one group (every flat mode): `results` is that group's list, the same rows (serialised twice, built once)
+        results = groups[0]["results"] if len(groups) == 1 else \
+            [self.hit_json(h, r, target) for r, h in enumerate(result.hits, 1)]
         return {"query": query, "mode": req.mode, "k": req.k, "manipulations": manip, "filters": req.filters,
                 "understood": understood.to_json() if understood else None, "target": target,
-                "results": [self.hit_json(h, r, target) for r, h in enumerate(result.hits, 1)], "groups": groups,
+                "results": results, "groups": groups,
                 "labels": result.labels, "note": result.note,
                 "took_ms": round((time.perf_counter() - t0) * 1000, 2)}
 
@@ -521,6 +548,18 @@ class Service:
                 while len(self._explained) > EXPLAIN_CACHE:
                     self._explained.popitem(last=False)
         return png
+
+
+class FastJSONResponse(JSONResponse):
+    """JSONResponse encoded by orjson (UTF-8, compact, the same values; NaN would become null, and no answer holds
+    one); json.dumps where orjson is not installed."""
+
+    def render(self, content) -> bytes:
+        try:
+            import orjson
+        except ImportError:
+            return super().render(content)
+        return orjson.dumps(content)
 
 
 def _error(status: int, message: str, **extra) -> JSONResponse:
@@ -708,8 +747,9 @@ def create_app(engine, *, max_upload_bytes: int = MAX_UPLOAD_BYTES, max_pixels: 
             req = SearchRequest.model_validate(fields)
         except ValidationError as e:
             return _error(422, _describe(e.errors()), errors=_errors_json(e.errors()))
-        # plain JSON types only: skip FastAPI's jsonable_encoder, which costs more than the search itself
-        return JSONResponse(await run_in_threadpool(svc.search, req, image))
+        # plain JSON types only: skip FastAPI's jsonable_encoder (which costs more than the search itself) and
+        # encode with orjson, several times faster than json.dumps on an answer of 30 items (same JSON values)
+        return FastJSONResponse(await run_in_threadpool(svc.search, req, image))
 
     return app
 
