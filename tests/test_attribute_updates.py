@@ -63,6 +63,25 @@ def updated(tiny_pipeline, tmp_path_factory):
     return upd, rebuilt, run, cache, changes
 
 
+def _same_ranking(r1, r2, where, tol=1e-4):
+    """The same scores rank by rank, and the same items with the same scores and attributes; two items whose
+    scores differ by less than `tol` may swap places (the recomputed label vectors of the updated items and the
+    rebuild's agree to float32 rounding, not bit for bit)."""
+    s1, s2 = [h.score for h in r1], [h.score for h in r2]
+    np.testing.assert_allclose(s1, s2, atol=tol, err_msg=str(where))
+    by1, by2 = {h.id: h for h in r1}, {h.id: h for h in r2}
+    last = min(s1[-1], s2[-1]) if s1 else 0.0
+    for a, b in ((by1, by2), (by2, by1)):
+        for iid, h in a.items():
+            if iid in b:
+                assert abs(h.score - b[iid].score) < tol and h.attributes == b[iid].attributes, (where, iid)
+            else:  # only at the cut-off, among near-ties
+                assert h.score - last < tol, (where, iid, h.score, last)
+    for i in range(len(s1)):
+        if r1[i].id != r2[i].id:
+            assert abs(s1[i] - s2[i]) < tol and abs(r1[i].score - by2.get(r1[i].id, r1[i]).score) < tol, (where, i)
+
+
 def test_update_answers_like_a_rebuild_from_the_edited_catalogue(updated):
     upd, rebuilt, run, cache, changes = updated
     e1 = Engine.load(run, upd, cache_dir=cache)
@@ -80,9 +99,7 @@ def test_update_answers_like_a_rebuild_from_the_edited_catalogue(updated):
             for labels in (True, False):
                 r1 = e1.search(item_id=q, manipulations=manip, filters=filters, k=40, labels=labels)
                 r2 = e2.search(item_id=q, manipulations=manip, filters=filters, k=40, labels=labels)
-                assert [h.id for h in r1] == [h.id for h in r2], (q, manip, filters, labels)
-                np.testing.assert_allclose([h.score for h in r1], [h.score for h in r2], rtol=1e-5, atol=1e-5)
-                assert [h.attributes for h in r1] == [h.attributes for h in r2]
+                _same_ranking(r1, r2, (q, manip, filters, labels))
                 assert r1.note == r2.note
     # the filters see the new labels: the corrected item is found under its new colour only
     hits = {h.id for h in e1.search(item_id=gallery[0], filters={"colour": ca["colour"]}, k=200, labels=False)}

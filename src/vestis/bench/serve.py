@@ -111,11 +111,32 @@ def _uploads(bodies: list[dict], catalog, n: int) -> list[tuple]:
     return out
 
 
+def _cpu_seconds(pid: int) -> float | None:
+    """CPU time (user + system) of a process and its live children (Linux /proc; None elsewhere): on a shared
+    machine the server's CPU per request is steadier than its requests per second."""
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    total, found = 0.0, False
+    try:
+        procs = [d for d in Path("/proc").iterdir() if d.name.isdigit()]
+    except OSError:
+        return None
+    for d in procs:
+        try:
+            fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(d.name) == pid or int(fields[1]) == pid:
+            total += (int(fields[11]) + int(fields[12])) / tick
+            found = True
+    return total if found else None
+
+
 def _start(run, index, catalog, cache_dir, port, workers, env) -> subprocess.Popen:
     import httpx
 
-    cmd = [sys.executable, "-m", "vestis.cli", "serve", "--run", str(run), "--index", str(index), "--port", str(port),
-           "--workers", str(workers)]
+    cmd = [sys.executable, "-m", "vestis.cli", "serve", "--run", str(run), "--index", str(index), "--port", str(port)]
+    if workers != 1:
+        cmd += ["--workers", str(workers)]
     if catalog is not None:
         cmd += ["--catalog", str(catalog)]
     if cache_dir is not None:
@@ -155,8 +176,9 @@ def bench_serve(run: Path, index: Path, catalog: Path | None = None, n_requests:
     bench_run = BenchRun.load(run, index, cache_dir=cache_dir, catalog_path=catalog)  # for the query list only
     bodies = _queries(bench_run.catalog, bench_run.model.schema, n_requests * repeats + WARMUP)
     photos = _uploads(bodies, bench_run.catalog, uploads) if uploads else []
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(Path(__file__).resolve().parents[2]),
-                                                                   os.environ.get("PYTHONPATH")) if p)}
+    # VESTIS_BENCH_SERVER_SRC: serve another source tree (e.g. an earlier commit's src/) with the same clients
+    src = os.environ.get("VESTIS_BENCH_SERVER_SRC") or str(Path(__file__).resolve().parents[2])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH")) if p)}
     m = machine_info()
     lines = [f"vestis bench serve: {n_requests} POST /search item-id queries (one manipulation each, k 30) x {repeats} "
              f"repeats, {concurrency} concurrent keep-alive clients, server: `vestis serve --workers N` (uvicorn) on "
@@ -164,8 +186,8 @@ def bench_serve(run: Path, index: Path, catalog: Path | None = None, n_requests:
              f"run {bench_run.run_id} ({bench_run.model.name}), {len(bench_run.space)} items indexed "
              f"({bench_run.index_name})",
              f"machine at the start: {format_machine(m, ())}", ""]
-    header = "| workers | repeat | p50 ms | p99 ms | requests/s | errors |"
-    lines += [header, "| ---: | ---: | ---: | ---: | ---: | ---: |"]
+    header = "| workers | repeat | p50 ms | p99 ms | requests/s | server CPU ms / request | errors |"
+    lines += [header, "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     upload_rows = []
     for n_workers in workers:
         server = _start(run, index, catalog, cache_dir, port or _free_port(), n_workers, env)
@@ -176,11 +198,14 @@ def bench_serve(run: Path, index: Path, catalog: Path | None = None, n_requests:
             total_errors, samples = 0, []
             for r in range(repeats):
                 chunk = bodies[WARMUP + r * n_requests: WARMUP + (r + 1) * n_requests]
+                cpu0 = _cpu_seconds(server.pid)
                 lat, n_err, wall, errs = _run(base, chunk, concurrency)
+                cpu1 = _cpu_seconds(server.pid)
                 total_errors += n_err
                 samples += errs
                 latencies.append(lat)
-                rows.append({"rps": len(chunk) / wall, "wall": wall, "errors": n_err})
+                rows.append({"rps": len(chunk) / wall, "wall": wall, "errors": n_err,
+                             "cpu": (cpu1 - cpu0) / len(chunk) * 1000 if cpu0 is not None and cpu1 is not None else None})
             if photos:
                 _run(base, photos[:min(10, len(photos))], concurrency)  # the upload path's own warm-up
                 lat, n_err, wall, errs = _run(base, photos, concurrency)
@@ -188,11 +213,16 @@ def bench_serve(run: Path, index: Path, catalog: Path | None = None, n_requests:
         finally:
             _stop(server)
         timings = Timings(np.stack(latencies))
+        def cpu(v):
+            return "-" if v is None else f"{v:.2f}"
+
         for i, (r, p50, p99) in enumerate(zip(rows, timings.per_pass_ms(50), timings.per_pass_ms(99)), 1):
-            lines.append(f"| {n_workers} | {i} | {p50:.1f} | {p99:.1f} | {r['rps']:.1f} | {r['errors']} |")
+            lines.append(f"| {n_workers} | {i} | {p50:.1f} | {p99:.1f} | {r['rps']:.1f} | {cpu(r['cpu'])} | "
+                         f"{r['errors']} |")
         rps = statistics.median(r["rps"] for r in rows)
+        cpus = [r["cpu"] for r in rows if r["cpu"] is not None]
         lines.append(f"| {n_workers} | **median** | {timings.ms(50):.1f} | {timings.ms(99):.1f} | {rps:.1f} | "
-                     f"{total_errors} total |")
+                     f"{cpu(statistics.median(cpus) if cpus else None)} | {total_errors} total |")
         if samples:
             lines.append("errors, first ones: " + " | ".join(samples))
     if upload_rows:

@@ -22,8 +22,9 @@ def serve(engine, host: str = "127.0.0.1", port: int = 8000, log_level: str = "w
     here and handed to uvicorn, so the printed address (and a --port 0 choice) is the one that serves.
 
     `workers` > 1 forks that many server processes after the engine is loaded (POSIX): they share the loaded
-    index, model and catalogue pages copy-on-write and accept from the one socket. Each worker runs torch and FAISS
-    on one thread (a search is small; two cores are better spent on two requests than on one). Writes
+    index, model and catalogue pages copy-on-write and accept from the one socket. Every server process runs torch
+    and FAISS on one thread: a search is small, and the engine answers one at a time per process, so a second
+    thread would only wait (or spin) beside the event loop and the other requests. Writes
     (`allow_writes`) need one process, since each worker holds its own engine."""
     import socket
 
@@ -61,6 +62,7 @@ def serve(engine, host: str = "127.0.0.1", port: int = 8000, log_level: str = "w
               "clients use with --allowed-host (against DNS rebinding)", flush=True)
     config = uvicorn.Config(app, log_level=log_level)
     if workers == 1:
+        _one_thread()
         _warm(app)
         print(f"vestis: serving run {engine.info.run_id} ({engine.model.name}, {len(app.state.service.indexed)} items "
               f"indexed) at {_urls(bound_host, bound_port)}  (API docs: /docs; Ctrl+C stops)", flush=True)
@@ -97,7 +99,7 @@ def _warm(app) -> None:
 
 
 def _one_thread() -> None:
-    """One torch and one FAISS thread in a worker process."""
+    """One torch and one FAISS thread in a server process."""
     import torch
 
     torch.set_num_threads(1)
