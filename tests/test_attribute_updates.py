@@ -10,7 +10,7 @@ import shutil
 import numpy as np
 import pytest
 
-from vestis.attribute_updates import AttributeUpdateError, parse_rows, read_updates
+from vestis.attribute_updates import AttributeUpdateError, parse_rows, read_updates, update_attributes
 from vestis.cli import main
 from vestis.engine import Engine
 from vestis.errors import UnknownAttributeError, UnknownValueError, VestisError
@@ -104,8 +104,6 @@ def test_update_answers_like_a_rebuild_from_the_edited_catalogue(updated):
     # the filters see the new labels: the corrected item is found under its new colour only
     hits = {h.id for h in e1.search(item_id=gallery[0], filters={"colour": ca["colour"]}, k=200, labels=False)}
     assert a in hits
-    old = json.loads((rebuilt.parent / "cat" / "catalog.jsonl").read_text().splitlines()[0])  # (any row: a sanity read)
-    assert "attributes" in old
 
 
 def test_bad_updates_change_nothing(updated, tmp_path):
@@ -124,7 +122,6 @@ def test_bad_updates_change_nothing(updated, tmp_path):
         f = tmp_path / "bad.csv"
         f.write_text(text)
         with pytest.raises(err, match=match):
-            from vestis.attribute_updates import update_attributes
             update_attributes(engine, upd, read_updates(f))
         assert main(["index", "--update-attributes", str(f), "--out", str(upd), "--cache", str(cache)]) == 2
         assert (upd / ENGINE_FILE).read_text() == before

@@ -57,15 +57,20 @@ def serve(engine, host: str = "127.0.0.1", port: int = 8000, log_level: str = "w
         sock.close()
         raise VestisError("--workers > 1 needs a POSIX system (fork)")
     app = create_app(engine, **app_options)
-    if not _loopback(bound_host) and not app_options.get("allowed_hosts"):
-        print("vestis: warning: listening beyond this machine and answering any Host header; name the host names "
-              "clients use with --allowed-host (against DNS rebinding)", flush=True)
+    exposed = not _loopback(bound_host) and not app_options.get("allowed_hosts")
+
+    def warn_if_exposed():
+        if exposed:
+            print("vestis: warning: listening beyond this machine and answering any Host header; name the host names "
+                  "clients use with --allowed-host (against DNS rebinding)", flush=True)
+
     config = uvicorn.Config(app, log_level=log_level)
     if workers == 1:
         _one_thread()
         _warm(app)
         print(f"vestis: serving run {engine.info.run_id} ({engine.model.name}, {len(app.state.service.indexed)} items "
               f"indexed) at {_urls(bound_host, bound_port)}  (API docs: /docs; Ctrl+C stops)", flush=True)
+        warn_if_exposed()
         try:
             uvicorn.Server(config).run(sockets=[sock])
         finally:
@@ -89,6 +94,7 @@ def serve(engine, host: str = "127.0.0.1", port: int = 8000, log_level: str = "w
     print(f"vestis: serving run {engine.info.run_id} ({engine.model.name}, {len(app.state.service.indexed)} items "
           f"indexed) at {_urls(bound_host, bound_port)} with {workers} worker processes  (API docs: /docs; Ctrl+C "
           f"stops)", flush=True)
+    warn_if_exposed()
     _supervise(children, sock)
 
 
