@@ -1,3 +1,4 @@
+import contextlib
 import json
 from pathlib import Path
 
@@ -55,3 +56,57 @@ def engine(tiny_pipeline):
 
     root, cat, run, idx, cache = tiny_pipeline
     return Engine.load(run, idx, cache_dir=cache)
+
+
+MILVUS_URI_ENV = "VESTIS_TEST_MILVUS_URI"  # an existing Milvus server or cluster to test against instead
+
+
+class MilvusServerHandle:
+    """The session's Milvus server: its uri, and stop / start for a restart test (same data folder)."""
+
+    def __init__(self, server=None, uri: str | None = None):
+        self.server, self._uri = server, uri
+
+    @property
+    def uri(self) -> str:
+        return self._uri or f"http://127.0.0.1:{self.server.listen_port}"
+
+    def restart(self) -> None:
+        if self.server is None:
+            pytest.skip(f"{MILVUS_URI_ENV} names an external server, which the tests do not restart")
+        self.server.stop()
+        self.server.start()
+
+
+@pytest.fixture(scope="session")
+def milvus_server(tmp_path_factory):
+    """A Milvus standalone server started once per test session, for the tests that ask for it: the PyPI package
+    `milvus` (embedded Milvus 2.3, a real server binary; about 15 s to start) in a temporary folder, on the first free
+    port from 19530. Skipped, with the reason, only where the package is missing or its binary cannot run here;
+    `VESTIS_TEST_MILVUS_URI=http://host:19530` tests an existing server (or cluster) instead."""
+    import os
+
+    if os.environ.get(MILVUS_URI_ENV):
+        yield MilvusServerHandle(uri=os.environ[MILVUS_URI_ENV])
+        return
+    pytest.importorskip("pymilvus", reason="the Milvus tests need pymilvus: pip install 'vestis[milvus]'")
+    try:
+        from milvus import MilvusServer
+    except ImportError:
+        pytest.skip("the Milvus server tests need the package `milvus` (embedded Milvus 2.3, Linux x86-64): "
+                    "pip install 'vestis[milvus]'")
+    import logging
+
+    server = MilvusServer()
+    logging.getLogger("milvus.MilvusServer").setLevel(logging.WARNING)
+    server.set_base_dir(str(tmp_path_factory.mktemp("milvus-server")))
+    try:
+        server.start()
+    except Exception as e:  # no binary for this platform, no permission to run it, a port taken midway...
+        with contextlib.suppress(Exception):
+            server.stop()
+        pytest.skip(f"the Milvus server binary cannot run here: {type(e).__name__}: {e}")
+    try:
+        yield MilvusServerHandle(server)
+    finally:
+        server.stop()

@@ -5,15 +5,16 @@ ids and values with any characters, kind="auto".
 Backend-specific behaviour stays in test_index_faiss.py (kinds' options, the selector inside the search,
 tombstones, IVF-PQ training, recall) and test_index_milvus.py (expression escaping, Milvus Lite limits).
 
-A backend is one `Backend` in BACKENDS; a Milvus server, for instance, would be
-    Backend("milvus-server", "milvus", ("flat", "hnsw"), server_uri_env="VESTIS_TEST_MILVUS_URI",
-            snapshot_saves=False)
-(each index then gets its own collection on that server and is dropped at teardown; `snapshot_saves=False`
-because a server keeps one copy of the data, so changes after `save` show in what `load_index` opens).
+A backend is one `Backend` in BACKENDS. "milvus-server" is a real Milvus standalone server (the session fixture
+`milvus_server` in conftest.py starts one, or `VESTIS_TEST_MILVUS_URI` names an existing server or cluster): each
+index gets its own collection there, dropped at teardown, and `snapshot_saves=False` because a server keeps one
+copy of the data, so changes after `save` show in what `load_index` opens. A restart of that server keeps
+collections and answers (`test_server_restart_keeps_collections_and_answers`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import itertools
 import os
@@ -48,16 +49,21 @@ class Backend:
     needs: tuple[str, ...] = ()    # importable modules, else its tests are skipped
     tiny_options: dict = field(default_factory=dict)   # per kind, for the 5-item catalogue (e.g. a 1-list IVF)
     options: dict = field(default_factory=dict)        # per kind, for a few thousand items
-    server_uri_env: str | None = None  # a server backend: the environment variable holding its uri
+    server: bool = False           # a server backend: its uri comes from the `milvus_server` fixture
     snapshot_saves: bool = True    # save() copies the data; False where it stays on a server
+    slow_kinds: tuple[str, ...] = ()   # kinds checked only by `make test-all` (slow: a server round trip per call)
 
 
 BACKENDS = [
     Backend("faiss", "faiss", ("flat", "hnsw", "ivfpq"),
             tiny_options={"ivfpq": {"nlist": 1, "nbits": 2}}, options={"ivfpq": {"nlist": 16}}),
     Backend("milvus-lite", "milvus", ("flat", "hnsw"), needs=("pymilvus", "milvus_lite")),
+    Backend("milvus-server", "milvus", ("flat", "hnsw", "ivfpq"), needs=("pymilvus",), server=True,
+            tiny_options={"ivfpq": {"nlist": 1, "nbits": 2, "m": 2}}, options={"ivfpq": {"nlist": 16}},
+            snapshot_saves=False, slow_kinds=("hnsw", "ivfpq")),
 ]
-KINDS = [pytest.param((b, k), id=f"{b.name}-{k}") for b in BACKENDS for k in b.kinds]
+KINDS = [pytest.param((b, k), id=f"{b.name}-{k}", marks=[pytest.mark.slow] if k in b.slow_kinds else [])
+         for b in BACKENDS for k in b.kinds]
 
 # --- tiny hand-made catalogue -----------------------------------------------------------------
 IDS = ["a", "b", "c", "d", "e"]
@@ -77,9 +83,7 @@ def _unavailable(name: str) -> str | None:
     for m in spec.needs:
         if importlib.util.find_spec(m) is None:
             return f"{m} not installed (pip install 'vestis[{spec.backend}]')"
-    if spec.server_uri_env and not os.environ.get(spec.server_uri_env):
-        return f"set {spec.server_uri_env} to a server's uri to test {spec.name}"
-    if spec.backend == "milvus" and not spec.server_uri_env:
+    if spec.backend == "milvus" and not spec.server:
         import tempfile
 
         with tempfile.TemporaryDirectory() as d:
@@ -95,17 +99,18 @@ class Maker:
 
     _serial = itertools.count()
 
-    def __init__(self, spec: Backend, tmp):
+    def __init__(self, spec: Backend, tmp, request):
         reason = _unavailable(spec.name)
         if reason:
             pytest.skip(reason)
         self.spec, self.tmp, self.made = spec, tmp, []
+        self.server = request.getfixturevalue("milvus_server") if spec.server else None  # started on first use
 
     def _placement(self) -> dict:
         """Where a new index keeps its data: a private working folder (Lite), a fresh collection (server)."""
         n = next(self._serial)
-        if self.spec.server_uri_env:
-            return {"uri": os.environ[self.spec.server_uri_env], "collection": f"vestis_contract_{os.getpid()}_{n}"}
+        if self.server is not None:
+            return {"uri": self.server.uri, "collection": f"vestis_contract_{os.getpid()}_{n}"}
         if self.spec.backend == "milvus":
             return {"work_dir": str(self.tmp / f"work-{n}")}
         return {}
@@ -123,7 +128,7 @@ class Maker:
 
     def load(self, index_dir, **kw):
         place = {"work_dir": str(self.tmp / f"work-{next(self._serial)}")} if self.spec.backend == "milvus" \
-            and not self.spec.server_uri_env else {}
+            and not self.spec.server else {"uri": self.server.uri} if self.server is not None else {}
         idx = load_index(index_dir, **{**place, **kw})
         self.made.append(idx)
         return idx
@@ -131,14 +136,16 @@ class Maker:
     def close(self):
         for idx in self.made:
             client = getattr(idx, "_client", None)
-            if self.spec.server_uri_env and client is not None and client.has_collection(idx._collection):
-                client.drop_collection(idx._collection)  # a server keeps collections after close()
+            if self.server is not None and client is not None:
+                with contextlib.suppress(Exception):  # (a client of a server that restarted since)
+                    if client.has_collection(idx._collection):
+                        client.drop_collection(idx._collection)  # a server keeps collections after close()
             idx.close()
 
 
 @pytest.fixture(params=[pytest.param(b, id=b.name) for b in BACKENDS])
 def make(request, tmp_path):
-    m = Maker(request.param, tmp_path)
+    m = Maker(request.param, tmp_path, request)
     yield m
     m.close()
 
@@ -146,19 +153,19 @@ def make(request, tmp_path):
 @pytest.fixture(params=KINDS)
 def make_kind(request, tmp_path):
     spec, kind = request.param
-    m = Maker(spec, tmp_path)
+    m = Maker(spec, tmp_path, request)
     yield m, kind
     m.close()
 
 
 @pytest.fixture(scope="module")
-def known(tmp_path_factory):
+def known(tmp_path_factory, request):
     """The tiny catalogue in every (backend, kind, metric), built once: read-only tests share them."""
     makers, made = {}, {}
 
     def get(spec: Backend, kind: str, metric: str):
         if spec.name not in makers:
-            makers[spec.name] = Maker(spec, tmp_path_factory.mktemp(f"known-{spec.name}"))
+            makers[spec.name] = Maker(spec, tmp_path_factory.mktemp(f"known-{spec.name}"), request)
         if (spec.name, kind, metric) not in made:
             made[spec.name, kind, metric] = makers[spec.name].tiny(kind, metric)
         return made[spec.name, kind, metric]
@@ -254,6 +261,37 @@ def test_add_remove_upsert(make_kind):
     assert idx.search(Q, 5, filters={"color": "gold"}).ids == [["e"]]
     idx.add(["a"], VECS[:1], [ATTRS[0]])  # a removed id comes back
     assert idx.search(Q, 1).ids == [["e"]] and idx.search(Q, 5, filters={"size": "M"}).ids == [["a"]]
+
+
+def test_set_attributes_keeps_vectors(make_kind, tmp_path):
+    """Attributes change without re-embedding: filters see the new ones, scores and order stay; an unknown id
+    changes nothing; the change survives a save / load."""
+    make, kind = make_kind
+    idx = make.tiny(kind)
+    before = idx.search(Q, 5)
+    idx.set_attributes(["c", "e"], [{"color": "blue", "size": "XL", "fit": "slim"}, {"size": None, "color": "unspecified"}])
+    after = idx.search(Q, 5)
+    assert after.ids == before.ids
+    np.testing.assert_array_equal(after.scores[0], before.scores[0])
+    s = lambda f: idx.search(Q, 5, filters=f).ids[0]  # noqa: E731
+    assert s({"color": "red"}) == ["a"]  # c is no longer red
+    assert s({"color": "blue"}) == ["b", "c"]  # c is blue now, e has no colour
+    assert s({"color": "unspecified"}) == ["e"] and s({"size": "unspecified"}) == ["e"]
+    assert s({"size": "XL"}) == ["c"] and s({"fit": "slim"}) == ["c"]  # a new attribute becomes filterable
+    assert "fit" in idx.attribute_names
+    with pytest.raises(UnknownIdError, match="'zz'"):
+        idx.set_attributes(["a", "zz"], [{"color": "gold"}, {"color": "gold"}])
+    assert s({"color": "gold"}) == [] and s({"color": "red"}) == ["a"]  # nothing changed
+    with pytest.raises(InvalidVectorError, match="2 attribute mappings but 1"):
+        idx.set_attributes(["a"], [{}, {}])
+    with pytest.raises(InvalidIdError, match="strings"):
+        idx.set_attributes(["a"], [{"color": 3}])
+    assert s({"color": "red"}) == ["a"]
+    idx.save(tmp_path / "ix")
+    back = make.load(tmp_path / "ix")
+    assert back.search(Q, 5, filters={"color": "blue"}).ids[0] == ["b", "c"]
+    assert back.search(Q, 5, filters={"size": "XL"}).ids[0] == ["c"]
+    np.testing.assert_array_equal(back.search(Q, 5).scores[0], before.scores[0])
 
 
 def test_add_remove_upsert_at_scale(make_kind):
@@ -414,3 +452,33 @@ def test_auto_kind(make):
     assert big.search(Q, 5).ids == [EXPECTED["ip"][0]]
     with pytest.raises(UnsupportedIndexError, match="n_items"):
         make.create("auto")
+
+
+# --- a Milvus server restart ------------------------------------------------------------------
+def test_server_restart_keeps_collections_and_answers(request, tmp_path):
+    """Stop the Milvus server and start it again on the same data: the collection, its count, ids, attribute
+    updates and search answers (with and without filters) are unchanged."""
+    m = Maker(next(b for b in BACKENDS if b.server), tmp_path, request)
+    try:
+        x, centres = clustered_vectors(1000, 16, n_clusters=30, seed=4)
+        q, _ = clustered_vectors(20, 16, seed=8, centers=centres)
+        ids = [f"r{i}" for i in range(1000)]
+        idx = m.create("flat", 16, run_id="run-r")  # (exact: HNSW answers may change when a restart seals segments)
+        idx.add(ids, x, [{"color": ["red", "blue", "green"][i % 3]} for i in range(1000)])
+        idx.remove(ids[-5:])
+        idx.set_attributes(ids[:10], [{"color": "gold"}] * 10)
+        idx.save(tmp_path / "ix")
+        filters = (None, {"color": "gold"}, {"color": ["red", "blue"]})
+        before = {str(f): idx.search(q, 10, filters=f) for f in filters}
+        assert all(len(i) == 10 for i in before["None"].ids) and before[str(filters[1])].ids[0][0].startswith("r")
+        m.server.restart()
+        back = m.load(tmp_path / "ix", expect_run_id="run-r")
+        assert len(back) == 995 and sorted(back.ids()) == sorted(ids[:-5])
+        for f in filters:
+            a, b = before[str(f)], back.search(q, 10, filters=f)
+            assert a.ids == b.ids, f
+            for sa, sb in zip(a.scores, b.scores):
+                np.testing.assert_allclose(sa, sb, rtol=1e-5, atol=1e-6)
+        assert sorted(back.search(q, 20, filters={"color": "gold"}).ids[0]) == sorted(ids[:10])
+    finally:
+        m.close()

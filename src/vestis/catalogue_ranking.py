@@ -61,15 +61,30 @@ def gallery_vectors(blocks: np.ndarray, main: np.ndarray, metric: str) -> tuple[
     """The gallery side: label blocks ++ the scaled model vectors (++ the l2 term) ++ the norm-equalising
     coordinate. Returns (vectors, scale) with scale = {"main_norm": G, "bound": B}, which queries need."""
     g_norm = float(np.linalg.norm(main, axis=1).max(initial=0.0)) or 1.0
+    x = _unbounded(blocks, main, metric, g_norm)
+    bound = float(np.sqrt((x ** 2).sum(1).max(initial=0.0))) * 1.0001 + 1e-6
+    return _bounded(x, bound), {"main_norm": g_norm, "bound": bound}
+
+
+def scaled_gallery_vectors(blocks: np.ndarray, main: np.ndarray, metric: str, scale: Mapping[str, float]) -> np.ndarray:
+    """`gallery_vectors` for a few items of an existing gallery, with that gallery's `scale` (an attribute update:
+    the rows change, the other items' vectors and the queries' scale stay). A row that would outgrow the bound B
+    (a main vector longer than G cannot occur for a stored item; label blocks are at most one-hot) gets a last
+    coordinate of 0: its inner products stay exact."""
+    return _bounded(_unbounded(blocks, main, metric, scale["main_norm"]), scale["bound"])
+
+
+def _unbounded(blocks, main, metric, g_norm) -> np.ndarray:
     m = main / g_norm
     parts = [blocks, m]
     if metric == "l2":
         parts.append(-0.5 * (m ** 2).sum(1, keepdims=True))
-    x = np.concatenate(parts, axis=1).astype(np.float32)
+    return np.concatenate(parts, axis=1).astype(np.float32)
+
+
+def _bounded(x: np.ndarray, bound: float) -> np.ndarray:
     sq = (x ** 2).sum(1)
-    bound = float(np.sqrt(sq.max(initial=0.0))) * 1.0001 + 1e-6
-    x = np.concatenate([x, np.sqrt(np.maximum(bound ** 2 - sq, 0))[:, None]], axis=1).astype(np.float32)
-    return x, {"main_norm": g_norm, "bound": bound}
+    return np.concatenate([x, np.sqrt(np.maximum(bound ** 2 - sq, 0))[:, None]], axis=1).astype(np.float32)
 
 
 def targets(schema, predicted: Mapping[str, np.ndarray] | None, manipulations: Sequence[Mapping[str, str]],

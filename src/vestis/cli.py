@@ -150,8 +150,14 @@ def cmd_bench_labels(args) -> int:
 def cmd_bench_serve(args) -> int:
     from vestis.bench.serve import bench_serve
 
+    try:
+        workers = tuple(int(w) for w in args.workers.split(","))
+    except ValueError:
+        raise VestisError(f"--workers takes numbers separated by commas, e.g. 1,2; got {args.workers!r}") from None
+    if not workers or min(workers) < 1:
+        raise VestisError(f"--workers: each number must be at least 1, got {args.workers!r}")
     print(bench_serve(args.run, args.index, catalog=args.catalog, n_requests=args.n, concurrency=args.concurrency,
-                      repeats=args.repeats, cache_dir=args.cache))
+                      repeats=args.repeats, cache_dir=args.cache, workers=workers, uploads=args.uploads))
     return 0
 
 
@@ -236,8 +242,21 @@ def cmd_train(args) -> int:
 
 
 def cmd_index(args) -> int:
-    from vestis.indexing import build_index
+    from vestis.indexing import ENGINE_FILE, build_index
 
+    if args.update_attributes is not None:
+        return _update_index_attributes(args)
+    if args.run is None or args.catalog is None:
+        raise VestisError("building an index needs --run and --catalog (or give --update-attributes FILE to change "
+                          "an existing index's attributes)")
+    try:
+        before = json.loads((args.out / ENGINE_FILE).read_text()).get("attribute_updates")
+    except (OSError, ValueError, AttributeError):
+        before = None
+    if before:
+        print(f"note: the rebuild starts from the catalogue file; the {before.get('items')} item(s) changed with "
+              f"--update-attributes since the last build are not carried over (apply the update file again)",
+              file=sys.stderr)
     cat = _load_catalog(args)
     opts = json.loads(args.options) if args.options else {}
     meta = build_index(args.run, cat, args.out, backend=args.backend, kind=args.kind, split=args.split,
@@ -247,6 +266,29 @@ def cmd_index(args) -> int:
           + f" with run {meta['run_id']} into {args.out} ({args.backend} {args.kind}; spaces: "
           + ", ".join(f"{s} ({k})" for s, k in meta["kinds"].items()) + ")"
           + (f"; skipped {w['missing']} missing and {w['unreadable']} unreadable images" if w["missing"] or w["unreadable"] else ""))
+    return 0
+
+
+def _update_index_attributes(args) -> int:
+    """`vestis index --update-attributes FILE --out INDEX`: new labels for indexed items, no re-embedding."""
+    from vestis.attribute_updates import read_updates, summary_line, update_attributes
+    from vestis.engine import Engine
+    from vestis.indexing import ENGINE_FILE
+
+    changes = read_updates(args.update_attributes)
+    run = args.run
+    if run is None:
+        try:
+            run = Path(json.loads((args.out / ENGINE_FILE).read_text())["run_dir"])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise VestisError(f"{args.out} is not an index built by `vestis index` ({ENGINE_FILE}: {e})") from None
+    catalog = _load_catalog(args) if args.catalog is not None else None
+    engine = Engine.load(run, args.out, catalog=catalog, cache_dir=args.cache)
+    try:
+        print(summary_line(update_attributes(engine, args.out, changes)))
+    finally:
+        for idx in engine.spaces.values():
+            idx.close()
     return 0
 
 
@@ -420,7 +462,8 @@ def cmd_serve(args) -> int:
     engine = load_engine(args.run, args.index, args.catalog, args.format, args.cache)
     serve(engine, host=args.host, port=args.port, max_upload_bytes=int(args.max_upload_mb * 2**20),
           max_pixels=int(args.max_megapixels * 1e6), image_roots=args.image_root or None,
-          allowed_hosts=args.allowed_host or None, body_timeout=args.body_timeout)
+          allowed_hosts=args.allowed_host or None, body_timeout=args.body_timeout, allow_writes=args.allow_writes,
+          workers=args.workers)
     return 0
 
 
@@ -531,6 +574,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench_run_options(b, 2000, "requests per repeat", 3)
     b.add_argument("--catalog", type=Path, default=None, help="the catalogue to serve (default: the index's)")
     b.add_argument("--concurrency", type=_positive, default=8, help="concurrent clients (default 8)")
+    b.add_argument("--workers", default="1", help="server processes, one configuration per number: 1,2 measures "
+                                                  "both in one run (default 1)")
+    b.add_argument("--uploads", type=int, default=0, help="also this many photo uploads per configuration (p50 "
+                                                           "reported apart; default 0)")
     b.set_defaults(func=cmd_bench_serve)
 
     def catalog_option(s, required=True):
@@ -552,9 +599,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("index", help="embed a catalogue with a trained run into a searchable index")
-    s.add_argument("--run", type=Path, required=True)
-    catalog_option(s)
-    s.add_argument("--out", type=Path, required=True)
+    s.add_argument("--run", type=Path, default=None, help="the trained run (required to build; with "
+                                                          "--update-attributes default: the run the index names)")
+    catalog_option(s, required=False)
+    s.add_argument("--out", type=Path, required=True, help="the index directory (built, or updated in place)")
+    s.add_argument("--update-attributes", type=Path, default=None, metavar="FILE",
+                   help="change the labels of indexed items without re-encoding images: a CSV (id + one column per "
+                        "attribute; empty cell = unchanged, 'unspecified' clears) or JSONL ({\"id\": ..., "
+                        "\"attributes\": {...}} per line); atomic, checked first (vestis.attribute_updates)")
     s.add_argument("--backend", choices=["faiss", "milvus"], default="faiss")
     s.add_argument("--kind", choices=["auto", "flat", "hnsw", "ivfpq"], default="auto",
                    help="auto (default): exact flat search while items x dims <= 5 million, else the tuned HNSW "
@@ -652,6 +704,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "server's host names when --host binds beyond this machine, against DNS rebinding")
     s.add_argument("--body-timeout", type=float, default=10.0, metavar="SECONDS",
                    help="answer 408 when a request body stalls this long between two chunks (default 10)")
+    s.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="server processes sharing the loaded index (forked after loading; default 1; README, "
+                        "HTTP API under load)")
+    s.add_argument("--allow-writes", action="store_true",
+                   help="answer PATCH /items/attributes, which changes the served index's attributes in place (off by "
+                        "default: 403)")
     cache_option(s)
     s.set_defaults(func=cmd_serve)
 

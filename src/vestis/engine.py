@@ -11,6 +11,8 @@ Index directories are built by `vestis.indexing.build_index`.
 from __future__ import annotations
 
 import json
+import os
+import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +23,7 @@ import torch
 from vestis import catalogue_ranking
 from vestis.catalog import Catalog
 from vestis.errors import VestisError, echo
-from vestis.indexing import ENGINE_FILE, check_spaces, parent_id
+from vestis.indexing import ENGINE_FILE, check_spaces, parent_id, read_attribute_updates
 from vestis.models import Probe, Request, SearchModel, Space
 from vestis.paths import default_cache_dir
 from vestis.runs import load_run
@@ -109,8 +111,10 @@ class Engine:
             self.space_defs[catalogue_ranking.SPACE] = Space(spaces[catalogue_ranking.SPACE].dim, "ip")
         self._encoder = None
         self._cache = None
+        self._hashes: dict = {}  # image path -> ((size, mtime), content hash), see item_maps
         self._present = None
         self.label_weight = catalogue_ranking.LABEL_WEIGHT
+        self.index_dir: Path | None = None  # where `load` read the index (attribute updates write there)
 
     @classmethod
     def load(cls, run_dir: Path, index_dir: Path, catalog: Catalog | None = None, cache_dir: Path | None = None) -> "Engine":
@@ -133,7 +137,16 @@ class Engine:
             if not path:
                 raise EngineError(f"index {index_dir} does not record its catalogue; pass it explicitly")
             catalog = Catalog.load(Path(path), format=meta["catalog"].get("format"))
-        return cls(model, info, spaces, catalog, TrunkSpec.from_json(info.trunk), cache_dir or default_cache_dir(), meta)
+        changes = read_attribute_updates(index_dir, meta)
+        if changes:  # `vestis index --update-attributes`: the catalogue as the index was last updated
+            try:
+                catalog.set_attributes({i: c for i, c in changes.items() if i in catalog})
+            except VestisError as e:
+                raise EngineError(f"{index_dir}: its attribute updates no longer fit the catalogue ({e}); rebuild the "
+                                  f"index with `vestis index`") from None
+        engine = cls(model, info, spaces, catalog, TrunkSpec.from_json(info.trunk), cache_dir or default_cache_dir(), meta)
+        engine.index_dir = index_dir
+        return engine
 
     @staticmethod
     def _read_engine_json(index_dir: Path) -> str:
@@ -189,8 +202,9 @@ class Engine:
             self._encoder = make_backend(self.spec, self.cache_dir).backend
         return encode_images(self._encoder, self.spec.resolution, images)
 
-    def item_maps(self, item_ids: Sequence[str]) -> dict[str, torch.Tensor]:
-        """Feature maps of catalogue items: from the cache, encoding any that are not cached."""
+    def item_maps(self, item_ids: Sequence[str], encode_missing: bool = True) -> dict[str, torch.Tensor]:
+        """Feature maps of catalogue items: from the cache, encoding any that are not cached (with
+        encode_missing=False, those are an error instead)."""
         from vestis.vision.cache import FeatureCache, content_hash
 
         if self._cache is None:
@@ -200,12 +214,26 @@ class Engine:
             item = self.catalog.by_id.get(iid)
             if item is None:
                 raise EngineError(f"unknown item id {echo(iid)}")
-            if item.image is None or not Path(item.image).is_file():
+            try:
+                st = os.stat(item.image) if item.image is not None else None
+            except OSError:
+                st = None
+            if st is None or not stat.S_ISREG(st.st_mode):
                 raise EngineError(f"item {iid!r} has no image file ({item.image})")
-            got = self._cache.get(content_hash(item.image))
+            # the content hash keys the cache; re-read the file only when its size or modification time changed
+            key = (st.st_size, st.st_mtime_ns)
+            kept = self._hashes.get(item.image)
+            if kept is None or kept[0] != key:
+                kept = self._hashes[item.image] = (key, content_hash(item.image))
+            got = self._cache.get(kept[1])
             rows.append(got)
             if got is None:
                 todo.append(i)
+        if todo and not encode_missing:
+            missing = [item_ids[i] for i in todo]
+            raise EngineError(f"{len(missing)} item(s) have no cached features ({', '.join(map(repr, missing[:5]))}"
+                              f"{', ...' if len(missing) > 5 else ''}) in {self.cache_dir}; run `vestis extract` "
+                              f"with the same --cache first")
         if todo:
             enc = self.encode_images([self.catalog[item_ids[i]].image for i in todo])
             for j, i in enumerate(todo):

@@ -48,7 +48,8 @@ ENGINE_FILE = "engine.json"
 GENERATION_PREFIX = "gen-"
 _GENERATION_RE = re.compile(r"gen-[0-9A-Za-z-]+")
 PART_SEPARATOR = "#"
-CONNECTION_OPTIONS = ("uri", "token", "db_name")  # where a Milvus index lives: the same for every space
+CONNECTION_OPTIONS = ("uri", "token", "db_name")
+UPDATES_FILE = "attribute_updates.json"  # in the generation folder: the changes since the build  # where a Milvus index lives: the same for every space
 
 
 def part_id(item_id: str, k: int) -> str:
@@ -100,6 +101,23 @@ def check_spaces(index_dir: Path, meta: dict) -> dict[str, Path]:
                                        f"records {recorded!r}; {rebuild}")
         out[name] = d
     return out
+
+
+def read_attribute_updates(index_dir: Path, meta: dict) -> dict[str, dict[str, str | None]]:
+    """The attribute changes applied to the index since it was built (`vestis.attribute_updates`): {item id:
+    {attribute: value, or None for a cleared label}}, kept in the generation folder; {} for none."""
+    rec = meta.get("attribute_updates")
+    if not rec:
+        return {}
+    path = space_dir(index_dir, meta, UPDATES_FILE)
+    try:
+        changes = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(changes, dict) or not all(isinstance(c, dict) for c in changes.values()):
+            raise ValueError("not an object of objects")
+    except (OSError, ValueError) as e:
+        raise IndexLayoutError(f"cannot read the attribute updates {path} that {ENGINE_FILE} names ({e}); rebuild "
+                               f"the index with `vestis index`") from None
+    return changes
 
 
 def _read_meta(index_dir: Path) -> dict | None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -78,6 +78,29 @@ class Catalog:
 
     def ids(self) -> list[str]:
         return [it.id for it in self.items]
+
+    def set_attributes(self, changes: Mapping[str, Mapping[str, str | None]]) -> None:
+        """Change items' labels in place: `changes` is {item id: {attribute: value, or None / "unspecified" to clear
+        the label}}. Every id, attribute and value is checked against the catalogue and its schema first, so an
+        unknown one raises and nothing changes. (The items are frozen: each changed one is replaced.)"""
+        new = {}
+        for iid, change in changes.items():
+            item = self[iid]
+            attrs = dict(item.attributes)
+            for a, v in change.items():
+                self.schema.check_attribute(a)
+                if v is None or v == UNSPECIFIED:
+                    attrs.pop(a, None)
+                else:
+                    self.schema.check_value(a, v)
+                    attrs[a] = v
+            new[iid] = replace(item, attributes=attrs)
+        if not new:
+            return
+        for pos, it in enumerate(self.items):
+            if it.id in new:
+                self.items[pos] = new[it.id]
+        self.by_id.update(new)
 
     # --- derived catalogues (share items and schema) -----------------------------------------
     def _derive(self, items: Iterable[Item], schema: AttributeSchema | None = None) -> "Catalog":

@@ -4,6 +4,7 @@ Conventions shared by every backend:
 
 - **Ids** are non-empty strings (the catalogue's item ids). Adding an id the index already holds
   replaces its vector and attributes (upsert). The same id twice in one call is an error.
+  `set_attributes` replaces the attributes of held items and keeps their vectors.
 - **Attributes** are the item's labels, `{attribute: value}` with string values. An absent key,
   `None`, or the value ``"unspecified"`` all mean the label is unspecified.
 - **Filters** are `{attribute: value | [values]}`: exact matches, a list means "any of", and
@@ -138,6 +139,12 @@ class VectorIndex(ABC):
         """Remove items by id and return how many were removed. With ``missing="error"`` (default)
         an id the index does not hold raises `UnknownIdError` and nothing is removed; with
         ``missing="ignore"`` such ids are skipped."""
+
+    @abstractmethod
+    def set_attributes(self, ids: Sequence[str], attributes: Sequence[Mapping[str, str]]) -> None:
+        """Replace the stored attributes of items the index holds (each item's whole mapping; `None` or
+        ``"unspecified"`` values are dropped), keeping their vectors: what filters see changes, nothing is
+        re-embedded. An id the index does not hold raises `UnknownIdError` and nothing changes."""
 
     @abstractmethod
     def search(self, queries: np.ndarray, k: int, filters: Filters | None = None, **params) -> SearchResult:

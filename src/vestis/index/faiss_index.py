@@ -176,6 +176,15 @@ class _Items:
         self._alive[start: start + len(ids)] = True
         return labels
 
+    def relabel(self, labels: Sequence[int], attrs: list[dict[str, str]]) -> None:
+        """Replace the attribute codes of live labels (every column: absent = unspecified)."""
+        for a in attrs:
+            for k in a:
+                self.add_attribute(k)
+        for lab, a in zip(labels, attrs):
+            for k, col in self._cols.items():
+                col[lab] = self.code(k, a[k]) if k in a else -1
+
     def kill(self, labels: Sequence[int]) -> None:
         for lab in labels:
             item_id = self.id_of[lab]
@@ -377,6 +386,18 @@ class FaissIndex(VectorIndex):
                 self._refine.add_with_ids(x, labels)
             self._pos_labels = None
             self._maybe_compact()
+
+    def set_attributes(self, ids, attributes) -> None:
+        ids = check_ids(ids)
+        attrs = check_attributes(attributes, len(ids))
+        with self._lock:
+            unknown = [i for i in ids if i not in self._items.label_of]
+            if unknown:
+                raise UnknownIdError(unknown)
+            for a in attrs:
+                for k in a:
+                    self._declare_attribute(k)
+            self._items.relabel([self._items.label_of[i] for i in ids], attrs)
 
     def remove(self, ids, missing: str = "error") -> int:
         if missing not in ("error", "ignore"):

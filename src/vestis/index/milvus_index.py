@@ -389,6 +389,31 @@ class MilvusIndex(VectorIndex):
                             for j in range(s, min(s + per_batch, len(ids)))]
                     self._c().upsert(self._collection, rows)
 
+    def set_attributes(self, ids, attributes) -> None:
+        """Milvus has no partial update here (a 2.3 server neither): each row is read back with its vector and
+        upserted with the new attributes, after every id was found."""
+        ids = check_ids(ids)
+        attrs = check_attributes(attributes, len(ids))
+        if not ids:
+            return
+        with self._lock, _milvus_errors("update attributes"):
+            rows: dict[str, list] = {}
+            for s in range(0, len(ids), 500):
+                chunk = ids[s: s + 500]
+                for r in self._c().query(self._collection, filter=_ids_expression(chunk),
+                                         output_fields=[ID_FIELD, VECTOR_FIELD], limit=len(chunk)):
+                    rows[r[ID_FIELD]] = list(r[VECTOR_FIELD])
+            unknown = [i for i in ids if i not in rows]
+            if unknown:
+                raise UnknownIdError(unknown)
+            for a in attrs:
+                for k in a:
+                    self._declare_attribute(k)
+            per_batch = max(1, min(self._opts["batch_size"], (32 << 20) // (self.dim * 16 + 256)))
+            for s in range(0, len(ids), per_batch):
+                self._c().upsert(self._collection, [{ID_FIELD: ids[j], VECTOR_FIELD: rows[ids[j]], ATTR_FIELD: attrs[j]}
+                                                    for j in range(s, min(s + per_batch, len(ids)))])
+
     def _existing(self, ids: list[str]) -> set[str]:
         found: set[str] = set()
         for s in range(0, len(ids), 500):

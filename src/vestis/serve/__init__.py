@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 
@@ -15,9 +16,16 @@ def load_engine(run: Path, index: Path, catalog: Path | None = None, format: str
     return Engine.load(run, index, catalog=cat, cache_dir=cache_dir)
 
 
-def serve(engine, host: str = "127.0.0.1", port: int = 8000, log_level: str = "warning", **app_options) -> None:
+def serve(engine, host: str = "127.0.0.1", port: int = 8000, log_level: str = "warning", workers: int = 1,
+          **app_options) -> None:
     """Serve the API and the web page until interrupted; prints the URL it is bound to first. The socket is bound
-    here and handed to uvicorn, so the printed address (and a --port 0 choice) is the one that serves."""
+    here and handed to uvicorn, so the printed address (and a --port 0 choice) is the one that serves.
+
+    `workers` > 1 forks that many server processes after the engine is loaded (POSIX): they share the loaded
+    index, model and catalogue pages copy-on-write and accept from the one socket. Every server process runs torch
+    and FAISS on one thread: a search is small, and the engine answers one at a time per process, so a second
+    thread would only wait (or spin) beside the event loop and the other requests. Writes
+    (`allow_writes`) need one process, since each worker holds its own engine."""
     import socket
 
     import uvicorn
@@ -39,19 +47,108 @@ def serve(engine, host: str = "127.0.0.1", port: int = 8000, log_level: str = "w
         sock.close()
         raise VestisError(f"cannot listen on {host!r}: {e}") from None
     bound_host, bound_port = sock.getsockname()[:2]
+    if workers < 1:
+        sock.close()
+        raise VestisError(f"--workers must be at least 1, got {workers}")
+    if workers > 1 and app_options.get("allow_writes"):
+        sock.close()
+        raise VestisError("--allow-writes needs one server process (--workers 1): each worker holds its own engine")
+    if workers > 1 and not hasattr(os, "fork"):
+        sock.close()
+        raise VestisError("--workers > 1 needs a POSIX system (fork)")
     app = create_app(engine, **app_options)
+    exposed = not _loopback(bound_host) and not app_options.get("allowed_hosts")
+
+    def warn_if_exposed():
+        if exposed:
+            print("vestis: warning: listening beyond this machine and answering any Host header; name the host names "
+                  "clients use with --allowed-host (against DNS rebinding)", flush=True)
+
+    config = uvicorn.Config(app, log_level=log_level)
+    if workers == 1:
+        _one_thread()
+        _warm(app)
+        print(f"vestis: serving run {engine.info.run_id} ({engine.model.name}, {len(app.state.service.indexed)} items "
+              f"indexed) at {_urls(bound_host, bound_port)}  (API docs: /docs; Ctrl+C stops)", flush=True)
+        warn_if_exposed()
+        try:
+            uvicorn.Server(config).run(sockets=[sock])
+        finally:
+            sock.close()
+        return
+    sock.set_inheritable(True)
+    children = []
+    for _ in range(workers):  # forked before any search ran: no torch / OpenMP thread pool exists yet
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                _one_thread()
+                _warm(app)
+                uvicorn.Server(config).run(sockets=[sock])
+            except BaseException:  # noqa: BLE001 - a worker never returns into the parent's code
+                code = 1
+            finally:
+                os._exit(code)
+        children.append(pid)
+    print(f"vestis: serving run {engine.info.run_id} ({engine.model.name}, {len(app.state.service.indexed)} items "
+          f"indexed) at {_urls(bound_host, bound_port)} with {workers} worker processes  (API docs: /docs; Ctrl+C "
+          f"stops)", flush=True)
+    warn_if_exposed()
+    _supervise(children, sock)
+
+
+def _warm(app) -> None:
     problem = app.state.service.warm_up()
     if problem:
         print(f"vestis: warning: a first search failed: {problem}", flush=True)
-    print(f"vestis: serving run {engine.info.run_id} ({engine.model.name}, {len(app.state.service.indexed)} items "
-          f"indexed) at {_urls(bound_host, bound_port)}  (API docs: /docs; Ctrl+C stops)", flush=True)
-    if not _loopback(bound_host) and not app_options.get("allowed_hosts"):
-        print("vestis: warning: listening beyond this machine and answering any Host header; name the host names "
-              "clients use with --allowed-host (against DNS rebinding)", flush=True)
-    config = uvicorn.Config(app, log_level=log_level)
+
+
+def _one_thread() -> None:
+    """One torch and one FAISS thread in a server process."""
+    import torch
+
+    torch.set_num_threads(1)
     try:
-        uvicorn.Server(config).run(sockets=[sock])
+        import faiss
+
+        faiss.omp_set_num_threads(1)
+    except ImportError:
+        pass
+
+
+def _supervise(children: list[int], sock) -> None:
+    """Wait for the workers; on Ctrl+C or SIGTERM, stop them all (uvicorn in each shuts down gracefully)."""
+    import signal
+
+    def stop(*_):
+        for pid in children:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop())
+    try:
+        while children:
+            try:
+                pid, _ = os.wait()
+            except ChildProcessError:
+                break
+            if pid in children:
+                children.remove(pid)
+                if children:  # one worker died: the server is not what was asked for; stop the others too
+                    print("vestis: a worker process exited; stopping the others", flush=True)
+                    stop()
+    except KeyboardInterrupt:
+        stop()
+        for pid in list(children):
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
     finally:
+        signal.signal(signal.SIGTERM, previous)
         sock.close()
 
 
