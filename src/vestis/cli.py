@@ -84,7 +84,8 @@ def cmd_ingest(args) -> int:
 def _trunk_spec(args):
     from vestis.vision.trunk import TrunkSpec
 
-    return TrunkSpec(name=args.trunk, weights=args.weights, resolution=args.resolution, levels=_default_levels(args))
+    return TrunkSpec(name=args.trunk, weights=args.weights, resolution=args.resolution, levels=_default_levels(args),
+                     flip=args.flip)
 
 
 def _default_levels(args) -> tuple[str, ...]:
@@ -504,6 +505,8 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--weights", type=Path, default=None,
                        help="weights file (default: the packaged EfficientNet-Lite0 ImageNet weights)")
         s.add_argument("--resolution", type=_resolution, default=(160, 128), help="HEIGHTxWIDTH (default 160x128)")
+        s.add_argument("--flip", action="store_true",
+                       help="test-time horizontal flip: each map averaged with its mirror image's (twice the trunk time)")
         levels_option(s)
         cache_option(s)
 

