@@ -124,7 +124,9 @@ class AGMLAN(SearchModel):
         "mask": "learned", "dim": 64,                        # per-attribute embedding size
         "branch1": "auto", "csn_reg": False,
         "margin": 0.2, "triplet_reduce": "nonzero", "uncertainty": True,
-        "epochs": 6, "triplets_per_batch": 32, "lr": 1e-3, "weight_decay": 1e-4, "seed": 0,
+        # 30 epochs at 2e-3: on the synthetic catalogue, 6 epochs at 1e-3 left it 13 points of MAP below the
+        # attribute-probability baseline and these settings 6 points above (README, protocol 2)
+        "epochs": 30, "triplets_per_batch": 32, "lr": 2e-3, "weight_decay": 1e-4, "seed": 0,
     }
 
     def __init__(self, schema, channels, config=None):
