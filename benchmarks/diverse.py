@@ -116,9 +116,10 @@ def main() -> None:
         garment_iou += [max(iou(b, t) for b in sb) for t in truth]
 
     # diverse groups, and the baselines of the same total length
-    res = engine.search_maps(maps, k=args.k, mode="diverse")
-    flat = engine.search_maps(maps, k=args.pool, mode="visual")
-    glob = other.search_maps(maps, k=args.pool, mode="same_item") if other else None
+    # a query from the gallery's own catalogue (synthetic outfits) is left out of its own results
+    res = engine.search_maps(maps, k=args.k, mode="diverse", exclude=ids)
+    flat = engine.search_maps(maps, k=args.pool, mode="visual", exclude=ids)
+    glob = other.search_maps(maps, k=args.pool, mode="same_item", exclude=ids) if other else None
     rows, per = [], {m: [] for m in ("diverse", "visual", "global", "mmr0.5", "mmr0.7")}
     purity, relevance, groups_per, false_groups = [], {"category": [], "colour": [], "pattern": []}, [], 0
     colour_attr = next((a for a in ("baseColour", "colour") if a in qcat.schema), None)

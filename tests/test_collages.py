@@ -69,6 +69,20 @@ def test_collages_keep_labels_boxes_and_splits(fake, tmp_path, capsys):
     assert extras > 0  # some collages carry a bag
 
 
+def test_singles_are_train_photos_with_their_labels(fake, tmp_path):
+    src, _ = fake
+    from vestis.catalog.collages import make_collages
+
+    cat = make_collages(Catalog.load(src), tmp_path / "c", 2, 1, singles=3)
+    singles = [it for it in cat if not it.parts]
+    assert len(singles) == 3 and len(cat) == 6
+    source = Catalog.load(src)
+    for it in singles:
+        orig = source[it.id[1:]]
+        assert cat.split_of(it.id) == "train" and source.split_of(orig.id) == "train"
+        assert it.attributes == orig.attributes and it.image.resolve() == orig.image.resolve()
+
+
 def test_collages_need_the_roles(fake, tmp_path):
     src, _ = fake
     from vestis.catalog.collages import make_collages

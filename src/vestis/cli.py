@@ -55,8 +55,9 @@ def cmd_synth(args) -> int:
         from vestis.catalog.collages import make_collages
 
         n_eval = args.eval_collages if args.eval_collages is not None else max(1, args.n // 10)
-        cat = make_collages(Catalog.load(args.collages_from), args.out, args.n, n_eval, seed=args.seed)
-        print(f"wrote {len(cat.split('train'))} training and {len(cat.split('query'))} evaluation collages and "
+        cat = make_collages(Catalog.load(args.collages_from), args.out, args.n, n_eval, seed=args.seed,
+                            singles=args.singles)
+        print(f"wrote {len(cat.split('train')) - args.singles} training and {len(cat.split('query'))} evaluation collages and "
               f"{args.out / 'catalog.jsonl'} (+ schema.json)")
         return 0
     cat = generate(n=args.n, seed=args.seed, out=args.out, workers=args.workers,
@@ -456,6 +457,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "a watch, by subCategory) with each garment's labels and box, plus evaluation collages of "
                         "its query-split photos")
     s.add_argument("--eval-collages", type=int, default=None, help="evaluation collages (default n / 10)")
+    s.add_argument("--singles", type=int, default=0,
+                   help="with --collages-from: also this many train-split photos as single-product items")
     s.set_defaults(func=cmd_synth)
 
     s = sub.add_parser("ingest", help="validate a catalogue and print a summary")

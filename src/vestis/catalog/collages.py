@@ -7,6 +7,10 @@ garment is a `Part` named by its role with the source item's labels and the box 
 are on white, so the box is the photo's, not the garment's outline). Training collages (split "train") cut only
 train-split photos; evaluation collages (split "query") only query-split photos, so that they can be searched
 against the source catalogue's gallery split without any photo of theirs being indexed.
+
+`singles` adds that many train-split photos (of any category) as items of their own, labelled as in the source
+and pointing at the source photo: a model trained on the collage catalogue then also sees single products, which
+is what the gallery holds (their features are already in the cache).
 """
 
 from __future__ import annotations
@@ -53,7 +57,7 @@ def _paste(canvas: Image.Image, photo: Path, cell: tuple[int, int, int, int], rn
 
 
 def make_collages(source: Catalog, out: Path, n_train: int, n_eval: int, seed: int = 0, extra_share: float = 0.5,
-                  role_attribute: str = ROLE_ATTRIBUTE, size: tuple[int, int] = SIZE) -> Catalog:
+                  role_attribute: str = ROLE_ATTRIBUTE, size: tuple[int, int] = SIZE, singles: int = 0) -> Catalog:
     """Write n_train training and n_eval evaluation collages to out/images and out/catalog.jsonl (+ schema.json,
     the source's schema); return the collage catalogue."""
     if role_attribute not in source.schema:
@@ -89,5 +93,10 @@ def make_collages(source: Catalog, out: Path, n_train: int, n_eval: int, seed: i
             items.append(Item(id=iid, image=path, parts=tuple(parts), split=split,
                               box=(min(p.box[0] for p in parts), min(p.box[1] for p in parts),
                                    max(p.box[2] for p in parts), max(p.box[3] for p in parts))))
+    if singles:
+        photos = [it for it in source.split("train") if it.image is not None and Path(it.image).is_file()]
+        pick = np.random.default_rng([seed, 2]).permutation(len(photos))[:singles]
+        items += [Item(id=f"p{photos[j].id}", image=Path(photos[j].image).resolve(),
+                       attributes=dict(photos[j].attributes), split="train") for j in sorted(pick)]
     generic.write(Catalog(items, source.schema, name=out.name, source="collages"), out / "catalog.jsonl")
     return Catalog.load(out)
