@@ -49,6 +49,20 @@ def tiny_pipeline(tmp_path_factory):
     return root, cat, run, idx, cache
 
 
+@pytest.fixture(scope="session")
+def parts_pipeline(tiny_pipeline):
+    """A `parts` run (mode diverse, its quick_config) on the tiny pipeline's catalogue, and its gallery index."""
+    from vestis.cli import main
+    from vestis.models import MODELS
+
+    root, cat, run, idx, cache = tiny_pipeline
+    prun = train_cli(root, cat, "parts", dict(MODELS["parts"].quick_config), cache, name="parts-run")
+    pidx = root / "parts-idx"
+    assert main(["index", "--run", str(prun), "--catalog", str(cat), "--out", str(pidx), "--split", "gallery",
+                 "--cache", str(cache)]) == 0
+    return prun, pidx
+
+
 @pytest.fixture(scope="module")
 def engine(tiny_pipeline):
     """The tiny pipeline's run and index, loaded (the HTTP API tests serve it)."""

@@ -27,14 +27,16 @@ class PartsStub:
         return {"main": Space(2), "parts": Space(2, members="parts", parts=2)}
 
     def modes(self):
-        return ["same_item", "diverse"]
+        return ["same_item", "diverse", "top"]
 
     def plan(self, maps, request):
         q = maps["q"].numpy()
         if request.mode == "same_item":
             return [Probe("main", q)]
-        return [Probe("parts", q, group="top", boxes=np.array([[0, 0, 10, 5]] * len(q)), scores=np.full(len(q), 0.9)),
-                Probe("parts", q[:, ::-1].copy(), group="shoes", filters={"category": "shoe"})]
+        top = Probe("parts", q, group="top", boxes=np.array([[0, 0, 10, 5]] * len(q)), scores=np.full(len(q), 0.9))
+        if request.mode == "top":
+            return [top]
+        return [top, Probe("parts", q[:, ::-1].copy(), group="shoes", filters={"category": "shoe"})]
 
 
 @pytest.fixture
@@ -65,17 +67,40 @@ def test_flat_mode_is_one_group_and_iterates_its_hits(engine):
 
 
 def test_parts_collapse_to_the_item_keeping_its_best_part(engine):
-    (res,) = engine.search_maps(_maps([1, 0]), k=5, mode="diverse")
-    top, shoes = res.groups
+    (res,) = engine.search_maps(_maps([1, 0]), k=5, mode="top")
+    (top,) = res.groups
     assert (top.label, top.box, top.score) == ("top", (0.0, 0.0, 10.0, 5.0), pytest.approx(0.9))
     # [1, 0] against every part: i2#1 (1.0) > i0#0 (1.0) tie order aside, each item once, with its best part
     ids = [h.id for h in top.hits]
     assert len(ids) == len(set(ids)) == 5
     best = {h.id: h.part for h in top.hits}
     assert best["i2"] == 1 and best["i0"] == 0 and best["i3"] == 1
-    # the second probe: reversed query [0, 1], only shoes (the plan's filter)
-    assert [h.id for h in shoes.hits][:1] == ["i3"] and {h.attributes["category"] for h in shoes.hits} == {"shoe"}
+
+
+def test_groups_are_deduplicated_keeping_each_item_where_it_ranks_best(engine):
+    """top ([1, 0]): i0 / i2 (tie, 1.0), i1, i3, i4; shoes ([0, 1] among shoes): i3, i2, i4. i3 (3rd vs 1st) and i4
+    (5th vs 3rd) go to shoes; i2 (1st or 2nd vs 2nd) stays in top (a tie goes to the earlier group)."""
+    (res,) = engine.search_maps(_maps([1, 0]), k=5, mode="diverse")
+    top, shoes = res.groups
+    assert sorted(h.id for h in top.hits) == ["i0", "i1", "i2"] and top.hits[-1].id == "i1"
+    assert [h.id for h in shoes.hits] == ["i3", "i4"] and {h.attributes["category"] for h in shoes.hits} == {"shoe"}
     assert shoes.box is None and shoes.score is None
+    # k=1: each group's first, after de-duplication
+    (res,) = engine.search_maps(_maps([1, 0]), k=1, mode="diverse")
+    assert [len(g.hits) for g in res.groups] == [1, 1] and res.groups[1].hits[0].id == "i3"
+
+
+def test_dedupe_groups_known_answer():
+    from vestis.engine import dedupe_groups
+
+    h = lambda i: Hit(i, 0.0, {}, None)  # noqa: E731
+    a = Group("a", [h("x"), h("y"), h("z")], box=(0, 0, 1, 1), score=0.5)
+    b = Group("b", [h("y"), h("x"), h("w")])
+    c = Group("c", [h("z")])
+    out = dedupe_groups([a, b, c], k=2)
+    assert [(g.label, [x.id for x in g.hits]) for g in out] == [("a", ["x"]), ("b", ["y", "w"]), ("c", ["z"])]
+    assert out[0].box == (0, 0, 1, 1) and out[0].score == 0.5
+    assert dedupe_groups([Group("a", [h("x")]), Group("b", [h("x")])], k=3)[1:] == []  # empty groups are dropped
 
 
 def test_round_robin_merge_reads_each_item_once():
@@ -86,9 +111,8 @@ def test_round_robin_merge_reads_each_item_once():
 
 def test_user_filters_merge_with_the_plan_and_exclude_the_query(engine):
     (res,) = engine.search_maps(_maps([0, 1]), k=5, mode="diverse", filters={"colour": "blue"}, exclude=["i3"])
-    top, shoes = res.groups
-    assert {h.attributes["colour"] for h in top.hits} == {"blue"} and "i3" not in [h.id for h in top.hits]
-    assert [h.id for h in shoes.hits] == []  # blue shoes: only i3, which is the query
+    (top,) = res.groups  # blue shoes: only i3, which is the query: that group is empty and not shown
+    assert top.label == "top" and [h.id for h in top.hits] == ["i1"]
 
 
 @pytest.mark.parametrize("kwargs, message", [

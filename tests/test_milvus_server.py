@@ -27,7 +27,8 @@ def test_index_and_serve_against_a_milvus_server(tiny_pipeline, milvus_server, t
     assert main(["index", "--run", str(run), "--catalog", str(cat), "--out", str(out), "--split", "gallery",
                  "--backend", "milvus", "--kind", "flat", "--options", opts, "--cache", str(cache)]) == 0
     meta = json.loads((out / ENGINE_FILE).read_text())
-    assert meta["backend"] == "milvus" and set(meta["spaces"]) == {"main", "visual", "labels"}
+    assert meta["backend"] == "milvus" and set(meta["spaces"]) == {"main", "visual", "labels", "attr_category",
+                                                                "attr_colour", "attr_pattern"}
     m = Engine.load(run, out, cache_dir=cache)
     f = Engine.load(run, faiss_idx, cache_dir=cache)
     try:

@@ -125,7 +125,9 @@ def test_model_protocol(name, tiny, tmp_path):
         expl = model.explain(maps)
         assert len(expl) == 12 and all(isinstance(e, Explanation) for e in expl)
         for e in expl:
-            assert e.names == list(model.schema.attributes) and e.stride > 0
+            # a region per attribute, or per attention step for a part-based model
+            steps = [f"step {t + 1}" for t in range(spaces["parts"].parts)] if "parts" in spaces else None
+            assert e.names in (list(model.schema.attributes), steps) and e.stride > 0
             h, w = e.map_size
             for r in e.regions:
                 assert r.heatmap is None or r.heatmap.shape == (h, w)

@@ -420,6 +420,51 @@ def test_a_run_without_classifiers_or_explanations(visual_client, query):
     assert visual_client.get(f"/items/{it.id}").json()["predicted"] is None
 
 
+@pytest.fixture(scope="module")
+def parts_client(tiny_pipeline, parts_pipeline):
+    """The `parts` run (diverse mode) on the tiny pipeline's catalogue, served."""
+    prun, pidx = parts_pipeline
+    return TestClient(create_app(Engine.load(prun, pidx, cache_dir=tiny_pipeline[-1])))
+
+
+def _check_groups(d, engine, size):
+    """Groups of a diverse answer: each a predicted category, its box inside the query photo, items once overall."""
+    groups = d["groups"]
+    assert groups and d["query"]["size"] == list(size)
+    categories = set(engine.model.schema.values("category"))
+    seen = []
+    for g in groups:
+        assert g["label"] in categories and 0 < g["score"] <= 1 and g["results"]
+        x0, y0, x1, y1 = g["box"]
+        assert 0 <= x0 < x1 <= size[0] and 0 <= y0 < y1 <= size[1]
+        seen += [h["id"] for h in g["results"]]
+    assert len(seen) == len(set(seen))  # de-duplicated across groups
+    assert sorted(h["id"] for h in d["results"]) == sorted(seen)  # the merged list reads every group
+    assert [g["score"] for g in groups] == sorted((g["score"] for g in groups), reverse=True)
+
+
+def test_diverse_mode_answers_groups(parts_client, query):
+    it, _ = query
+    engine = parts_client.app.state.service.engine
+    assert "diverse" in parts_client.get("/schema").json()["modes"]
+    r = parts_client.post("/search", json={"item_id": it.id, "mode": "diverse", "k": 4})
+    assert r.status_code == 200, r.text
+    d = r.json()
+    with Image.open(it.image) as im:
+        _check_groups(d, engine, im.size)
+    assert all(len(g["results"]) <= 4 for g in d["groups"])
+    # an outfit photo, uploaded: the same, boxes in the upload's pixels
+    outfit = next(x for x in engine.catalog if x.parts)
+    data = Path(outfit.image).read_bytes()
+    r = parts_client.post("/search", files={"image": ("outfit.jpg", data, "image/jpeg")}, data={"mode": "diverse", "k": "3"})
+    assert r.status_code == 200, r.text
+    with Image.open(outfit.image) as im:
+        _check_groups(r.json(), engine, im.size)
+    # other modes of the run still answer one list without boxes
+    d = parts_client.post("/search", json={"item_id": it.id, "mode": "same_item", "k": 3}).json()
+    assert len(d["groups"]) == 1 and d["groups"][0]["box"] is None and d["query"]["size"] is None
+
+
 def test_concurrent_requests_all_answer(client, query):
     it, new = query
     statuses = []

@@ -53,13 +53,24 @@ def browser():
 
 @pytest.fixture(scope="module")
 def server(tiny_pipeline):
-    import uvicorn
-
     from vestis.engine import Engine
-    from vestis.serve.app import create_app
 
     root, cat, run, idx, cache = tiny_pipeline
-    engine = Engine.load(run, idx, cache_dir=cache)
+    yield from _serve(Engine.load(run, idx, cache_dir=cache))
+
+
+@pytest.fixture(scope="module")
+def parts_server(tiny_pipeline, parts_pipeline):
+    from vestis.engine import Engine
+
+    yield from _serve(Engine.load(*parts_pipeline, cache_dir=tiny_pipeline[-1]))
+
+
+def _serve(engine):
+    import uvicorn
+
+    from vestis.serve.app import create_app
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -228,5 +239,41 @@ def test_docs_page_works_under_the_content_security_policy(browser, server):
     page.wait_for_selector(".swagger-ui .info .title", timeout=20_000)
     page.click(".opblock-summary-path[data-path='/search']")
     page.wait_for_selector(".opblock-body")
+    assert not problems, problems
+    page.close()
+
+
+def test_diverse_groups_on_the_page(browser, parts_server, tmp_path):
+    """Mode diverse on an outfit: one row per group titled with its label, each group's box drawn on the query
+    image, and "search from this part" searching the cut-out part as an upload."""
+    base, engine = parts_server
+    outfit = next(it for it in engine.catalog if it.parts)
+    page = browser.new_page(viewport={"width": 1360, "height": 1000})
+    problems = []
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+    page.goto(base + "/")
+    page.wait_for_selector("body[data-ready='1']")
+    page.select_option("#mode", "diverse")
+    page.click(".tab[data-tab='byid']")
+    page.fill("#item-id", outfit.id)
+    page.press("#item-id", "Enter")
+    _wait(page, "document.querySelectorAll('#results section.group').length > 0")
+    want = engine.search(item_id=outfit.id, mode="diverse", k=int(page.input_value("#k")))
+    titles = page.eval_on_selector_all("#results section.group", "ss => ss.map(s => s.dataset.label)")
+    assert titles == [g.label for g in want.groups]
+    rows = page.eval_on_selector_all("#results section.group", "ss => ss.map(s => [...s.querySelectorAll('.card')].map(c => c.dataset.id))")
+    assert rows == [[h.id for h in g.hits] for g in want.groups]
+    boxes = page.eval_on_selector_all("#query-boxes rect", "rs => rs.map(r => r.dataset.label)")
+    assert boxes == [g.label for g in want.groups]
+    shots = Path(os.environ.get("VESTIS_SCREENSHOTS") or tmp_path)
+    shots.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(shots / "diverse.png"), full_page=True)
+    # refine from the first part: the cut-out is the new (uploaded) query, searched in the same mode
+    page.click("#results section.group >> nth=0 >> button.refine")
+    _wait(page, "document.querySelector('#query-title').textContent.startsWith('uploaded photo')")
+    _wait(page, "document.querySelector('#status').textContent.includes('results')")
+    assert page.input_value("#mode") == "diverse"
+    page.screenshot(path=str(shots / "diverse-part.png"), full_page=True)
     assert not problems, problems
     page.close()

@@ -50,6 +50,16 @@ def cache_option(parser: argparse.ArgumentParser) -> None:
 def cmd_synth(args) -> int:
     from vestis.catalog.synthetic import generate
 
+    if args.collages_from is not None:
+        from vestis.catalog import Catalog
+        from vestis.catalog.collages import make_collages
+
+        n_eval = args.eval_collages if args.eval_collages is not None else max(1, args.n // 10)
+        cat = make_collages(Catalog.load(args.collages_from), args.out, args.n, n_eval, seed=args.seed,
+                            singles=args.singles)
+        print(f"wrote {len(cat.split('train')) - args.singles} training and {len(cat.split('query'))} evaluation collages and "
+              f"{args.out / 'catalog.jsonl'} (+ schema.json)")
+        return 0
     cat = generate(n=args.n, seed=args.seed, out=args.out, workers=args.workers,
                    contact_sheet=args.contact_sheet, image_size=args.size)
     print(f"wrote {len(cat)} images and {args.out / 'catalog.jsonl'} (+ schema.json)")
@@ -486,6 +496,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     s.add_argument("--size", type=int, nargs=2, metavar=("W", "H"), default=None, help="image size in pixels")
     s.add_argument("--contact-sheet", action="store_true", help="also write contact_sheet.png")
+    s.add_argument("--collages-from", type=Path, default=None, metavar="CATALOG",
+                   help="instead: -n collages of CATALOG's train-split photos (top, bottom, shoes, maybe a bag or "
+                        "a watch, by subCategory) with each garment's labels and box, plus evaluation collages of "
+                        "its query-split photos")
+    s.add_argument("--eval-collages", type=int, default=None, help="evaluation collages (default n / 10)")
+    s.add_argument("--singles", type=int, default=0,
+                   help="with --collages-from: also this many train-split photos as single-product items")
     s.set_defaults(func=cmd_synth)
 
     s = sub.add_parser("ingest", help="validate a catalogue and print a summary")

@@ -32,7 +32,7 @@ from vestis.vision.trunk import TrunkSpec
 MAX_K = 1000  # for interactive search; query files may rank whole candidate sets
 # modes a run may lack, and why
 MODE_NEEDS = {"manipulate": "it needs a model that applies manipulations (attribute_baseline, fashionsearchnet, amnet)",
-              "diverse": "part-based diverse suggestions (Verma et al.) are not implemented yet"}
+              "diverse": "it needs a part-based model (parts)"}
 
 class EngineError(VestisError):
     pass
@@ -90,6 +90,21 @@ class Result:
 
     def __getitem__(self, i):
         return self.hits[i]
+
+
+def dedupe_groups(groups: list[Group], k: int) -> list[Group]:
+    """Several groups of one query: each item stays only in the group where it ranks best (ties: the earlier group),
+    each group keeps its first k, and groups left empty are dropped (a part with nothing to suggest is not shown)."""
+    best: dict[str, tuple[int, int]] = {}
+    for gi, g in enumerate(groups):
+        for rank, h in enumerate(g.hits):
+            best[h.id] = min(best.get(h.id, (rank, gi)), (rank, gi))
+    out = []
+    for gi, g in enumerate(groups):
+        hits = [h for rank, h in enumerate(g.hits) if best[h.id] == (rank, gi)][:k]
+        if hits:
+            out.append(Group(g.label, hits, g.box, g.score))
+    return out
 
 
 def _merge_filters(user: Mapping | None, plan: Mapping | None) -> dict:
@@ -309,8 +324,10 @@ class Engine:
         notes: list[str | None] = [None] * n
         if on:
             probes, notes = self._label_probes(maps, probes, manipulations, query_labels, probabilities)
+        answers = np.bincount(np.concatenate([self._probe_rows(p) for p in probes]), minlength=n) if probes else np.zeros(n, int)
+        fetch = 2 * k if (answers > 1).any() else k  # several groups per query: spare hits for de-duplication
         for probe in probes:
-            got = dict(self._run_probe(probe, k, filters, exclude, manipulations))
+            got = dict(self._run_probe(probe, fetch, filters, exclude, manipulations))
             short = [j for j, q in enumerate(self._probe_rows(probe)) if len(got[q].hits) < k]
             if on and short:  # fewer than k items meet the requested values: the closest others follow them
                 relaxed = Probe(probe.space, probe.vectors[short], rows=self._probe_rows(probe)[short])
@@ -323,6 +340,8 @@ class Engine:
                                 f"{wanted}; the closest others follow") if n_met else f"no item has {wanted}; closest first"
             for q, group in got.items():
                 groups[q].append(group)
+        groups = [dedupe_groups(g, k) if len(g) > 1 else [Group(x.label, x.hits[:k], x.box, x.score) for x in g]
+                  for g in groups]
         return [Result(g, labels="on" if on else "off", note=note) for g, note in zip(groups, notes)]
 
     def _label_probes(self, maps, probes: list[Probe], manipulations: list[dict], query_labels, probabilities=None):

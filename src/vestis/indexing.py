@@ -40,6 +40,7 @@ from vestis.catalog import Catalog
 from vestis.errors import VestisError
 from vestis.fsutil import atomic_write
 from vestis.models import run_batched
+from vestis.models.base import PART_LABEL
 from vestis.runs import load_run
 from vestis.vision.extract import catalogue_features
 from vestis.vision.trunk import TrunkSpec
@@ -235,6 +236,10 @@ def _build_generation(model, info, feats, attrs, gen_dir: Path, backend: str, ki
             vecs = vecs.reshape(n * k, -1)
             ids = [part_id(i, j) for i in ids for j in range(k)]
             rows = [{**r, "part": str(j)} for r in rows for j in range(k)]
+            if space.labels:  # each part's label, for a probe's filter
+                codes = run_batched(lambda m, name=name: model.part_labels(m, name).float(), feats.maps).astype(np.int64)
+                for r, c in zip(rows, codes.reshape(-1)):
+                    r[PART_LABEL] = space.labels[c]
         if vecs.shape[-1] != space.dim:
             raise VestisError(f"model {model.name} declares space {name!r} of {space.dim} dimensions but embeds "
                               f"{vecs.shape[-1]}")

@@ -19,13 +19,16 @@ from vestis.vision.trunk import TrunkSpec
 
 
 def train_data(catalog, features) -> TrainData:
-    """Labels as schema codes ("unspecified" = len(values)) and integer instance ids, rows as `features`."""
+    """Labels as schema codes ("unspecified" = len(values)) and integer instance ids, rows as `features`; the
+    garments of each image (an outfit's parts, else the item itself) as codes too."""
     schema = catalog.schema
     items = [catalog[i] for i in features.ids]
     labels = np.array([schema.encode(it.attributes) for it in items], dtype=np.int64).reshape(len(items), len(schema))
     groups: dict[str, int] = {}
     instances = np.array([groups.setdefault(it.instance_id, len(groups)) if it.instance_id else -1 for it in items], np.int64)
-    return TrainData(list(features.ids), features.maps, labels, instances, schema)
+    garments = [np.array([schema.encode(p.attributes) for p in it.parts] if it.parts else [schema.encode(it.attributes)],
+                         np.int64).reshape(-1, len(schema)) for it in items]
+    return TrainData(list(features.ids), features.maps, labels, instances, schema, garments)
 
 
 def train_run(model_name: str, catalog, out, spec: TrunkSpec, cache_dir, config: dict | None = None,

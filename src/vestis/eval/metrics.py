@@ -262,3 +262,100 @@ def classification_top_k_accuracy(scores, labels, ks: Iterable[int] = CLASSIFICA
     true = s[np.arange(len(y)), y][:, None]
     rank = 1 + (s > true).sum(1) + (s == true).sum(1) - 1
     return {k: float(np.mean(rank <= k)) for k in ks}
+
+
+# --- diverse part-based recommendation (protocol 4, Verma et al.) ----------------------------------------------
+def round_robin(groups: Sequence[Sequence[str]], n: int | None = None) -> list[str]:
+    """The groups read round-robin (first of each, then second, ...), each id once, cut at n: protocol 4's merged list."""
+    out, seen = [], set()
+    for rank in range(max((len(g) for g in groups), default=0)):
+        for g in groups:
+            if rank < len(g) and g[rank] not in seen:
+                seen.add(g[rank])
+                out.append(g[rank])
+    return out if n is None else out[:n]
+
+
+def coverage(ranked_categories: Sequence[str | None], garment_categories: Sequence[str], n: int | None = None) -> float:
+    """Share of the query's garments whose category appears among the first n results (default N = 5 x garments);
+    two garments of one category are covered by one result each."""
+    if not garment_categories:
+        raise ValueError("a coverage query needs at least one garment")
+    n = 5 * len(garment_categories) if n is None else n
+    pool = list(ranked_categories[:n])
+    covered = 0
+    for c in garment_categories:
+        if c in pool:
+            pool.remove(c)
+            covered += 1
+    return covered / len(garment_categories)
+
+
+def purity_at_k(categories: Sequence[str | None], k: int = 5) -> float:
+    """Share of a group's top k in its majority category (unlabelled results count against it); an empty group: 0."""
+    top = list(categories[:k])
+    if not top:
+        return 0.0
+    known = [c for c in top if c is not None and c != UNSPECIFIED]
+    if not known:
+        return 0.0
+    return max(known.count(c) for c in set(known)) / len(top)
+
+
+def part_relevance(results: Sequence[Mapping[str, str]], garment: Mapping[str, str], attributes: Sequence[str]) -> float:
+    """Share of a part's results whose labels equal the query garment's on each of `attributes` the garment has
+    labelled (e.g. its category, colour, pattern); a garment labelled on none of them: ValueError; no results: 0."""
+    asked = [a for a in attributes if garment.get(a) not in (None, UNSPECIFIED)]
+    if not asked:
+        raise ValueError(f"the garment has none of {list(attributes)} labelled")
+    if not results:
+        return 0.0
+    return float(np.mean([all(r.get(a) == garment[a] for a in asked) for r in results]))
+
+
+def intra_list_diversity(vectors) -> float:
+    """1 - mean pairwise cosine similarity of a list's items (rows of `vectors`); fewer than two items: 0."""
+    x = np.asarray(vectors, dtype=np.float64)
+    if len(x) < 2:
+        return 0.0
+    x = x / np.linalg.norm(x, axis=1, keepdims=True).clip(1e-12)
+    sim = x @ x.T
+    n = len(x)
+    return float(1.0 - (sim.sum() - np.trace(sim)) / (n * (n - 1)))
+
+
+def distinct_categories(categories: Sequence[str | None]) -> int:
+    return len({c for c in categories if c is not None and c != UNSPECIFIED})
+
+
+def mmr(relevance, vectors, n: int, lam: float) -> list[int]:
+    """Maximal marginal relevance re-ranking (Carbonell & Goldstein 1998): repeatedly take the candidate maximising
+    lam * relevance - (1 - lam) * max cosine similarity to those already taken; returns n candidate indices in order.
+    Ties go to the earlier candidate."""
+    rel = np.asarray(relevance, dtype=np.float64)
+    x = np.asarray(vectors, dtype=np.float64)
+    x = x / np.linalg.norm(x, axis=1, keepdims=True).clip(1e-12)
+    sim = x @ x.T
+    chosen: list[int] = []
+    left = list(range(len(rel)))
+    while left and len(chosen) < n:
+        redundancy = sim[np.ix_(left, chosen)].max(1) if chosen else np.zeros(len(left))
+        score = lam * rel[left] - (1 - lam) * redundancy
+        chosen.append(left.pop(int(np.argmax(score))))
+    return chosen
+
+
+def multilabel_average_precision(scores, targets) -> dict[str, float]:
+    """Multi-label classification (Verma et al.'s Table 1 layout): `scores` (n, L), `targets` (n, L) 0/1.
+    AP_all: class-agnostic AP, every (image, label) pair ranked by its score in one list; mAP: the mean over labels
+    (those with a positive image) of each label's AP over the images. Ties keep the input order (stable sort)."""
+    s = np.asarray(scores, dtype=np.float64)
+    y = np.asarray(targets).astype(bool)
+    if s.shape != y.shape or s.ndim != 2:
+        raise ValueError(f"scores and targets must be (n, L) of the same shape, got {s.shape} and {y.shape}")
+    if not y.any():
+        raise ValueError("no positive (image, label) pair to score")
+    flat = np.argsort(-s.reshape(-1), kind="stable")
+    ap_all = average_precision(y.reshape(-1)[flat])
+    aps = [average_precision(y[np.argsort(-s[:, j], kind="stable"), j]) for j in range(s.shape[1]) if y[:, j].any()]
+    return {"AP_all": ap_all, "mAP": float(np.mean(aps))}

@@ -4,6 +4,7 @@ from vestis.models import attribute_baseline, global_embed, visual  # noqa: F401
 from vestis.models import amnet  # noqa: F401  (register)
 from vestis.models import fashionsearchnet  # noqa: F401  (register)
 from vestis.models import agmlan  # noqa: F401  (register)
+from vestis.models import parts  # noqa: F401  (register)
 from vestis.models.base import (MODELS, Probe, Request, SearchModel, Space, create_model, declared_levels,
                                 run_batched)
 from vestis.models.explanation import Explanation, Region

@@ -39,6 +39,7 @@ from vestis.models.loop import TrainData
 Maps = Mapping[str, torch.Tensor]
 Manipulation = Mapping[str, str]
 MEMBERS = ("items", "known", "parts")
+PART_LABEL = "part_label"  # the index attribute of a part row that holds its label (Space.labels)
 EMBED_BATCH = 512
 
 
@@ -48,13 +49,16 @@ class Space:
 
     members: "items" - one vector per catalogue item; "known" - only items with a known catalogue value of
     `attribute` (a per-attribute space, PROTOCOLS.md section 2's candidates); "parts" - `parts` vectors per item,
-    indexed as `item#k` with a `part` attribute and collapsed back to the item (its best part) by the engine."""
+    indexed as `item#k` with a `part` attribute and collapsed back to the item (its best part) by the engine.
+    `labels`: the names a per-part space's parts are labelled with (`SearchModel.part_labels`), indexed as the
+    attribute `PART_LABEL` of each part row so that a probe can filter on them; () when its parts are unlabelled."""
 
     dim: int
     metric: str = "ip"  # "ip" (inner product) or "l2"
     members: str = "items"
     attribute: str | None = None
     parts: int = 1
+    labels: tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.members not in MEMBERS:
@@ -146,6 +150,10 @@ class SearchModel(nn.Module):
         if space == "visual" and "visual" in self.spaces():
             return l2n(pool_maps(maps, ("s32",)))
         raise VestisError(f"model {self.name} has no vector space {space!r}; spaces: {', '.join(self.spaces())}")
+
+    def part_labels(self, maps: Maps, space: str) -> torch.Tensor:
+        """(N, parts) codes into `spaces()[space].labels`: each part's label, for a per-part space with labels."""
+        raise VestisError(f"model {self.name} does not label the parts of space {space!r}")
 
     # --- the query side --------------------------------------------------------------------------
     def modes(self) -> list[str]:

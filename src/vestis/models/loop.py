@@ -21,7 +21,10 @@ class TrainData:
     """What a head trains on: cached maps of the training split plus integer labels.
 
     labels[i, a] is schema.index(attribute a, value) - len(values) for "unspecified";
-    instances[i] is an integer instance (product) id, -1 where unknown.
+    instances[i] is an integer instance (product) id, -1 where unknown;
+    garments[i] (G_i, A) the same codes for each garment image i shows: an outfit's parts (`Item.parts`, one row
+    each), or its own labels for a single garment (the multi-label targets of part-based models). None: every
+    image shows one garment, `labels` (`garment_labels` reads either).
     """
 
     ids: list[str]
@@ -29,9 +32,14 @@ class TrainData:
     labels: np.ndarray
     instances: np.ndarray
     schema: AttributeSchema
+    garments: list[np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def garment_labels(self, i: int) -> np.ndarray:
+        """(G, A) codes of the garments image i shows."""
+        return self.garments[i] if self.garments is not None else self.labels[i:i + 1]
 
 
 @dataclass

@@ -53,6 +53,7 @@ from vestis.errors import ECHO_LIMIT, UnknownAttributeError, UnknownValueError, 
 from vestis.serve.textquery import TextInterpreter, TextQueryError
 from vestis.images import ImageReadError
 from vestis.attribute_updates import UnknownItemsError
+from vestis.vision.preprocess import image_geometry, input_box_in_photo
 
 STATIC = Path(__file__).parent / "static"
 MAX_UPLOAD_BYTES = 10 * 2**20
@@ -480,10 +481,15 @@ class Service:
             result = eng.search(image=image, item_id=req.item_id, manipulations=manip, k=req.k,
                                 filters=req.filters or None, mode=req.mode, labels=req.labels == "on")
         target = self.target(item, result.predicted, manip, req.mode)
-        groups = [{"label": g.label, "box": list(g.box) if g.box is not None else None, "score": g.score,
+        geometry = None
+        if any(g.box is not None for g in result.groups):  # trunk-input pixels -> the query photo's pixels
+            geometry = image_geometry(item.image if item else image, eng.spec.resolution)
+        groups = [{"label": g.label, "score": g.score,
+                   "box": [round(v, 1) for v in input_box_in_photo(g.box, geometry)] if g.box is not None else None,
                    "results": [self.hit_json(h, r, target) for r, h in enumerate(g.hits, 1)]} for g in result.groups]
         query = {"item": self.item_json(item) if item else None, "predicted": result.predicted,
-                 "upload": None if item else {"bytes": len(image)}}
+                 "upload": None if item else {"bytes": len(image)},
+                 "size": [geometry.src_w, geometry.src_h] if geometry else None}
         # one group (every flat mode): `results` is that group's list, the same rows (serialised twice, built once)
         results = groups[0]["results"] if len(groups) == 1 else \
             [self.hit_json(h, r, target) for r, h in enumerate(result.hits, 1)]

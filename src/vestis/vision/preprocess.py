@@ -96,6 +96,19 @@ def letterbox_geometry(src_w: int, src_h: int, resolution: tuple[int, int]) -> L
     return Letterbox(src_w, src_h, h, w, new_w, new_h, (w - new_w) // 2, (h - new_h) // 2)
 
 
+def image_geometry(image: str | Path | bytes, resolution: tuple[int, int]) -> Letterbox:
+    """The letterbox of an image file or bytes at resolution (HEIGHT, WIDTH), from its (EXIF-upright) size."""
+    img = load_rgb(image)
+    w0, h0 = img.info.get("original_size", img.size)
+    return letterbox_geometry(w0, h0, tuple(resolution))
+
+
+def input_box_in_photo(box, geometry: Letterbox) -> tuple[float, float, float, float]:
+    """A box (x0, y0, x1, y1) in trunk-input pixels -> pixels of the original photo, clipped to it."""
+    x0, y0, x1, y1 = geometry.input_to_image(tuple(float(v) for v in box))
+    return (max(x0, 0.0), max(y0, 0.0), min(x1, float(geometry.src_w)), min(y1, float(geometry.src_h)))
+
+
 def letterbox(img: Image.Image, resolution: tuple[int, int], fill=PAD_RGB) -> tuple[np.ndarray, Letterbox]:
     """RGB PIL image -> (uint8 array H x W x 3, geometry). The geometry refers to the original image size
     (`img.info["original_size"]` when the image was decoded at reduced scale, see `load_rgb(draft=...)`)."""

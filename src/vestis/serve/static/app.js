@@ -154,6 +154,7 @@ function renderQuery() {
   $("#query-body").classList.toggle("hidden", !q);
   if (!q) return;
   $("#query-img").src = q.kind === "item" ? q.item.image_url : q.url;
+  $("#query-boxes").innerHTML = "";  // the previous answer's part boxes
   $("#query-title").innerHTML = "";
   $("#query-title").append(q.kind === "item"
     ? el("span", {}, el("b", {text: q.item.id}), el("span", {class: "muted", text: ` ${q.item.split}`}))
@@ -314,18 +315,60 @@ function renderResults(r) {
   }
   if (!r.results.length) { grid.append(el("p", {class: "muted", text: "no results (filters too narrow?)"})); return; }
   const groups = r.groups || [];
-  if (groups.length > 1) {  // one row per group (e.g. one per part of an outfit), titled with its label
+  drawGroupBoxes(r);
+  if (groups.length > 1 || groups.some((g) => g.box)) {  // one row per group (one per part of an outfit), titled with its label
     grid.classList.remove("grid");
-    for (const g of groups) {
+    groups.forEach((g, i) => {
       const row = el("div", {class: "grid"});
-      const title = g.label + (g.score == null ? "" : ` (${g.score.toFixed(2)})`);
-      grid.append(el("section", {class: "group", "data-label": g.label}, el("h3", {text: title}), row));
+      const title = el("h3", {},
+        g.box ? el("span", {class: "swatch", style: `background:${groupColour(i)}`}) : null,
+        el("span", {text: g.label + (g.score == null ? "" : ` (${g.score.toFixed(2)})`)}),
+        g.box ? el("button", {type: "button", class: "refine", title: "search again from this part of the photo",
+          text: "search from this part", onclick: () => refineFromPart(g)}) : null);
+      grid.append(el("section", {class: "group", "data-label": g.label}, title, row));
       renderCards(g.results, r, row);
-    }
+    });
   } else {
     grid.classList.add("grid");
     renderCards(r.results, r, grid);
   }
+}
+
+const GROUP_COLOURS = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#9a6324"];
+function groupColour(i) { return GROUP_COLOURS[i % GROUP_COLOURS.length]; }
+
+// each group's box (query-photo pixels) on the query image: an SVG over it, same aspect fitting as the image
+function drawGroupBoxes(r) {
+  const svg = $("#query-boxes");
+  svg.innerHTML = "";
+  const size = r.query && r.query.size;
+  $("#query-body").classList.toggle("parts", !!size);  // a larger picture where parts are drawn on it
+  if (!size) return;
+  svg.setAttribute("viewBox", `0 0 ${size[0]} ${size[1]}`);
+  svg.setAttribute("preserveAspectRatio", "xMidYMid meet");
+  const NS = svg.namespaceURI;  // the SVG namespace, without spelling a URL in the page's assets
+  (r.groups || []).forEach((g, i) => {
+    if (!g.box) return;
+    const [x0, y0, x1, y1] = g.box;
+    const rect = document.createElementNS(NS, "rect");
+    for (const [k, v] of Object.entries({x: x0, y: y0, width: x1 - x0, height: y1 - y0, stroke: groupColour(i),
+                                         "data-label": g.label})) rect.setAttribute(k, v);
+    const t = document.createElementNS(NS, "title");
+    t.textContent = g.label;
+    rect.append(t);
+    svg.append(rect);
+  });
+}
+
+// "search from this part": the query photo cut to the group's box, searched as an upload in the same mode
+async function refineFromPart(g) {
+  const img = $("#query-img");
+  const [x0, y0, x1, y1] = g.box.map(Math.round);
+  const canvas = el("canvas", {width: Math.max(1, x1 - x0), height: Math.max(1, y1 - y0)});
+  canvas.getContext("2d").drawImage(img, x0, y0, x1 - x0, y1 - y0, 0, 0, x1 - x0, y1 - y0);
+  const blob = await new Promise((resolve) => canvas.toBlob(resolve, "image/png"));
+  if (!blob) { showError("could not cut the part out of the photo"); return; }
+  await setUploadQuery(new File([blob], `${g.label}.png`, {type: "image/png"}));
 }
 
 function renderCards(hits, r, grid) {

@@ -1,0 +1,182 @@
+"""`parts` (Verma et al.'s diverse part-based suggestions): its losses on known answers, gradients from each loss to
+the LSTM and the transformer head, the identity start, step 0 left out of the prediction, training against no
+training on maps with known garments, and the diverse plan."""
+
+import numpy as np
+import pytest
+import torch
+
+from vestis.catalog import AttributeSchema
+from vestis.models import Request, create_model
+from vestis.models.loop import TrainData
+from vestis.models.parts import (SPACE, classification_loss, divergence_loss, localisation_loss, sampling_masks,
+                                 transform_matrices)
+
+SCHEMA = AttributeSchema({"category": ["top", "trousers", "shoes"], "colour": ["red", "blue"]})
+CHANNELS = {"s8": 6, "s16": 4, "s32": 4}
+SMALL = {"width": 16, "hidden": 16, "codewords": 4, "dim": 16, "glimpse": 4, "steps": 3, "batch_size": 32}
+# where garment l sits on the 20 x 16 stride-8 grid (rows, cols): top above, trousers below, shoes at the bottom
+PLACES = [(slice(1, 8), slice(2, 14)), (slice(8, 15), slice(3, 13)), (slice(16, 20), slice(2, 14))]
+
+
+def _model(**config):
+    torch.manual_seed(0)
+    return create_model("parts", SCHEMA, CHANNELS, {**SMALL, **config})
+
+
+def _data(n: int, seed: int):
+    """Images of 1-3 garments: garment l is channel l of the stride-8 map switched on in its place (plus noise),
+    the stride-16 map its average; multi-hot targets through TrainData.garments."""
+    rng = np.random.default_rng(seed)
+    s8 = rng.normal(0, 0.3, (n, 6, 20, 16)).astype(np.float32)
+    garments = []
+    for i in range(n):
+        present = sorted(rng.choice(3, size=int(rng.integers(1, 4)), replace=False))
+        for lab in present:
+            rows, cols = PLACES[lab]
+            s8[i, lab, rows, cols] += 2.0
+            s8[i, 3 + lab, rows, cols] += rng.normal(0, 1)  # a garment's "texture": varies between images
+        garments.append(np.array([[lab, 2] for lab in present], np.int64))
+    s16 = s8.reshape(n, 6, 10, 2, 8, 2).mean((3, 5))[:, :4]
+    maps = {"s8": s8.astype(np.float16), "s16": s16.astype(np.float16),
+            "s32": np.zeros((n, 4, 5, 4), np.float16)}
+    labels = np.array([g[0] for g in garments])
+    return TrainData([str(i) for i in range(n)], maps, labels, -np.ones(n, np.int64), SCHEMA, garments)
+
+
+def _t(maps):
+    return {k: torch.from_numpy(v.astype(np.float32)) for k, v in maps.items()}
+
+
+def test_classification_loss_known_answer():
+    scores = torch.tensor([[0.0, 0.0, 0.0], [5.0, 1.0, 0.0]])
+    targets = torch.tensor([[1.0, 1.0, 0.0], [0.0, 0.0, 0.0]])  # the second image has no known label
+    p = torch.full((3,), 1 / 3)
+    want = 0.5 * ((p - torch.tensor([0.5, 0.5, 0.0])) ** 2).sum()
+    assert torch.allclose(classification_loss(scores, targets), want)
+
+
+def test_localisation_loss_known_answer():
+    params = torch.tensor([[[0.7, 0.4, 0.5, 0.0], [0.5, 0.5, -0.5, 0.5]]])  # one image, two steps
+    anchors = torch.tensor([[0.5, 0.5], [-0.5, 0.5]])
+    # step 1: scale 0.7 is 0.2 over the limit; its translation is 0.5 from the anchor in y; step 2: nothing
+    want = 0.2 ** 2 + 0.1 * 0.5 * 0.5 ** 2
+    assert localisation_loss(params, anchors, 0.1).item() == pytest.approx(want)
+
+
+def test_divergence_loss_is_the_overlap_of_consecutive_masks():
+    same = torch.tensor([[[0.5, 0.5, 0.0, 0.0], [0.5, 0.5, 0.0, 0.0]]])
+    apart = torch.tensor([[[0.4, 0.4, -0.5, -0.5], [0.4, 0.4, 0.5, 0.5]]])
+    half = torch.tensor([[[0.5, 0.5, 0.0, 0.0], [0.5, 0.5, 0.5, 0.0]]])  # shifted by half its width
+    assert divergence_loss(same, (40, 40)).item() == pytest.approx(1.0, abs=1e-3)
+    assert divergence_loss(apart, (40, 40)).item() < 0.01
+    assert divergence_loss(half, (40, 40)).item() == pytest.approx(1 / 3, abs=0.03)  # IoU of two boxes half over
+    m = sampling_masks(torch.tensor([[0.5, 0.5, 0.0, 0.0]]), (40, 40))[0]
+    assert m[20, 20] > 0.99 and m[0, 0] < 0.01 and m.sum().item() == pytest.approx(400, rel=0.05)
+
+
+def test_transforms_have_no_rotation_or_shear():
+    m = transform_matrices(torch.tensor([[0.3, 0.6, 0.1, -0.2]]))
+    assert torch.equal(m, torch.tensor([[[0.3, 0.0, 0.1], [0.0, 0.6, -0.2]]]))
+
+
+def test_the_transformer_starts_at_the_identity_and_step_zero_sees_the_whole_map():
+    model = _model()
+    out = model(_t(_data(4, 0).maps))
+    assert out["params"].shape == (4, 4, 4)
+    assert torch.allclose(out["params"], torch.tensor([1.0, 1.0, 0.0, 0.0]).expand(4, 4, 4), atol=1e-6)
+    boxes = model.boxes(out, 8)
+    assert torch.allclose(boxes, torch.tensor([0.0, 0.0, 128.0, 160.0]).expand(4, 4, 4), atol=1e-4)
+
+
+def test_step_zero_score_is_discarded():
+    model = _model()
+    out = model(_t(_data(2, 0).maps))
+    out["scores"] = out["scores"].detach().clone()
+    before = model.pooled_scores(out).clone()
+    out["scores"][:, 0] = 100.0  # step 0 "sure" of every label
+    assert torch.equal(model.pooled_scores(out), before)
+    assert torch.equal(before, out["scores"][:, 1:].amax(1))
+
+
+@pytest.mark.parametrize("which", ["cls", "loc", "div"])
+def test_each_loss_reaches_the_lstm_and_the_transformer(which):
+    model = _model()
+    data = _data(8, 1)
+    # away from the identity start, where the scale penalty's and the masks' gradients are generic
+    with torch.no_grad():
+        model.where.weight.normal_(0, 0.3)
+    _, logs = model.loss(model(_t(data.maps)), model.targets(data))
+    logs[which].backward()
+    for name in ("lstm.weight_hh", "lstm.weight_ih", "where.weight", "where.bias"):
+        grad = dict(model.named_parameters())[name].grad
+        assert grad is not None and grad.abs().sum() > 0, (which, name)
+
+
+def _multilabel_ap(probs: np.ndarray, targets: np.ndarray) -> float:
+    """Mean over labels of average precision (a plain reading, for the training test)."""
+    aps = []
+    for lab in range(targets.shape[1]):
+        order = np.argsort(-probs[:, lab])
+        hits = targets[order, lab]
+        if hits.sum():
+            aps.append(float((np.cumsum(hits) / np.arange(1, len(hits) + 1))[hits > 0].mean()))
+    return float(np.mean(aps))
+
+
+@pytest.fixture(scope="module")
+def trained():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matrices: one thread is several times faster on a busy machine
+    try:
+        model = _model(epochs=30, lr=1e-2)
+        model.fit(_data(128, 2), progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    return model.eval()
+
+
+def test_training_learns_the_garments_of_an_image(trained):
+    test = _data(96, 3)
+    y = trained.targets(test).numpy()
+    untrained = _model().eval()
+    with torch.no_grad():
+        before = _multilabel_ap(untrained.label_probabilities(untrained(_t(test.maps))).numpy(), y)
+        after = _multilabel_ap(trained.label_probabilities(trained(_t(test.maps))).numpy(), y)
+        steps = trained(_t(test.maps))["params"][:, 1:]
+    assert after > 0.9 and after > before + 0.1, (before, after)
+    # the steps left the identity: scales under the localisation loss's limit and apart from each other
+    assert (steps[..., :2] < 0.6).all()
+    assert (steps[..., 2:].std(1) > 0.1).any(-1).all()
+
+
+def test_diverse_plan_makes_a_group_per_predicted_label(trained):
+    model = trained
+    data = _data(40, 5)
+    probes = model.plan(_t(data.maps), Request("diverse", [{}] * 40))
+    with torch.no_grad():
+        out = model(_t(data.maps))
+        probs = model.label_probabilities(out)
+    by_row: dict[int, list] = {}
+    for p in probes:
+        assert p.space == SPACE and p.vectors.shape == (1, 16) and len(p.rows) == 1
+        assert p.filters == {"part_label": p.group} and p.group in SCHEMA.values("category")
+        x0, y0, x1, y1 = p.boxes[0]
+        assert 0 <= x0 < x1 <= 128 and 0 <= y0 < y1 <= 160
+        by_row.setdefault(int(p.rows[0]), []).append(p)
+    assert set(by_row) == set(range(40))
+    for q, ps in by_row.items():
+        labels = [p.group for p in ps]
+        want = [SCHEMA.values("category")[j] for j in np.flatnonzero(model.predicted_labels(probs)[q].numpy())]
+        assert sorted(labels) == sorted(want) and len(set(labels)) == len(labels)
+        scores = [float(p.scores[0]) for p in ps]
+        assert scores == sorted(scores, reverse=True)
+    # mostly right: the predicted labels are the image's garments
+    right = np.mean([sorted(p.group for p in by_row[q]) == sorted(SCHEMA.values("category")[g] for g in
+                                                                  data.garments[q][:, 0]) for q in range(40)])
+    assert right >= 0.6  # exactly the image's garments (the untrained model: 0.325 here)
+    # each part row's label is one of its item's predicted labels
+    codes = model.part_labels(_t(data.maps), SPACE)
+    assert codes.shape == (40, 3)
+    allowed = model.predicted_labels(probs)
+    assert all(bool(allowed[i, c]) for i in range(40) for c in codes[i].tolist())
