@@ -318,6 +318,15 @@ def cmd_queries(args) -> int:
         qs, counts = Q.attribute_queries(cat, attrs, seed=args.seed, per_attribute=args.per_attribute)
     elif args.protocol == "triplet":
         qs, counts = Q.triplet_queries(cat, attrs, n_per_attribute=args.per_attribute or 1000, seed=args.seed)
+    elif args.protocol == "consumer_to_shop":
+        from vestis.catalog.mapping import LabelMapping
+
+        if not args.mapping:
+            raise VestisError("--protocol consumer_to_shop needs --mapping FILE (the photos' category -> the "
+                              "gallery's values)")
+        mapping = LabelMapping.load(args.mapping)
+        qs, counts = Q.consumer_to_shop_queries(cat, mapping, split=args.split or "query", seed=args.seed,
+                                                max_queries=args.per_attribute)
     else:
         qs, counts = Q.same_item_queries(cat, seed=args.seed, max_queries=args.per_attribute)
     if not qs:
@@ -325,7 +334,7 @@ def cmd_queries(args) -> int:
     digest = Q.write_queries(args.out, qs)
     print(f"wrote {len(qs)} {args.protocol} queries to {args.out} (sha256 {digest[:16]})")
     for a, c in counts.items():
-        flag = c == 0 and args.protocol != "same_item"
+        flag = c == 0 and args.protocol not in ("same_item", "consumer_to_shop")
         print(f"  {a}: {c}" + ("   <- no valid query for this attribute" if flag else ""))
     return 0
 
@@ -349,8 +358,14 @@ def cmd_eval(args) -> int:
 
         if not args.run:
             raise VestisError("--classify needs --run")
-        scores, labels, names = category_scores(args.run, cat, "query", args.cache)
-        report["classification"] = classification_report(scores, labels, names)
+        if "consumer_to_shop" in report:  # photos of another catalogue: accuracy through the query's target set
+            from vestis.eval import read_queries
+            from vestis.eval.runners import mapped_accuracy
+
+            report["mapped_accuracy"] = mapped_accuracy(args.run, read_queries(args.queries), args.cache)
+        else:
+            scores, labels, names = category_scores(args.run, cat, "query", args.cache)
+            report["classification"] = classification_report(scores, labels, names)
     report["machine"] = machine_info()
     if args.report:
         write_report(report, args.report)
@@ -587,7 +602,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("queries", help="generate a seeded query file for an evaluation protocol")
     catalog_option(s)
-    s.add_argument("--protocol", choices=["manipulation", "attribute", "triplet", "same_item"], required=True)
+    s.add_argument("--protocol", choices=["manipulation", "attribute", "triplet", "same_item", "consumer_to_shop"],
+                   required=True)
+    s.add_argument("--mapping", type=Path, default=None,
+                   help="consumer_to_shop: JSON label mapping, the photos' category -> a set of the gallery's values "
+                        "(e.g. benchmarks/mappings/clothing-to-fpi.json)")
+    s.add_argument("--split", default=None, help="consumer_to_shop: the photos' split to query with (default query)")
     s.add_argument("--out", type=Path, required=True)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--per-attribute", type=int, default=None,
@@ -606,7 +626,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--gallery-split", default="gallery")
     s.add_argument("--no-curve", action="store_true", help="skip the gallery-size curve (needs long rankings)")
     s.add_argument("--views", default=None, help="same-item data: real multi-view / synthetic multi-view / augmented")
-    s.add_argument("--classify", action="store_true", help="also category top-1/3/5 of the run on the query split")
+    s.add_argument("--classify", action="store_true", help="also category top-1/3/5 of the run on the query split "
+                                                           "(consumer_to_shop: accuracy through the mapped sets)")
     cache_option(s)
     s.set_defaults(func=cmd_eval)
 

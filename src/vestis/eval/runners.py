@@ -37,6 +37,39 @@ def category_scores(run_dir: Path, catalog: Catalog, split: str, cache_dir: Path
     return scores, labels, list(model.schema.values(attr))
 
 
+def mapped_accuracy(run_dir: Path, queries: Sequence[Mapping], cache_dir: Path, batch: int = 64) -> dict:
+    """Category accuracy of a run on photo queries of another catalogue (consumer-to-shop query lines): the share
+    of photos whose most likely value of the query's `attribute` (among the known values) is in its target set;
+    overall and per query "category". Photos are encoded now, as uploads."""
+    from vestis.vision.extract import encode_images, make_backend
+
+    model, info = load_run(run_dir)
+    if not model.predicts_attributes:
+        raise VestisError(f"model {info.model} does not classify attributes")
+    spec = TrunkSpec.from_json(info.trunk)  # load_run resolved a fine-tuned trunk inside the run
+    backend = make_backend(spec, cache_dir).backend
+    hits: dict[str, list[bool]] = {}
+    for i in range(0, len(queries), batch):
+        chunk = [q for q in queries[i:i + batch] if q.get("image") and q.get("attribute") in model.schema]
+        if not chunk:
+            continue
+        maps = encode_images(backend, spec.resolution, [q["image"] for q in chunk])
+        with torch.inference_mode():
+            probs = model.attribute_probabilities(maps)
+        for j, q in enumerate(chunk):
+            a = q["attribute"]
+            values = model.schema.values(a)
+            best = values[int(probs[a][j, :len(values)].argmax())]
+            accepted = q["target"][a]
+            accepted = {accepted} if isinstance(accepted, str) else set(accepted)
+            hits.setdefault(str(q.get("category", "all")), []).append(best in accepted)
+    if not hits:
+        raise VestisError("no photo query whose attribute the run classifies")
+    every = [h for c in hits.values() for h in c]
+    return {"n": len(every), "accuracy": float(np.mean(every)),
+            "per_category": {c: {"n": len(h), "accuracy": float(np.mean(h))} for c, h in sorted(hits.items())}}
+
+
 def triplet_scores(engine, queries: Sequence[Mapping]) -> list[dict]:
     """Rows {query_id, scores: [sim(x, x+ | a), sim(x, x- | a)]} for triplet queries (PROTOCOLS.md section 2):
     the attribute-specific query of x (the model's plan for `attribute:<a>`) against the gallery vectors of x+ and
