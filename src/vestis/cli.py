@@ -225,7 +225,21 @@ def cmd_train(args) -> int:
     finetune = None
     if args.finetune_trunk:
         finetune = {"epochs": args.finetune_epochs, "blocks": args.finetune_blocks, "lr": args.finetune_lr}
-    info = train_run(args.model, cat, args.out, _trunk_spec(args), args.cache, config=config, finetune=finetune)
+    mix = None
+    if args.mix is not None or args.mix_mapping is not None:
+        from vestis.catalog import Catalog
+        from vestis.catalog.mapping import LabelMapping
+
+        if args.mix is None or args.mix_mapping is None:
+            raise VestisError("--mix CATALOG and --mix-mapping FILE go together")
+        mapping = LabelMapping.load(args.mix_mapping)
+        other = Catalog.load(args.mix, format=args.mix_format)
+        other = other.filter(lambda it: it.image is not None and it.image.is_file())
+        print(f"mixing in {other.name} ({len(other.split('train'))} train items): {mapping.source_attribute} -> "
+              f"{mapping.target_attribute} through {args.mix_mapping}; balanced per batch")
+        mix = (other, mapping)
+    info = train_run(args.model, cat, args.out, _trunk_spec(args), args.cache, config=config, finetune=finetune,
+                     mix=mix)
     secs = info.history.get("seconds", [0])[0]
     unread = len(train) - len(without_image) - info.history.get("train_items", len(train) - len(without_image))
     if unread > 0:
@@ -554,6 +568,13 @@ def build_parser() -> argparse.ArgumentParser:
     catalog_option(s)
     s.add_argument("--out", type=Path, required=True, help="run directory to write")
     s.add_argument("--config", type=Path, default=None, help="JSON: the model's options, optionally 'attributes'")
+    s.add_argument("--mix", type=Path, default=None, metavar="CATALOG",
+                   help="a second catalogue (e.g. shopper photos) whose train split joins the training through "
+                        "--mix-mapping; the domains get an equal share of every batch")
+    s.add_argument("--mix-mapping", type=Path, default=None, metavar="FILE",
+                   help="JSON label mapping: the second catalogue's attribute -> a set of values of one of this "
+                        "run's attributes (e.g. benchmarks/mappings/clothing-to-fpi.json)")
+    s.add_argument("--mix-format", default=None, help="force the second catalogue's reader")
     s.add_argument("--attributes", default=None, help="comma-separated attribute set (default: the benchmark's)")
     trunk_options(s)
     s.add_argument("--finetune-trunk", action="store_true",
