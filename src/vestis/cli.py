@@ -288,7 +288,8 @@ def cmd_search(args) -> int:
         if not args.output:
             raise VestisError("--queries needs --output rankings.jsonl")
         queries = read_queries(args.queries)
-        rows = rank_queries(engine, queries, k=args.k or 50, labels=args.labels == "on", photos=args.photos)
+        rows = rank_queries(engine, queries, k=args.k or 50, labels=args.labels == "on", photos=args.photos,
+                            crop=args.crop)
         write_rankings(args.output, rows)
         print(f"ranked {len(rows)} queries into {args.output}")
         return 0
@@ -296,7 +297,7 @@ def cmd_search(args) -> int:
         raise VestisError("give one of --queries FILE, --image PATH or --item ID")
     filters = _parse_sets(args.filter)
     result = engine.search(image=args.image, item_id=args.item, manipulations=_parse_sets(args.set), k=args.k or 30,
-                           filters=filters or None, mode=args.mode, labels=args.labels == "on")
+                           filters=filters or None, mode=args.mode, labels=args.labels == "on", crop=args.crop)
     print(f"labels {result.labels}" + (f": {result.note}" if result.note else ""))
     attrs = engine.model.schema.attributes
     for g in result.groups:  # one table per group (one for the flat modes)
@@ -618,6 +619,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--photos", action="store_true",
                    help="with --queries: search catalogue-item queries by their image file, as shopper photos (their "
                         "own labels unseen)")
+    s.add_argument("--crop", action="store_true",
+                   help="cut image queries to their foreground box before encoding (vestis.vision.crop)")
     cache_option(s)
     s.set_defaults(func=cmd_search)
 

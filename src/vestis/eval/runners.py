@@ -110,14 +110,14 @@ def _group_row(group, geometry) -> dict:
 
 
 def rank_queries(engine, queries: Sequence[Mapping], k: int = 50, batch: int = 256, progress: bool = True,
-                 labels: bool = False, photos: bool = False) -> list[dict]:
+                 labels: bool = False, photos: bool = False, crop: bool = False) -> list[dict]:
     """Answer a query file (PROTOCOLS.md format) into rankings rows {query_id, ranked, labels} (grouped modes add
     `groups`; triplets: scores).
 
     labels: False - vision only, the papers' protocol (the engine reads no label); True - catalogue-aware ranking.
     photos: a catalogue-item query is searched by its image file (encoded now, as an upload), so its own catalogue
     labels are never available - what a shopper's photo is; otherwise item queries read their cached maps and,
-    with labels on, their own labels as preferences."""
+    with labels on, their own labels as preferences. crop: image queries are cut to their foreground box first."""
     from tqdm import tqdm
 
     triplets = [q for q in queries if q.get("protocol") == "triplet"]
@@ -134,7 +134,7 @@ def rank_queries(engine, queries: Sequence[Mapping], k: int = 50, batch: int = 2
             sub = [chunk[j] for j in js]
             item_ids = [q.get("item_id") for q in sub]
             images = [engine.catalog[q["item_id"]].image if q.get("item_id") else q["image"] for q in sub]
-            maps = engine.item_maps(item_ids) if all(item_ids) and not photos else engine.encode_images(images)
+            maps = engine.item_maps(item_ids) if all(item_ids) and not photos else engine.encode_images(images, crop)
             known = [engine.catalog[i].attributes if i and not photos else None for i in item_ids] if labels else None
             # protocol 2 ranks every candidate (MAP over the full list)
             kk = len(engine.spaces["main"]) if mode.startswith("attribute:") else k
