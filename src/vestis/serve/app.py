@@ -85,6 +85,8 @@ class SearchRequest(BaseModel):
     filters: dict[str, str | list[str]] = Field(default_factory=dict, description="only items with these values")
     labels: Literal["on", "off"] = Field("on", description="on: rank with the catalogue's labels (requested values "
                                          "as constraints, the query's other attributes as preferences); off: vision only")
+    crop: Literal["on", "off"] = Field("off", description="an uploaded photo: on: cut to the garment found in it before "
+                                       "encoding (the answer's query.upload.crop is the box used); off: the whole photo")
 
 
 class ErrorBody(BaseModel):
@@ -416,12 +418,13 @@ class Service:
             self.check_image(image)
         with self.lock:
             result = eng.search(image=image, item_id=req.item_id, manipulations=manip, k=req.k,
-                                filters=req.filters or None, mode=req.mode, labels=req.labels == "on")
+                                filters=req.filters or None, mode=req.mode, labels=req.labels == "on",
+                                crop=req.crop == "on" and image is not None)
         target = self.target(item, result.predicted, manip, req.mode)
         groups = [{"label": g.label, "box": list(g.box) if g.box is not None else None, "score": g.score,
                    "results": [self.hit_json(h, r, target) for r, h in enumerate(g.hits, 1)]} for g in result.groups]
         query = {"item": self.item_json(item) if item else None, "predicted": result.predicted,
-                 "upload": None if item else {"bytes": len(image)}}
+                 "upload": None if item else {"bytes": len(image), "crop": result.crop}}
         return {"query": query, "mode": req.mode, "k": req.k, "manipulations": manip, "filters": req.filters,
                 "understood": understood.to_json() if understood else None, "target": target,
                 "results": [self.hit_json(h, r, target) for r, h in enumerate(result.hits, 1)], "groups": groups,
@@ -685,7 +688,7 @@ async def _read_form(request: Request, max_bytes: int) -> tuple[dict, bytes]:
                 fields[key] = int(value)
             except ValueError:
                 fields[key] = value
-        elif key in ("text", "mode", "item_id", "labels"):
+        elif key in ("text", "mode", "item_id", "labels", "crop"):
             fields[key] = value
         else:
             raise HTTPException(422, f"unknown form field {echo(key)}; fields: image, manipulations, text, mode, k, "
