@@ -41,7 +41,7 @@ try:
         if args.upload:
             page.click(".tab[data-tab='upload']")
             page.set_input_files("#upload", str(args.upload))
-            page.wait_for_function("document.querySelectorAll('#results .card').length > 0", timeout=120000)
+            page.wait_for_selector("#results .card", timeout=120000)
             time.sleep(2)
             out = args.out / "page-upload.png"
             page.screenshot(path=str(out))
