@@ -4,6 +4,8 @@
 
 Starts `vestis serve` on port 8765, loads ITEM_ID, types the request, searches with the page's "use the catalogue's
 labels" box on and then off, and writes docs/img/page-labels-{on,off}.png; prints the status line and the note.
+With --upload PHOTO it instead uploads that phone photo and writes docs/img/page-upload.png (the crop searched and
+the predicted attributes above the results).
 """
 
 import argparse
@@ -19,6 +21,7 @@ p = argparse.ArgumentParser()
 p.add_argument("run"), p.add_argument("index"), p.add_argument("catalog"), p.add_argument("item"), p.add_argument("text")
 p.add_argument("--cache", default=None)
 p.add_argument("--out", type=Path, default=Path("docs/img"))
+p.add_argument("--upload", type=Path, default=None, help="a phone photo to upload instead of the item query")
 args = p.parse_args()
 cmd = [str(Path(sys.executable).parent / "vestis"), "serve", "--run", args.run, "--index", args.index, "--catalog",
        args.catalog, "--port", "8765"] + (["--cache", args.cache] if args.cache else [])
@@ -34,9 +37,17 @@ try:
         browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox", "--disable-gpu"])
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.goto("http://127.0.0.1:8765/")
-        page.click(".tab[data-tab='byid']")
         args.out.mkdir(parents=True, exist_ok=True)
-        for labels in (True, False):
+        if args.upload:
+            page.click(".tab[data-tab='upload']")
+            page.set_input_files("#upload", str(args.upload))
+            page.wait_for_selector("#results .card", timeout=120000)
+            time.sleep(2)
+            out = args.out / "page-upload.png"
+            page.screenshot(path=str(out))
+            print(out, "|", page.inner_text("#status"), "|", page.inner_text("#query-attrs").replace("\n", " "))
+        page.click(".tab[data-tab='byid']")
+        for labels in (() if args.upload else (True, False)):
             page.fill("#item-id", args.item)
             page.press("#item-id", "Enter")
             time.sleep(2)

@@ -265,3 +265,12 @@ def test_branch1_auto_uses_the_papers_target_where_each_image_has_one_label(trai
     before = m.type_classifier.weight.detach().clone()
     hist = m.fit(TrainData(data.ids, data.maps, one, data.instances, SCHEMA), progress=False)
     assert hist["branch1"] == "type" and not torch.equal(before, m.type_classifier.weight)
+
+
+def test_rows_without_a_label_are_never_in_a_triplet():
+    """A mixed run's second catalogue has no label for most attributes (code -1, no loss): never x, x+ or x-."""
+    emb = torch.nn.functional.normalize(torch.randn(5, 1, 3, generator=torch.Generator().manual_seed(1)), dim=-1)
+    labels = torch.tensor([[0], [0], [1], [-1], [-1]])
+    with_unlabelled = batch_all_triplet(emb, labels, [2], 0.2, "all")
+    without = batch_all_triplet(emb[:3], labels[:3], [2], 0.2, "all")
+    assert with_unlabelled.item() == pytest.approx(without.item())

@@ -278,6 +278,28 @@ def test_upload_search_equals_item_search(client, query):
     assert r.status_code == 200 and r.json()["manipulations"] == {"colour": "red"}
 
 
+def test_upload_crop_answers_the_box_searched(client, query):
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    it, _ = query
+    bg = np.clip(np.random.default_rng(1).normal(150, 8, (300, 400, 3)), 0, 255).astype(np.uint8)
+    photo = Image.fromarray(bg)
+    photo.paste(Image.open(it.image).convert("RGB").resize((120, 150)), (150, 80))
+    buf = io.BytesIO()
+    photo.save(buf, "JPEG", quality=92)
+    files = {"image": ("phone.jpg", buf.getvalue(), "image/jpeg")}
+    on = client.post("/search", files=files, data={"crop": "on", "k": "5"}).json()
+    x0, y0, x1, y1 = on["query"]["upload"]["crop"]
+    assert x0 <= 155 and y0 <= 85 and x1 >= 265 and y1 >= 225 and (x1 - x0) * (y1 - y0) < 0.6 * 400 * 300
+    off = client.post("/search", files=files, data={"k": "5"}).json()  # the API's default: the whole photo
+    assert off["query"]["upload"]["crop"] is None
+    r = client.post("/search", files=files, data={"crop": "maybe"})
+    assert r.status_code == 422
+
+
 def test_bad_uploads(client, query):
     it, _ = query
     cases = [

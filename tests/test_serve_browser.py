@@ -203,13 +203,31 @@ def test_page_end_to_end(browser, server, tmp_path):
     # "similar colour" from the query card: the colour ranking, and where the model looked for colour
     page.click("#query-attrs button.similar:has-text('similar colour')")
     _wait(page, "document.querySelector('#status').textContent.includes('similar colour')")
-    want = [h.id for h in engine.search(image=Path(item.image), mode="attribute:colour", k=12)]
+    want = [h.id for h in engine.search(image=Path(item.image), mode="attribute:colour", k=12, crop=True)]
     assert _cards(page) == want
     _wait(page, "document.querySelector('#attention-img').naturalWidth > 0")
     assert "looked for colour" in page.inner_text("#attention-note")
     page.screenshot(path=str(tmp_path / "similar-colour.png"), full_page=True)
     page.select_option("#mode", "manipulate")
     _wait(page, "!document.querySelector('#text').disabled")
+
+    # a phone-like photo (the garment on a textured surface): the crop that was searched shows under it
+    from PIL import Image
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    bg = np.clip(rng.normal(150, 8, (300, 400, 3)) + np.sin(np.arange(400) / 3)[None, :, None] * 20, 0, 255)
+    photo = Image.fromarray(bg.astype(np.uint8))
+    photo.paste(Image.open(item.image).convert("RGB").resize((120, 150)), (150, 80))
+    phone = tmp_path / "phone.jpg"
+    photo.save(phone, quality=90)
+    page.set_input_files("#upload", str(phone))
+    _wait(page, "document.querySelectorAll('#history-list li').length === 8")
+    _wait(page, "!document.querySelector('#query-crop-box').classList.contains('hidden')")
+    # the canvas holds the crop: its middle is the garment, not the grey surface
+    px = page.evaluate("Array.from(document.querySelector('#query-crop').getContext('2d').getImageData(48, 60, 1, 1).data)")
+    assert px[3] == 255 and abs(px[0] - 150) + abs(px[1] - 150) + abs(px[2] - 150) > 30
+    page.screenshot(path=str(tmp_path / "upload-crop.png"))
 
     # bad input shows the server's message, not a broken page
     page.fill("#text", "something for my grandmother")

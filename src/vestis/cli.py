@@ -242,7 +242,21 @@ def cmd_train(args) -> int:
     finetune = None
     if args.finetune_trunk:
         finetune = {"epochs": args.finetune_epochs, "blocks": args.finetune_blocks, "lr": args.finetune_lr}
-    info = train_run(args.model, cat, args.out, _trunk_spec(args), args.cache, config=config, finetune=finetune)
+    mix = None
+    if args.mix is not None or args.mix_mapping is not None:
+        from vestis.catalog import Catalog
+        from vestis.catalog.mapping import LabelMapping
+
+        if args.mix is None or args.mix_mapping is None:
+            raise VestisError("--mix CATALOG and --mix-mapping FILE go together")
+        mapping = LabelMapping.load(args.mix_mapping)
+        other = Catalog.load(args.mix, format=args.mix_format)
+        other = other.filter(lambda it: it.image is not None and it.image.is_file())
+        print(f"mixing in {other.name} ({len(other.split('train'))} train items): {mapping.source_attribute} -> "
+              f"{mapping.target_attribute} through {args.mix_mapping}; balanced per batch")
+        mix = (other, mapping)
+    info = train_run(args.model, cat, args.out, _trunk_spec(args), args.cache, config=config, finetune=finetune,
+                     mix=mix)
     secs = info.history.get("seconds", [0])[0]
     unread = len(train) - len(without_image) - info.history.get("train_items", len(train) - len(without_image))
     if unread > 0:
@@ -327,7 +341,8 @@ def cmd_search(args) -> int:
         if not args.output:
             raise VestisError("--queries needs --output rankings.jsonl")
         queries = read_queries(args.queries)
-        rows = rank_queries(engine, queries, k=args.k or 50, labels=args.labels == "on", photos=args.photos)
+        rows = rank_queries(engine, queries, k=args.k or 50, labels=args.labels == "on", photos=args.photos,
+                            crop=args.crop)
         write_rankings(args.output, rows)
         print(f"ranked {len(rows)} queries into {args.output}")
         return 0
@@ -335,7 +350,7 @@ def cmd_search(args) -> int:
         raise VestisError("give one of --queries FILE, --image PATH or --item ID")
     filters = _parse_sets(args.filter)
     result = engine.search(image=args.image, item_id=args.item, manipulations=_parse_sets(args.set), k=args.k or 30,
-                           filters=filters or None, mode=args.mode, labels=args.labels == "on")
+                           filters=filters or None, mode=args.mode, labels=args.labels == "on", crop=args.crop)
     print(f"labels {result.labels}" + (f": {result.note}" if result.note else ""))
     attrs = engine.model.schema.attributes
     for g in result.groups:  # one table per group (one for the flat modes)
@@ -371,6 +386,15 @@ def cmd_queries(args) -> int:
         qs, counts = Q.attribute_queries(cat, attrs, seed=args.seed, per_attribute=args.per_attribute)
     elif args.protocol == "triplet":
         qs, counts = Q.triplet_queries(cat, attrs, n_per_attribute=args.per_attribute or 1000, seed=args.seed)
+    elif args.protocol == "consumer_to_shop":
+        from vestis.catalog.mapping import LabelMapping
+
+        if not args.mapping:
+            raise VestisError("--protocol consumer_to_shop needs --mapping FILE (the photos' category -> the "
+                              "gallery's values)")
+        mapping = LabelMapping.load(args.mapping)
+        qs, counts = Q.consumer_to_shop_queries(cat, mapping, split=args.split or "query", seed=args.seed,
+                                                max_queries=args.per_attribute)
     else:
         qs, counts = Q.same_item_queries(cat, seed=args.seed, max_queries=args.per_attribute)
     if not qs:
@@ -378,7 +402,7 @@ def cmd_queries(args) -> int:
     digest = Q.write_queries(args.out, qs)
     print(f"wrote {len(qs)} {args.protocol} queries to {args.out} (sha256 {digest[:16]})")
     for a, c in counts.items():
-        flag = c == 0 and args.protocol != "same_item"
+        flag = c == 0 and args.protocol not in ("same_item", "consumer_to_shop")
         print(f"  {a}: {c}" + ("   <- no valid query for this attribute" if flag else ""))
     return 0
 
@@ -402,8 +426,14 @@ def cmd_eval(args) -> int:
 
         if not args.run:
             raise VestisError("--classify needs --run")
-        scores, labels, names = category_scores(args.run, cat, "query", args.cache)
-        report["classification"] = classification_report(scores, labels, names)
+        if "consumer_to_shop" in report:  # photos of another catalogue: accuracy through the query's target set
+            from vestis.eval import read_queries
+            from vestis.eval.runners import mapped_accuracy
+
+            report["mapped_accuracy"] = mapped_accuracy(args.run, read_queries(args.queries), args.cache)
+        else:
+            scores, labels, names = category_scores(args.run, cat, "query", args.cache)
+            report["classification"] = classification_report(scores, labels, names)
     report["machine"] = machine_info()
     if args.report:
         write_report(report, args.report)
@@ -609,6 +639,13 @@ def build_parser() -> argparse.ArgumentParser:
     catalog_option(s)
     s.add_argument("--out", type=Path, required=True, help="run directory to write")
     s.add_argument("--config", type=Path, default=None, help="JSON: the model's options, optionally 'attributes'")
+    s.add_argument("--mix", type=Path, default=None, metavar="CATALOG",
+                   help="a second catalogue (e.g. shopper photos) whose train split joins the training through "
+                        "--mix-mapping; the domains get an equal share of every batch")
+    s.add_argument("--mix-mapping", type=Path, default=None, metavar="FILE",
+                   help="JSON label mapping: the second catalogue's attribute -> a set of values of one of this "
+                        "run's attributes (e.g. benchmarks/mappings/clothing-to-fpi.json)")
+    s.add_argument("--mix-format", default=None, help="force the second catalogue's reader")
     s.add_argument("--attributes", default=None, help="comma-separated attribute set (default: the benchmark's)")
     trunk_options(s)
     s.add_argument("--finetune-trunk", action="store_true",
@@ -657,12 +694,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--photos", action="store_true",
                    help="with --queries: search catalogue-item queries by their image file, as shopper photos (their "
                         "own labels unseen)")
+    s.add_argument("--crop", action="store_true",
+                   help="cut image queries to their foreground box before encoding (vestis.vision.crop)")
     cache_option(s)
     s.set_defaults(func=cmd_search)
 
     s = sub.add_parser("queries", help="generate a seeded query file for an evaluation protocol")
     catalog_option(s)
-    s.add_argument("--protocol", choices=["manipulation", "attribute", "triplet", "same_item"], required=True)
+    s.add_argument("--protocol", choices=["manipulation", "attribute", "triplet", "same_item", "consumer_to_shop"],
+                   required=True)
+    s.add_argument("--mapping", type=Path, default=None,
+                   help="consumer_to_shop: JSON label mapping, the photos' category -> a set of the gallery's values "
+                        "(e.g. benchmarks/mappings/clothing-to-fpi.json)")
+    s.add_argument("--split", default=None, help="consumer_to_shop: the photos' split to query with (default query)")
     s.add_argument("--out", type=Path, required=True)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--per-attribute", type=int, default=None,
@@ -681,7 +725,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--gallery-split", default="gallery")
     s.add_argument("--no-curve", action="store_true", help="skip the gallery-size curve (needs long rankings)")
     s.add_argument("--views", default=None, help="same-item data: real multi-view / synthetic multi-view / augmented")
-    s.add_argument("--classify", action="store_true", help="also category top-1/3/5 of the run on the query split")
+    s.add_argument("--classify", action="store_true", help="also category top-1/3/5 of the run on the query split "
+                                                           "(consumer_to_shop: accuracy through the mapped sets)")
     cache_option(s)
     s.set_defaults(func=cmd_eval)
 

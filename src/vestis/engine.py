@@ -67,6 +67,7 @@ class Result:
     predicted: dict | None = None  # the query's predicted attributes (`Engine.predict_attributes`), where known
     labels: str = "off"  # "on": ranked with the catalogue's labels (catalogue-aware); "off": vision only
     note: str | None = None  # e.g. that no gallery item has exactly the target labels ("closest first")
+    crop: list | None = None  # an uploaded photo cut to its foreground: the box used, in the photo's pixels
 
     @property
     def hits(self) -> list[Hit]:
@@ -209,13 +210,15 @@ class Engine:
         return spaces
 
     # --- query features ------------------------------------------------------------------------
-    def encode_images(self, images: Sequence[Path | bytes]) -> dict[str, torch.Tensor]:
-        """Trunk feature maps for image files or bytes (uploads), through the fastest verified backend."""
+    def encode_images(self, images: Sequence[Path | bytes], crop: bool = False,
+                      boxes: list | None = None) -> dict[str, torch.Tensor]:
+        """Trunk feature maps for image files or bytes (uploads), through the fastest verified backend; crop:
+        each photo cut to its foreground first (`vision.crop`), the boxes appended to `boxes`."""
         from vestis.vision.extract import encode_images, make_backend
 
         if self._encoder is None:
             self._encoder = make_backend(self.spec, self.cache_dir).backend
-        return encode_images(self._encoder, self.spec.resolution, images)
+        return encode_images(self._encoder, self.spec.resolution, images, crop=crop, boxes=boxes)
 
     def item_maps(self, item_ids: Sequence[str], encode_missing: bool = True) -> dict[str, torch.Tensor]:
         """Feature maps of catalogue items: from the cache, encoding any that are not cached (with
@@ -255,11 +258,13 @@ class Engine:
                 rows[i] = {k: v[j].numpy() for k, v in enc.items()}
         return {lv: torch.from_numpy(np.stack([r[lv] for r in rows]).astype(np.float32)) for lv in rows[0]}
 
-    def query_maps(self, image: Path | bytes | None = None, item_id: str | None = None) -> dict[str, torch.Tensor]:
-        """Feature maps of one query: a catalogue item (cached) or an image file / bytes (encoded now)."""
+    def query_maps(self, image: Path | bytes | None = None, item_id: str | None = None, crop: bool = False,
+                   boxes: list | None = None) -> dict[str, torch.Tensor]:
+        """Feature maps of one query: a catalogue item (cached) or an image file / bytes (encoded now; crop: cut
+        to its foreground first, the box appended to `boxes`)."""
         if (image is None) == (item_id is None):
             raise EngineError("give exactly one query: an item id or an image")
-        return self.item_maps([item_id]) if item_id is not None else self.encode_images([image])
+        return self.item_maps([item_id]) if item_id is not None else self.encode_images([image], crop, boxes)
 
     # --- requests ------------------------------------------------------------------------------
     def modes(self) -> list[str]:
@@ -436,19 +441,23 @@ class Engine:
 
     def search(self, image: Path | bytes | None = None, item_id: str | None = None,
                manipulations: Mapping[str, str] | None = None, k: int = 30, filters: Mapping | None = None,
-               mode: str = "manipulate", labels: bool = True) -> Result:
+               mode: str = "manipulate", labels: bool = True, crop: bool = False) -> Result:
         """Rank the index for one query image (path or bytes) or catalogue item, the query item itself excluded;
-        labels=True ranks with the catalogue's labels (a catalogue item's own labels are its preferences)."""
+        labels=True ranks with the catalogue's labels (a catalogue item's own labels are its preferences); crop: an
+        image query is cut to its foreground first (`vision.crop`), and `Result.crop` is the box used (None: the
+        whole photo)."""
         if (image is None) == (item_id is None):
             raise EngineError("give exactly one query: an item id or an image")
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
             raise EngineError(f"k must be a whole number between 1 and {MAX_K}, got {k!r}")
         manipulations = dict(manipulations or {})
         self.check_request(mode, [manipulations], filters)  # before any image is decoded
-        maps = self.query_maps(image=image, item_id=item_id)
+        boxes: list = []
+        maps = self.query_maps(image=image, item_id=item_id, crop=crop and image is not None, boxes=boxes)
         known = [self.catalog[item_id].attributes] if item_id is not None and labels else None
         probs = self._probabilities(maps) if self.model.predicts_attributes else None  # once: ranking and answer
         result = self.search_maps(maps, [manipulations], k, filters, mode, exclude=[item_id], labels=labels,
                                   query_labels=known, probabilities=probs)[0]
         result.predicted = self._describe(probs)[0] if probs is not None else None
+        result.crop = boxes[0] if boxes else None
         return result

@@ -6,20 +6,42 @@ import torch
 import torch.nn.functional as F
 
 
+def set_ce(logits: torch.Tensor, accepted: torch.Tensor) -> torch.Tensor:
+    """Per row, -log of the summed probability of the accepted classes (a set-valued target: "this photo is one
+    of Tshirts, Sweatshirts, Sweaters, Tops"): logsumexp(all logits) - logsumexp(accepted logits). For a set of one
+    class it is the cross-entropy; the model is free to split the mass inside the set. accepted: (N, C) bool, every
+    row with at least one True."""
+    masked = logits.masked_fill(~accepted, float("-inf"))
+    return torch.logsumexp(logits, -1) - torch.logsumexp(masked, -1)
+
+
 def multi_attribute_ce(logits: list[torch.Tensor], labels: torch.Tensor, ignore_index: int | None = None,
-                       reduction: str = "mean") -> torch.Tensor:
+                       reduction: str = "mean", sets: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
     """The cross-entropy of each attribute's classifier (each averaged over the batch), combined over attributes
     by `reduction`: "mean" (default; FashionSearchNet L_C, eq. 1) or "sum" (AMNet's L_a, eq. 4, sums over the
     attributes).
 
     labels[:, a] indexes logits[a]'s classes; `ignore_index` (e.g. -1) drops unlabelled entries (an attribute
-    with no labelled entry in the batch adds nothing to either reduction).
+    with no labelled entry in the batch adds nothing to either reduction). `sets[a]` (N, C) bool: rows with a
+    set-valued target for attribute a (their label is `ignore_index`) add `set_ce`; the attribute's loss is the
+    mean over its plain and set-valued rows together.
     """
     if reduction not in ("mean", "sum"):
         raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
     losses = []
     for a, lg in enumerate(logits):
         y = labels[:, a]
+        acc = (sets or {}).get(a)
+        if acc is not None:
+            has_set = acc.any(1)
+            keep = (y != ignore_index) & ~has_set if ignore_index is not None else ~has_set
+            parts = [F.cross_entropy(lg[keep], y[keep], reduction="sum")] if keep.any() else []
+            if has_set.any():
+                parts.append(set_ce(lg[has_set], acc[has_set]).sum())
+            n = int(keep.sum()) + int(has_set.sum())
+            if n:
+                losses.append(torch.stack(parts).sum() / n)
+            continue
         if ignore_index is not None:
             keep = y != ignore_index
             if not keep.any():

@@ -13,6 +13,7 @@ import numpy as np
 
 from vestis.errors import VestisError
 from vestis.models import TrainData, create_model
+from vestis.models.loop import NO_LOSS
 from vestis.runs import RunInfo, save_run
 from vestis.vision.extract import catalogue_features
 from vestis.vision.trunk import TrunkSpec
@@ -31,11 +32,59 @@ def train_data(catalog, features) -> TrainData:
     return TrainData(list(features.ids), features.maps, labels, instances, schema, garments)
 
 
+def mix_train_data(data: TrainData, other, features, mapping) -> tuple[TrainData, dict]:
+    """`data` (the first catalogue's rows) followed by a second catalogue's rows (`other`, its `features`), whose
+    labels come through `mapping` (`vestis.catalog.mapping.LabelMapping`): its source attribute's value -> a set of
+    values of the first catalogue's target attribute. Every other attribute of the second catalogue's rows is
+    NO_LOSS (unknown, not "unspecified": it carries no loss); a set of one value is a plain label, a larger set a
+    set-valued target (`TrainData.label_sets`, the loss on the set's summed probability). Rows whose source value
+    the mapping does not name are left out. Returns (mixed data, a record of the second catalogue for the run)."""
+    schema = data.schema
+    a = mapping.target_attribute
+    if a not in schema:
+        raise VestisError(f"the mapping's target attribute {a!r} is not one of the run's attributes "
+                          f"({', '.join(schema.attributes)})")
+    values = schema.values(a)
+    mapping.check(values)
+    col = schema.attributes.index(a)
+    keep, codes, sets = [], [], []
+    for r, iid in enumerate(features.ids):
+        accepted = mapping.targets(other[iid].attributes.get(mapping.source_attribute))
+        if accepted is None:
+            continue
+        keep.append(r)
+        codes.append(schema.index(a, accepted[0]) if len(accepted) == 1 else NO_LOSS)
+        m = np.zeros(len(values) + 1, bool)
+        if len(accepted) > 1:
+            m[[schema.index(a, v) for v in accepted]] = True
+        sets.append(m)
+    if not keep:
+        raise VestisError(f"no item of {other.name or 'the mixed-in catalogue'} has a {mapping.source_attribute} "
+                          "value the mapping names")
+    keep = np.asarray(keep)
+    n0, n1 = len(data), len(keep)
+    labels = np.full((n1, len(schema)), NO_LOSS, np.int64)
+    labels[:, col] = codes
+    label_sets = {col: np.concatenate([np.zeros((n0, len(values) + 1), bool), np.stack(sets)])}
+    mixed = TrainData(list(data.ids) + [features.ids[r] for r in keep],
+                      {lv: np.concatenate([data.maps[lv], features.maps[lv][keep]]) for lv in data.maps},
+                      np.concatenate([data.labels, labels]), np.concatenate([data.instances, np.full(n1, -1, np.int64)]),
+                      schema, domains=np.concatenate([np.zeros(n0, np.int64), np.ones(n1, np.int64)]),
+                      label_sets=label_sets)
+    record = {"catalog": other.name, "source": str(other.source) if getattr(other, "source", None) else None,
+              "items": n1, "left_out_unmapped": len(features.ids) - n1, "mapping": mapping.to_json(),
+              "mapping_file": mapping.path, "balance": "equal share of each catalogue per batch"}
+    return mixed, record
+
+
 def train_run(model_name: str, catalog, out, spec: TrunkSpec, cache_dir, config: dict | None = None,
-              split: str = "train", progress: bool = True, finetune: dict | None = None) -> RunInfo:
+              split: str = "train", progress: bool = True, finetune: dict | None = None,
+              mix=None) -> RunInfo:
     """Train `model_name` on the catalogue's `split` and save the run (weights, config, schema) to `out`.
     `finetune` (options of `vestis.finetune.finetune_trunk`) first fine-tunes the trunk on that split and
-    trains the head on maps from the fine-tuned trunk, which the run then carries."""
+    trains the head on maps from the fine-tuned trunk, which the run then carries. `mix`: (second catalogue,
+    LabelMapping): its `split` items join the training through the mapping (`mix_train_data`), balanced per
+    batch; the run records both catalogues."""
     part = catalog.split(split)
     if len(part) == 0:
         raise VestisError(f"the catalogue has no {split!r} items to train on")
@@ -54,10 +103,24 @@ def train_run(model_name: str, catalog, out, spec: TrunkSpec, cache_dir, config:
     data = train_data(part, feats)
     channels = {lv: int(a.shape[1]) for lv, a in feats.maps.items()}
     model = create_model(model_name, catalog.schema, channels, config)
+    mixed = None
+    if mix is not None:
+        other, mapping = mix
+        other_part = other.split(split)
+        other_feats = catalogue_features(other_part, spec, cache_dir, progress=progress)
+        if len(other_feats) == 0:
+            raise VestisError(f"none of the {len(other_part)} {split} items of the mixed-in catalogue has features")
+        if not model.predicts_attributes:
+            raise VestisError(f"model {model_name} does not classify attributes, so a mixed-in catalogue's labels "
+                              "cannot train it")
+        data, mixed = mix_train_data(data, other_part, other_feats, mapping)
     history = model.fit(data, progress=progress)
     model.eval()
-    history["train_items"] = len(data)
+    history["train_items"] = data.n_primary
+    if mixed is not None:
+        history["mix"] = mixed
     if finetune_history is not None:
         history["finetune_trunk"] = finetune_history
-    return save_run(model, out, trunk=trunk_record or spec.to_json(), history=history, catalog=catalog.name,
+    name = catalog.name if mixed is None else f"{catalog.name} + {mixed['catalog']}"
+    return save_run(model, out, trunk=trunk_record or spec.to_json(), history=history, catalog=name,
                     extra_files=extra_files)

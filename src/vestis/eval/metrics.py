@@ -159,6 +159,14 @@ def asked_at_k(has_requested: Sequence[Sequence[bool]], k: int = ASKED_K) -> flo
     return float(np.mean([np.count_nonzero(np.asarray(h[:k], dtype=bool)) / k for h in has_requested]))
 
 
+def precision_at_k(relevant: Sequence[bool], k: int) -> float:
+    """P@k of one query: the share of its top k ranked items that are relevant. A list shorter than k counts its
+    missing places as misses (the shopper sees fewer than k items)."""
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    return float(np.count_nonzero(np.asarray(relevant[:k], dtype=bool))) / k
+
+
 # --- NDCG (protocol 1, AMNet) ---------------------------------------------------------------------
 def dcg_at_k(rels: Sequence[float], k: int) -> float:
     """DCG@k = sum over j = 1..min(k, len(rels)) of (2^rel(j) - 1) / log2(j + 1)."""

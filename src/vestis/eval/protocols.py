@@ -42,7 +42,9 @@ PROTOCOL_VERSIONS = {
     "attribute": "vestis-attribute/1",
     "triplet": "vestis-attribute/1",
     "same_item": "vestis-same-item/1",
+    "consumer_to_shop": "vestis-consumer-to-shop/1",
 }
+C2S_K = 10  # P@10: what a shopper sees first
 GALLERY_FRACTIONS = (0.1, 0.25, 0.5, 1.0)
 CURVE_K = 20
 PER_ATTRIBUTE_K = 30
@@ -365,6 +367,38 @@ def _same_item(queries: list[dict], rows: dict[str, dict], catalog: Catalog, gal
     return out
 
 
+# --- consumer-to-shop ----------------------------------------------------------------------------------
+def _consumer_to_shop(queries: list[dict], rows: dict[str, dict], catalog: Catalog, gallery: _Gallery,
+                      skipped: Counter) -> dict:
+    """P@10 = share of the top 10 gallery items whose value of the query's `attribute` is in its target set
+    (the photo's category mapped onto the gallery's values); per category (the query's "category"), the mean over
+    queries and the mean over categories."""
+    per_cat: dict[str, list[float]] = defaultdict(list)
+    for q in queries:
+        qid, a = q["query_id"], q.get("attribute")
+        accepted = (q.get("target") or {}).get(a) if isinstance(a, str) else None
+        if accepted is None:
+            raise QueryFileError(f"query {qid!r}: a consumer-to-shop query needs \"attribute\" and a target set for it")
+        accepted = {accepted} if isinstance(accepted, str) else set(accepted)
+        gallery.check_query_item(q)
+        ranked = _ranked(q, rows[qid], len(gallery.ids))
+        if ranked is None:
+            skipped[rows[qid]["skipped"]] += 1
+            continue
+        pos = gallery.positions(q, ranked[:C2S_K])
+        rel = [catalog[gallery.ids[p]].attributes.get(a) in accepted for p in pos]
+        per_cat[str(q.get("category", "all"))].append(metrics.precision_at_k(rel, C2S_K))
+    cats = sorted(per_cat)
+    out = {"version": PROTOCOL_VERSIONS["consumer_to_shop"], "k": C2S_K, "gallery_size": len(gallery.ids),
+           "n_queries": len(queries), "n_scored": sum(len(v) for v in per_cat.values()),
+           "per_category": {c: {"n": len(per_cat[c]), "precision": float(np.mean(per_cat[c]))} for c in cats}}
+    if cats:
+        out["precision"] = float(np.mean([x for c in cats for x in per_cat[c]]))
+        out["precision_macro"] = float(np.mean([out["per_category"][c]["precision"] for c in cats]))
+        out["min_category"] = min(out["per_category"][c]["precision"] for c in cats)
+    return out
+
+
 def classification_report(scores, labels, class_names: Sequence[str] | None = None,
                           ks: Iterable[int] = metrics.CLASSIFICATION_K) -> dict:
     """Category classification (protocol 3, Park et al. Table 2) from a score matrix (n, C) and true
@@ -441,7 +475,7 @@ def evaluate(queries: str | Path | Sequence[dict], rankings: str | Path | Sequen
         raise RankingsError(f"the rankings file has {len(extra)} lines for queries not in the query file (e.g. "
                             f"{', '.join(map(repr, sorted(extra)[:5]))}); rankings of another query file?")
 
-    needs_gallery = any(p in by_protocol for p in ("manipulation", "attribute", "same_item"))
+    needs_gallery = any(p in by_protocol for p in ("manipulation", "attribute", "same_item", "consumer_to_shop"))
     gallery = None
     if needs_gallery:
         ids = list(gallery_ids) if gallery_ids is not None else catalog.split(gallery_split).ids()
@@ -458,6 +492,8 @@ def evaluate(queries: str | Path | Sequence[dict], rankings: str | Path | Sequen
         report["triplet"] = _triplets(by_protocol["triplet"], rows, catalog, attributes, skipped)
     if "same_item" in by_protocol:
         report["same_item"] = _same_item(by_protocol["same_item"], rows, catalog, gallery, views, skipped)
+    if "consumer_to_shop" in by_protocol:
+        report["consumer_to_shop"] = _consumer_to_shop(by_protocol["consumer_to_shop"], rows, catalog, gallery, skipped)
 
     versions = {p: PROTOCOL_VERSIONS[p] for p in PROTOCOLS if p in by_protocol}
     head = {

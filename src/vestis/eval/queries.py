@@ -31,10 +31,10 @@ import numpy as np
 from vestis.catalog import UNSPECIFIED, Catalog, Item
 from vestis.eval.errors import QueryFileError
 
-PROTOCOLS = ("manipulation", "attribute", "triplet", "same_item")
+PROTOCOLS = ("manipulation", "attribute", "triplet", "same_item", "consumer_to_shop")
 _KEY_ORDER = ("query_id", "item_id", "image", "positive_id", "negative_id", "manipulations", "attribute",
-              "target", "protocol")
-_ID_PREFIX = {"manipulation": "manip", "attribute": "attr", "triplet": "trip", "same_item": "same"}
+              "target", "category", "protocol")
+_ID_PREFIX = {"manipulation": "manip", "attribute": "attr", "triplet": "trip", "same_item": "same", "consumer_to_shop": "c2s"}
 
 
 # --- helpers --------------------------------------------------------------------------------------
@@ -272,6 +272,33 @@ def same_item_queries(catalog: Catalog, seed: int = 0, max_queries: int | None =
     return _number(queries, "same_item"), counts
 
 
+# --- consumer-to-shop: a photo of another catalogue against this one's gallery --------------------------
+def consumer_to_shop_queries(photos: Catalog, mapping, split: str = "query", seed: int = 0,
+                             max_queries: int | None = None) -> tuple[list[dict], dict[str, int]]:
+    """Consumer-to-shop queries: every `split` photo of the `photos` catalogue (e.g. clothing-dataset-small)
+    whose `mapping.source_attribute` value the mapping (`vestis.catalog.mapping.LabelMapping`) names, as an image
+    query. Each query: {"query_id", "image": the photo's path, "attribute": mapping.target_attribute, "target":
+    {target_attribute: [accepted values]}, "category": the photo's source value, "protocol": "consumer_to_shop"}.
+    The engine reads only the image. Returns (queries, {source value: queries, ..., "unmapped": photos left out
+    because their value is missing or unmapped, "no_image": photos without an image file})."""
+    src, dst = mapping.source_attribute, mapping.target_attribute
+    candidates, unmapped, no_image = [], 0, 0
+    for it in _split_items(photos, split):
+        accepted = mapping.targets(it.attributes.get(src))
+        if accepted is None:
+            unmapped += 1
+        elif it.image is None or not Path(it.image).is_file():
+            no_image += 1
+        else:
+            candidates.append((it, accepted))
+    chosen = [candidates[c] for c in _sample(np.random.default_rng(seed), len(candidates), max_queries)]
+    queries = [{"image": str(Path(it.image).resolve()), "attribute": dst, "target": {dst: list(accepted)},
+                "category": it.attributes[src], "protocol": "consumer_to_shop"} for it, accepted in chosen]
+    counts: dict[str, int] = dict(sorted(Counter(q["category"] for q in queries).items()))
+    counts.update({"unmapped": unmapped, "no_image": no_image})
+    return _number(queries, "consumer_to_shop"), counts
+
+
 # --- files --------------------------------------------------------------------------------------------
 def file_sha256(path: str | Path) -> str:
     """sha256 hex digest of a file's bytes (the name a figure gives its query file by)."""
@@ -293,10 +320,15 @@ def _check_query(q, where: str) -> None:
     src = q.get("item_id", q.get("image"))
     if not isinstance(src, str) or not src:
         raise QueryFileError(f"{where} (query {qid!r}): \"item_id\" / \"image\" must be a non-empty string")
-    for key in ("manipulations", "target"):
-        if key in q and not (isinstance(q[key], dict) and all(isinstance(k, str) and isinstance(v, str)
-                                                               for k, v in q[key].items())):
-            raise QueryFileError(f"{where} (query {qid!r}): \"{key}\" must be an object of strings")
+    if "manipulations" in q and not (isinstance(q["manipulations"], dict) and all(
+            isinstance(k, str) and isinstance(v, str) for k, v in q["manipulations"].items())):
+        raise QueryFileError(f"{where} (query {qid!r}): \"manipulations\" must be an object of strings")
+    # a target value is one value, or a set of accepted values (consumer-to-shop: a category's mapped set)
+    if "target" in q and not (isinstance(q["target"], dict) and all(
+            isinstance(k, str) and (isinstance(v, str) or (isinstance(v, list) and v and all(isinstance(x, str) for x in v)))
+            for k, v in q["target"].items())):
+        raise QueryFileError(f"{where} (query {qid!r}): \"target\" must be an object of strings (or non-empty "
+                             "lists of strings: a set of accepted values)")
     if "attribute" in q and q["attribute"] is not None and not isinstance(q["attribute"], str):
         raise QueryFileError(f"{where} (query {qid!r}): \"attribute\" must be a string or null")
     if "protocol" in q and q["protocol"] not in PROTOCOLS:

@@ -188,8 +188,31 @@ def _same_item_md(runs: Runs) -> list[str]:
     return (["## Same-item retrieval (protocol 3)", ""] + out) if out else []
 
 
+def _c2s_md(runs: Runs) -> list[str]:
+    have = [(n, r["consumer_to_shop"], r.get("labels", "?")) for n, r in runs
+            if r.get("consumer_to_shop", {}).get("per_category")]
+    if not have:
+        return []
+    cats = list(dict.fromkeys(c for _, s, _ in have for c in s["per_category"]))
+    rows = [[f"{n} (labels {lab})", str(s["n_scored"]), f"{s['precision']:.3f}", f"{s['precision_macro']:.3f}"]
+            + [f"{s['per_category'][c]['precision']:.3f}" if c in s["per_category"] else "-" for c in cats]
+            for n, s, lab in have]
+    out = ["## Consumer-to-shop (photo queries against the gallery)", "",
+           f"### P@{have[0][1]['k']}: share of the top {have[0][1]['k']} whose mapped attribute is in the photo's "
+           "category's set", "",
+           _table(["Run", "queries", "mean", "mean of categories"] + cats, rows), ""]
+    acc = [(n, r["mapped_accuracy"]) for n, r in runs if r.get("mapped_accuracy")]
+    if acc:
+        rows = [[n, str(a["n"]), _pct(a["accuracy"])] + [_pct(a["per_category"].get(c, {}).get("accuracy"))
+                                                         for c in cats] for n, a in acc]
+        out += ["### Category accuracy (%): the run's most likely value is in the photo's category's set", "",
+                _table(["Run", "photos", "all"] + cats, rows), ""]
+    return out
+
+
 def _markdown(runs: Runs, title: str) -> str:
-    lines = _header(runs, title) + _manipulation_md(runs) + _protocol2_md(runs) + _same_item_md(runs)
+    lines = (_header(runs, title) + _manipulation_md(runs) + _protocol2_md(runs) + _same_item_md(runs)
+             + _c2s_md(runs))
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -37,6 +37,39 @@ def category_scores(run_dir: Path, catalog: Catalog, split: str, cache_dir: Path
     return scores, labels, list(model.schema.values(attr))
 
 
+def mapped_accuracy(run_dir: Path, queries: Sequence[Mapping], cache_dir: Path, batch: int = 64) -> dict:
+    """Category accuracy of a run on photo queries of another catalogue (consumer-to-shop query lines): the share
+    of photos whose most likely value of the query's `attribute` (among the known values) is in its target set;
+    overall and per query "category". Photos are encoded now, as uploads."""
+    from vestis.vision.extract import encode_images, make_backend
+
+    model, info = load_run(run_dir)
+    if not model.predicts_attributes:
+        raise VestisError(f"model {info.model} does not classify attributes")
+    spec = TrunkSpec.from_json(info.trunk)  # load_run resolved a fine-tuned trunk inside the run
+    backend = make_backend(spec, cache_dir).backend
+    hits: dict[str, list[bool]] = {}
+    for i in range(0, len(queries), batch):
+        chunk = [q for q in queries[i:i + batch] if q.get("image") and q.get("attribute") in model.schema]
+        if not chunk:
+            continue
+        maps = encode_images(backend, spec.resolution, [q["image"] for q in chunk])
+        with torch.inference_mode():
+            probs = model.attribute_probabilities(maps)
+        for j, q in enumerate(chunk):
+            a = q["attribute"]
+            values = model.schema.values(a)
+            best = values[int(probs[a][j, :len(values)].argmax())]
+            accepted = q["target"][a]
+            accepted = {accepted} if isinstance(accepted, str) else set(accepted)
+            hits.setdefault(str(q.get("category", "all")), []).append(best in accepted)
+    if not hits:
+        raise VestisError("no photo query whose attribute the run classifies")
+    every = [h for c in hits.values() for h in c]
+    return {"n": len(every), "accuracy": float(np.mean(every)),
+            "per_category": {c: {"n": len(h), "accuracy": float(np.mean(h))} for c, h in sorted(hits.items())}}
+
+
 def triplet_scores(engine, queries: Sequence[Mapping], batch: int = 256) -> list[dict]:
     """Rows {query_id, scores: [sim(x, x+ | a), sim(x, x- | a)]} for triplet queries (PROTOCOLS.md section 2):
     the attribute-specific query of x (the model's plan for `attribute:<a>`) against the gallery vectors of x+ and
@@ -83,14 +116,14 @@ def _group_row(group, geometry) -> dict:
 
 
 def rank_queries(engine, queries: Sequence[Mapping], k: int = 50, batch: int = 256, progress: bool = True,
-                 labels: bool = False, photos: bool = False) -> list[dict]:
+                 labels: bool = False, photos: bool = False, crop: bool = False) -> list[dict]:
     """Answer a query file (PROTOCOLS.md format) into rankings rows {query_id, ranked, labels} (grouped modes add
     `groups`; triplets: scores).
 
     labels: False - vision only, the papers' protocol (the engine reads no label); True - catalogue-aware ranking.
     photos: a catalogue-item query is searched by its image file (encoded now, as an upload), so its own catalogue
     labels are never available - what a shopper's photo is; otherwise item queries read their cached maps and,
-    with labels on, their own labels as preferences."""
+    with labels on, their own labels as preferences. crop: image queries are cut to their foreground box first."""
     from tqdm import tqdm
 
     triplets = [q for q in queries if q.get("protocol") == "triplet"]
@@ -107,7 +140,7 @@ def rank_queries(engine, queries: Sequence[Mapping], k: int = 50, batch: int = 2
             sub = [chunk[j] for j in js]
             item_ids = [q.get("item_id") for q in sub]
             images = [engine.catalog[q["item_id"]].image if q.get("item_id") else q["image"] for q in sub]
-            maps = engine.item_maps(item_ids) if all(item_ids) and not photos else engine.encode_images(images)
+            maps = engine.item_maps(item_ids) if all(item_ids) and not photos else engine.encode_images(images, crop)
             known = [engine.catalog[i].attributes if i and not photos else None for i in item_ids] if labels else None
             # protocol 2 ranks every candidate (MAP over the full list)
             kk = len(engine.spaces["main"]) if mode.startswith("attribute:") else k

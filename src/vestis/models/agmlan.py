@@ -57,7 +57,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from vestis.errors import VestisError
-from vestis.losses import multi_attribute_ce
 from vestis.models.base import Maps, Probe, Request, SearchModel, Space, attribute_space, register
 from vestis.models.explanation import Explanation, attribute_explanations
 from vestis.models.layers import AttributeClassifiers, boxes_from_maps, l2n
@@ -233,7 +232,7 @@ class AGMLAN(SearchModel):
             raise VestisError(f"model {self.name}: no attribute has two known values with an anchor and positive in "
                               "the training split, so no triplet can be drawn")
         steps = max(1, len(data) // (3 * t))
-        known = (data.labels < np.array(sampler.known_counts)[None, :]).sum(1)
+        known = ((data.labels >= 0) & (data.labels < np.array(sampler.known_counts)[None, :])).sum(1)
         branch1 = c["branch1"] if c["branch1"] != "auto" else ("type" if known.max(initial=0) <= 1 else "values")
 
         def batches(rng):
@@ -251,7 +250,7 @@ class AGMLAN(SearchModel):
             logs = {"triplet": trip}
             loss = trip
             if branch1 == "values":
-                cls = multi_attribute_ce(self.logits(feats), y)
+                cls = data.attribute_ce(self.logits(feats), idx, labels)
             elif branch1 == "type":  # the paper's target: which attribute each anchor's triplet is about
                 cls = F.cross_entropy(self.type_classifier(feats.mean(dim=(2, 3))[0::3]),
                                       torch.from_numpy(sampler.last_attributes))
@@ -265,7 +264,7 @@ class AGMLAN(SearchModel):
                 else:
                     loss = trip + cls
             if branch1 != "values":  # the classifiers still learn, on detached features (predictions only)
-                loss = loss + multi_attribute_ce(self.classifiers(feats.detach().mean(dim=(2, 3))), y)
+                loss = loss + data.attribute_ce(self.classifiers(feats.detach().mean(dim=(2, 3))), idx, labels)
             if c["csn_reg"]:
                 m = self.masks(all_attrs)
                 reg = CSN_EMBED_L2 * z.norm(dim=-1).mean() + (CSN_MASK_L1 * m.abs().sum(-1).mean() if m is not None else 0)
@@ -395,12 +394,12 @@ class TripletSampler:
 def batch_all_triplet(emb: torch.Tensor, labels: torch.Tensor, n_known: list[int], margin: float,
                       reduce: str = "nonzero", anchors: torch.Tensor | None = None) -> torch.Tensor:
     """The triplet ranking loss on cosine similarity, max(0, m - s(x, x+) + s(x, x-)), over every valid triplet of
-    the batch for every attribute: emb (N, A, D) unit vectors, labels (N, A) codes (>= n_known[a]: unspecified,
-    never in a triplet); `anchors` (rows) limits the anchors (default: every row), positives and negatives are
+    the batch for every attribute: emb (N, A, D) unit vectors, labels (N, A) codes (>= n_known[a]: unspecified;
+    negative: no label; neither is ever in a triplet); `anchors` (rows) limits the anchors (default: every row), positives and negatives are
     any row. reduce "nonzero": the mean over triplets with a positive loss; "all": over all valid ones."""
     n = len(labels)
     anchors = torch.arange(n) if anchors is None else torch.as_tensor(anchors)
-    known = (labels < torch.as_tensor(n_known)[None, :]).T  # (A, N)
+    known = ((labels >= 0) & (labels < torch.as_tensor(n_known)[None, :])).T  # (A, N); < 0: no label (a mixed run)
     y = labels.T
     both = known[:, anchors, None] & known[:, None, :]  # (A, anchors, N)
     same = (y[:, anchors, None] == y[:, None, :]) & both

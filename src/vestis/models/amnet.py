@@ -491,7 +491,7 @@ class AMNet(SearchModel):
             bs = min(cfg["batch_size"] * 2, len(data))
 
             def pre_step(idx):
-                return multi_attribute_ce(self.classify(self.rep(x[idx])), labels[idx]), {}
+                return data.attribute_ce(self.classify(self.rep(x[idx])), idx, labels), {}
 
             pre = LoopConfig(epochs=cfg["pre_epochs"], batch_size=bs, lr=cfg["pre_lr"],
                              weight_decay=cfg["weight_decay"], seed=cfg["seed"], optimizer="sgd")
@@ -502,15 +502,25 @@ class AMNet(SearchModel):
         self.init_memory(x, labels)
         # phase 2: joint training on triplets
         if cfg["epochs"] > 0:
-            miner = ManipulationMiner(data.labels, self.n_values, cfg["p_identity"], cfg["p_two"],
+            # the triplet phase needs whole label vectors: the first catalogue's rows (they come first)
+            miner = ManipulationMiner(data.labels[:data.n_primary], self.n_values, cfg["p_identity"], cfg["p_two"],
                                       cfg["p_neg_original"], cfg["p_neg_partial"], cfg["p_neg_near"])
-            n_trip = int(cfg["triplets_per_epoch"] or len(data))
+            n_trip = int(cfg["triplets_per_epoch"] or data.n_primary)
             bs = min(cfg["batch_size"], n_trip)
             decay = [p for n, p in self.named_parameters() if not n.startswith("memory.")]
             wd = float(cfg["weight_decay"])
 
+            others = torch.from_numpy(np.flatnonzero(data.domains != 0)) if data.mixed else None
+            gen = torch.Generator().manual_seed(int(cfg["seed"]))
+
             def step(rows):
                 loss, logs = self.training_loss(x, torch.from_numpy(rows), labels)
+                if others is not None:  # a mixed run: the triplets hold whole label vectors (the first catalogue's
+                    # rows), so the other catalogue's rows keep their classification loss beside them, as many per step
+                    pick = others[torch.randint(len(others), (len(rows),), generator=gen)].numpy()
+                    l_mix = data.attribute_ce(self.classify(self.rep(x[pick])), pick, labels, reduction=cfg["cls_reduction"])
+                    loss = loss + l_mix
+                    logs["cls_mix"] = l_mix
                 if wd:  # weight decay on all but the memory: unaddressed rows never move (eq. 2)
                     loss = loss + 0.5 * wd * sum(p.pow(2).sum() for p in decay)
                 return loss, logs

@@ -29,7 +29,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from vestis.errors import VestisError
-from vestis.losses import multi_attribute_ce
 from vestis.models.base import Maps, Probe, Request, SearchModel, Space, attribute_space, register
 from vestis.models.explanation import Explanation, attribute_explanations
 from vestis.models.layers import AttributeClassifiers, l2n, pool_maps
@@ -84,7 +83,7 @@ class AttributeBaseline(SearchModel):
             self.visual_basis[:, :r].copy_(v[:r].T)
 
         def step(idx):
-            return multi_attribute_ce(self.logits_from_pooled(pooled[idx]), labels[idx]), {}
+            return data.attribute_ce(self.logits_from_pooled(pooled[idx]), idx, labels), {}
 
         return fit_loop(self.parameters(), data, step, cfg, desc="attribute_baseline", progress=progress, modules=[self])
 

@@ -92,12 +92,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from vestis.errors import VestisError
-from vestis.losses import multi_attribute_ce, soft_triplet
+from vestis.losses import soft_triplet
 from vestis.models.base import Maps, SearchModel, register
 from vestis.models.explanation import Explanation, attribute_explanations
 from vestis.models.layers import (BOX_MODES, AttributeClassifiers, boxes_from_maps, class_activation_maps, gap, l2n,
                                   roi_features, value_means)
-from vestis.models.loop import LoopConfig, TrainData, batch_maps, fit_loop, random_batches, seed_everything
+from vestis.models.loop import LoopConfig, TrainData, batch_maps, data_batches, fit_loop, seed_everything
 
 LEVELS = ("fuse", "s16", "s32up", "s32")
 EMBED_BATCH = 512
@@ -240,8 +240,10 @@ class FashionSearchNet(SearchModel):
         eye = torch.eye(n, dtype=torch.bool)
         for a, r in enumerate(reps):
             y = labels[:, a]
-            same = (y[:, None] == y[None, :]) & ~eye
-            diff = y[:, None] != y[None, :]
+            lab = y >= 0  # NO_LOSS rows (a mixed-in catalogue without this attribute) take no part
+            both = lab[:, None] & lab[None, :]
+            same = (y[:, None] == y[None, :]) & ~eye & both
+            diff = (y[:, None] != y[None, :]) & both
             ok = same.any(1) & diff.any(1)
             if not ok.any():
                 continue
@@ -260,9 +262,8 @@ class FashionSearchNet(SearchModel):
         held = holdout_mask(data.ids, c["global_holdout"] if c["global_epochs"] > 0 else 0.0)
         fit_rows = np.flatnonzero(~held)
 
-        def batches(r):
-            for b in random_batches(len(fit_rows), c["batch_size"], r):
-                yield fit_rows[b]
+        def batches(r):  # balanced per domain in a mixed run
+            yield from data_batches(data, c["batch_size"], r, fit_rows)
         # stage 1: L_C alone, so the AAMs mean something before they place boxes
         if c["epochs_cls"] > 0:
             cfg = LoopConfig(epochs=c["epochs_cls"], batch_size=c["batch_size"], lr=c["lr"],
@@ -270,7 +271,7 @@ class FashionSearchNet(SearchModel):
             stage1 = [*([self.reduce32] if self.reduce32 is not None else []), self.extra, self.classifiers]
 
             def step_cls(idx):
-                return multi_attribute_ce(self.logits(self.features(batch_maps(data, idx, levels))), labels[idx]), {}
+                return data.attribute_ce(self.logits(self.features(batch_maps(data, idx, levels))), idx, labels), {}
 
             h = fit_loop([p for m in stage1 for p in m.parameters()], data, step_cls, cfg, desc=f"{self.name} L_C",
                          progress=progress, modules=[self], batches=batches)
@@ -287,8 +288,8 @@ class FashionSearchNet(SearchModel):
             feats = self.features(batch_maps(data, idx, levels))
             logits = self.logits(feats)
             reps = self.raw_representations(feats, self.boxes(feats, logits))
-            lc = multi_attribute_ce(logits, y)
-            lr = multi_attribute_ce([h(r) for h, r in zip(self.rep_classifiers, reps)], y)
+            lc = data.attribute_ce(logits, idx, labels)
+            lr = data.attribute_ce([h(r) for h, r in zip(self.rep_classifiers, reps)], idx, labels)
             tri = self._triplet_loss(reps, y, gen)
             return lc + c["rep_cls_weight"] * lr + c["triplet_weight"] * tri, {"L_C": lc, "L_C_rep": lr, "triplet": tri}
 
@@ -303,7 +304,7 @@ class FashionSearchNet(SearchModel):
             def step_frozen(idx):
                 y = labels[idx]
                 reps = self.raw_representations(feats[idx].float(), boxes[idx])
-                lr = multi_attribute_ce([h(r) for h, r in zip(self.rep_classifiers, reps)], y)
+                lr = data.attribute_ce([h(r) for h, r in zip(self.rep_classifiers, reps)], idx, labels)
                 tri = self._triplet_loss(reps, y, gen)
                 return c["rep_cls_weight"] * lr + c["triplet_weight"] * tri, {"L_C_rep": lr, "triplet": tri}
 
@@ -319,7 +320,8 @@ class FashionSearchNet(SearchModel):
         self.set_prototypes(reps, data.labels)
         # stage 3: eq. 6 weights with the global ranking loss L_G (eq. 7) on the frozen representations
         if c["global_epochs"] > 0:
-            rows = np.flatnonzero(held) if held.any() else np.arange(len(data))
+            held = held & (np.arange(len(data)) < data.n_primary)  # L_G needs whole label vectors
+            rows = np.flatnonzero(held) if held.any() else np.arange(data.n_primary)
             h = self.fit_global(reps[rows], data.labels[rows], progress=progress)
             history["L_G"] = h["loss"]
             history["seconds_global"] = h["seconds"]

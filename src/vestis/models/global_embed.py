@@ -95,7 +95,7 @@ class GlobalEmbed(SearchModel):
         """cls_weight * OC + sim_weight * (IS or OS) on one batch (see the module docstring); groups: product
         ids, cats: category codes (n_categories = "unspecified")."""
         c = self.config
-        known = cats < self.n_categories  # "unspecified" category: no classification target
+        known = (cats >= 0) & (cats < self.n_categories)  # "unspecified" / NO_LOSS: no classification target
         cls = F.cross_entropy(logits[known], cats[known]) if known.any() else logits.sum() * 0
         if c["loss"] == "oc":
             return c["cls_weight"] * cls, {"cls": cls}

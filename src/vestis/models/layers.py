@@ -44,7 +44,7 @@ def value_means(reps: torch.Tensor, labels, n_rows: list[int]) -> tuple[torch.Te
     off = 0
     for a, n in enumerate(n_rows):
         y = labels[:, a]
-        known = y < n
+        known = (y >= 0) & (y < n)  # negative codes (a mixed-in catalogue's NO_LOSS) have no value
         r = reps[:, a] if reps.ndim == 3 else reps
         sums.index_add_(0, off + y[known], r[known])
         counts.index_add_(0, off + y[known], torch.ones(int(known.sum())))

@@ -88,6 +88,8 @@ class SearchRequest(BaseModel):
     filters: dict[str, str | list[str]] = Field(default_factory=dict, description="only items with these values")
     labels: Literal["on", "off"] = Field("on", description="on: rank with the catalogue's labels (requested values "
                                          "as constraints, the query's other attributes as preferences); off: vision only")
+    crop: Literal["on", "off"] = Field("off", description="an uploaded photo: on: cut to the garment found in it before "
+                                       "encoding (the answer's query.upload.crop is the box used); off: the whole photo")
 
 
 class ErrorBody(BaseModel):
@@ -479,7 +481,8 @@ class Service:
             self.check_image(image)
         with self.lock:
             result = eng.search(image=image, item_id=req.item_id, manipulations=manip, k=req.k,
-                                filters=req.filters or None, mode=req.mode, labels=req.labels == "on")
+                                filters=req.filters or None, mode=req.mode, labels=req.labels == "on",
+                                crop=req.crop == "on" and image is not None)
         target = self.target(item, result.predicted, manip, req.mode)
         geometry = None
         if any(g.box is not None for g in result.groups):  # trunk-input pixels -> the query photo's pixels
@@ -488,7 +491,7 @@ class Service:
                    "box": [round(v, 1) for v in input_box_in_photo(g.box, geometry)] if g.box is not None else None,
                    "results": [self.hit_json(h, r, target) for r, h in enumerate(g.hits, 1)]} for g in result.groups]
         query = {"item": self.item_json(item) if item else None, "predicted": result.predicted,
-                 "upload": None if item else {"bytes": len(image)},
+                 "upload": None if item else {"bytes": len(image), "crop": result.crop},
                  "size": [geometry.src_w, geometry.src_h] if geometry else None}
         # one group (every flat mode): `results` is that group's list, the same rows (serialised twice, built once)
         results = groups[0]["results"] if len(groups) == 1 else \
@@ -775,7 +778,7 @@ def create_app(engine, *, max_upload_bytes: int = MAX_UPLOAD_BYTES, max_pixels: 
     return app
 
 
-SEARCH_TEXT_FIELDS = ("text", "mode", "item_id", "labels")
+SEARCH_TEXT_FIELDS = ("text", "mode", "item_id", "labels", "crop")
 
 
 async def _read_form(request: Request, max_bytes: int, text_fields=SEARCH_TEXT_FIELDS) -> tuple[dict, bytes]:
@@ -814,7 +817,7 @@ async def _read_form(request: Request, max_bytes: int, text_fields=SEARCH_TEXT_F
             raise HTTPException(422, f"unknown form field {echo(key)}; fields: image, {', '.join(text_fields)}")
         else:
             raise HTTPException(422, f"unknown form field {echo(key)}; fields: image, manipulations, text, mode, k, "
-                                     f"filters, labels")
+                                     f"filters, labels, crop")
     if image is None and "item_id" not in fields:
         raise HTTPException(422, "the multipart form has no `image` file")
     return fields, image

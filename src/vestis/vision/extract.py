@@ -224,12 +224,40 @@ def make_backend(spec: TrunkSpec, cache_dir: Path, backend: str = "auto", trunk:
     return BackendChoice(TorchBackend(trunk or build_trunk(spec)), "torch", note=note)
 
 
-def encode_images(backend, resolution: tuple[int, int], images) -> dict[str, torch.Tensor]:
+def encode_images(backend, resolution: tuple[int, int], images, crop: bool = False,
+                  boxes: list | None = None) -> dict[str, torch.Tensor]:
     """Trunk feature maps {level: float32 tensor N x C x H x W} for the backend's levels (its spec's), of
     image files or bytes (uploads) through a backend from `make_backend`; raises ImageReadError for an
-    unreadable image before encoding any."""
+    unreadable image before encoding any. crop: each photo is first cut to its foreground box
+    (`vision.crop.foreground_box`); `boxes` (a list) receives each box in decoded-image pixels, or None."""
+    if crop:
+        from vestis.images import load_rgb
+        from vestis.vision.crop import crop_to_foreground
+        from vestis.vision.preprocess import letterbox
+
+        h, w = resolution
+        arrs = []
+        for im in images:
+            img = load_rgb(im, draft=(w, h))
+            cut, box = crop_to_foreground(img)
+            arrs.append(letterbox(cut, resolution)[0])
+            if boxes is not None:
+                boxes.append(_in_original(img, box))
+        batch = np.stack(arrs)
+        return {lv: torch.from_numpy(np.asarray(m, np.float32)) for lv, m in backend(batch).items()}
     batch = np.stack([load_letterboxed(im, resolution)[0] for im in images])
+    if boxes is not None:
+        boxes.extend([None] * len(batch))
     return {lv: torch.from_numpy(np.asarray(m, np.float32)) for lv, m in backend(batch).items()}
+
+
+def _in_original(img, box):
+    """A box found on a draft-decoded image, in the original photo's pixels."""
+    if box is None:
+        return None
+    w0, h0 = img.info.get("original_size", img.size)
+    sx, sy = w0 / img.size[0], h0 / img.size[1]
+    return [round(box[0] * sx, 1), round(box[1] * sy, 1), round(box[2] * sx, 1), round(box[3] * sy, 1)]
 
 
 # --- extraction -------------------------------------------------------------------------------------------

@@ -148,6 +148,26 @@ async function setUploadQuery(file) {
   await runSearch(`upload ${file.name}`);
 }
 
+function renderCrop(q) {
+  // an uploaded photo cut to the garment before it was searched: show that crop under the photo
+  const box = $("#query-crop-box");
+  box.classList.toggle("hidden", !(q.kind === "upload" && q.crop));
+  if (!(q.kind === "upload" && q.crop)) return;
+  const img = new Image();
+  img.onload = () => {
+    const [x0, y0, x1, y1] = q.crop;
+    // the box is in the photo's pixels (EXIF-upright); the browser shows the photo upright too
+    const sx = img.naturalWidth, sy = img.naturalHeight;
+    const c = $("#query-crop"), ctx = c.getContext("2d");
+    const w = x1 - x0, h = y1 - y0, s = Math.min(c.width / w, c.height / h);
+    ctx.fillStyle = "#fff";
+    ctx.fillRect(0, 0, c.width, c.height);
+    ctx.drawImage(img, x0, y0, Math.min(w, sx - x0), Math.min(h, sy - y0),
+      (c.width - w * s) / 2, (c.height - h * s) / 2, w * s, h * s);
+  };
+  img.src = q.url;
+}
+
 function renderQuery() {
   const q = state.query;
   $("#query-empty").classList.toggle("hidden", !!q);
@@ -155,6 +175,7 @@ function renderQuery() {
   if (!q) return;
   $("#query-img").src = q.kind === "item" ? q.item.image_url : q.url;
   $("#query-boxes").innerHTML = "";  // the previous answer's part boxes
+  renderCrop(q);
   $("#query-title").innerHTML = "";
   $("#query-title").append(q.kind === "item"
     ? el("span", {}, el("b", {text: q.item.id}), el("span", {class: "muted", text: ` ${q.item.split}`}))
@@ -224,6 +245,7 @@ async function runSearch(label = null, {record = true} = {}) {
       form.append("k", String(k));
       form.append("filters", JSON.stringify(filters));
       form.append("labels", labels);
+      form.append("crop", "on");  // a phone photo: search the garment found in it (shown under the photo)
       if (text) form.append("text", text);
       response = await api("/search", {method: "POST", body: form});
     }
@@ -237,6 +259,7 @@ async function runSearch(label = null, {record = true} = {}) {
   state.busy = false;
   $("#search-btn").disabled = false;
   if (response.query.predicted) q.predicted = response.query.predicted;
+  if (q.kind === "upload") q.crop = response.query.upload ? response.query.upload.crop : null;
   state.results = response;
   renderQuery();
   renderUnderstood(response.understood);
