@@ -21,13 +21,7 @@ SMALL = {"low": 8, "high": 8, "attention": 8, "attr_embed": 8, "aca_hidden": 8, 
          "triplets_per_batch": 24, "lr": 5e-3}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread is several times faster than two on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread
 
 
 def _data(n=480, seed=0):

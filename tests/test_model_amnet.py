@@ -17,13 +17,7 @@ CH = {"s16": 8, "s32": 16}
 SMALL = {"hidden": 32, "dim": 16, "batch_size": 32, "pre_epochs": 4, "pre_lr": 0.05, "epochs": 8, "lr": 0.02}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matrices: one thread is several times faster than two on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread
 
 
 def _data(n=600, seed=0, colours=3):

@@ -117,15 +117,6 @@ def test_mix_train_data_labels_sets_and_record():
             {"source_attribute": "category", "target_attribute": "size", "map": {"top": ["S"]}}))
 
 
-@pytest.fixture
-def one_thread():
-    """These heads are tiny: one intra-op thread (a busy 2-core machine otherwise spends minutes in spin-waits)."""
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
-
-
 @pytest.mark.parametrize("model_name", ["attribute_baseline", "amnet"])
 def test_mixing_helps_the_second_domain(model_name, one_thread):
     packshots, photos, feats, test_cat, test_maps = _fixture()
