@@ -63,10 +63,15 @@ def ridge_probe(args, spec, cat, part, feats, lam: float = 1.0) -> int:
               "validation_items": int(held.sum()), "share": args.share, "per_attribute": per,
               "mean_accuracy": float(np.mean([v["accuracy"] for v in per.values()])),
               "fit_seconds": time.perf_counter() - t0}
+    return _report(result, args.out)
+
+
+def _report(result: dict, out) -> int:
+    """Print the result as JSON, and write it to `out` where given."""
     text = json.dumps(result, indent=1)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")
     print(text)
     return 0
 
@@ -120,12 +125,7 @@ def main(argv=None) -> int:
     result = {"trunk": spec.to_json(), "model": args.model, "fit_items": len(fit), "validation_items": len(val),
               "share": args.share, "per_attribute": per,
               "mean_accuracy": float(np.mean([v["accuracy"] for v in per.values()])), "fit_seconds": seconds}
-    text = json.dumps(result, indent=1)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
-    print(text)
-    return 0
+    return _report(result, args.out)
 
 
 if __name__ == "__main__":

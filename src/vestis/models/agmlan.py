@@ -59,7 +59,7 @@ from torch import nn
 from vestis.errors import VestisError
 from vestis.models.base import Maps, Probe, Request, SearchModel, Space, attribute_space, register
 from vestis.models.explanation import Explanation, attribute_explanations
-from vestis.models.layers import AttributeClassifiers, boxes_from_maps, l2n
+from vestis.models.layers import AttributeClassifiers, boxes_from_maps, gap, l2n
 from vestis.models.loop import LoopConfig, TrainData, batch_maps, fit_loop
 
 FEATURES = ("hierarchical", "last")
@@ -188,9 +188,10 @@ class AGMLAN(SearchModel):
 
     def attend(self, feats: torch.Tensor, attrs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Branch 2 up to the embedding for every row and each attribute in `attrs` (S,): returns the unmasked
-        embeddings (N, S, dim) and the attention maps (N, S, H, W) (each cell's weight in the pooled features)."""
+        embeddings (N, S, dim) and each cell's weight in the pooled features (N, S, H, W): ASA's softmax x SA's gate."""
         n, cf, h, w = feats.shape
-        x = feats * self.spatial_gate(feats)
+        spatial = self.spatial_gate(feats)
+        x = feats * spatial
         keys = self.attribute_keys(attrs)  # (S, C_att)
         if self.config["asa"]:
             g = torch.tanh(self.asa_conv(x)).flatten(2)  # (N, C_att, HW)
@@ -201,7 +202,7 @@ class AGMLAN(SearchModel):
         if self.config["aca"]:
             gate = self.aca(torch.cat([keys.expand(n, -1, -1), pooled], -1))
             pooled = pooled * gate
-        return self.fc(pooled), alpha.reshape(n, len(attrs), h, w)
+        return self.fc(pooled), alpha.reshape(n, len(attrs), h, w) * spatial
 
     def masks(self, attrs: torch.Tensor) -> torch.Tensor | None:
         mode = self.config["mask"]
@@ -218,7 +219,7 @@ class AGMLAN(SearchModel):
         return l2n(z * m if m is not None else z), z, alpha
 
     def logits(self, feats: torch.Tensor) -> list[torch.Tensor]:
-        return self.classifiers(feats.mean(dim=(2, 3)))
+        return self.classifiers(gap(feats))
 
     # --- training ------------------------------------------------------------------------------
     def fit(self, data: TrainData, progress: bool = True) -> dict:
@@ -232,7 +233,7 @@ class AGMLAN(SearchModel):
             raise VestisError(f"model {self.name}: no attribute has two known values with an anchor and positive in "
                               "the training split, so no triplet can be drawn")
         steps = max(1, len(data) // (3 * t))
-        known = ((data.labels >= 0) & (data.labels < np.array(sampler.known_counts)[None, :])).sum(1)
+        known = ((data.labels >= 0) & (data.labels < np.array(sampler.n_values)[None, :])).sum(1)
         branch1 = c["branch1"] if c["branch1"] != "auto" else ("type" if known.max(initial=0) <= 1 else "values")
 
         def batches(rng):
@@ -246,13 +247,13 @@ class AGMLAN(SearchModel):
             feats = self.features(batch_maps(data, idx, self.levels))
             y = labels[idx]
             emb, z, _ = self.embed_attributes(feats, all_attrs)
-            trip = batch_all_triplet(emb, y, sampler.known_counts, c["margin"], c["triplet_reduce"], anchors)
+            trip = batch_all_triplet(emb, y, sampler.n_values, c["margin"], c["triplet_reduce"], anchors)
             logs = {"triplet": trip}
             loss = trip
             if branch1 == "values":
                 cls = data.attribute_ce(self.logits(feats), idx, labels)
             elif branch1 == "type":  # the paper's target: which attribute each anchor's triplet is about
-                cls = F.cross_entropy(self.type_classifier(feats.mean(dim=(2, 3))[0::3]),
+                cls = F.cross_entropy(self.type_classifier(gap(feats)[0::3]),
                                       torch.from_numpy(sampler.last_attributes))
             else:
                 cls = None
@@ -264,7 +265,7 @@ class AGMLAN(SearchModel):
                 else:
                     loss = trip + cls
             if branch1 != "values":  # the classifiers still learn, on detached features (predictions only)
-                loss = loss + data.attribute_ce(self.classifiers(feats.detach().mean(dim=(2, 3))), idx, labels)
+                loss = loss + data.attribute_ce(self.classifiers(gap(feats.detach())), idx, labels)
             if c["csn_reg"]:
                 m = self.masks(all_attrs)
                 reg = CSN_EMBED_L2 * z.norm(dim=-1).mean() + (CSN_MASK_L1 * m.abs().sum(-1).mean() if m is not None else 0)
@@ -315,11 +316,11 @@ class AGMLAN(SearchModel):
         return [F.softmax(lg, -1) for lg in self.logits(self.features(maps))]
 
     @torch.no_grad()
-    def attention_maps(self, maps: Maps) -> torch.Tensor:
-        """(N, A, H, W): each cell's weight in each attribute's pooled features (ASA x SA, normalised)."""
-        feats = self.features(maps)
-        _, alpha = self.attend(feats, torch.arange(len(self.attributes)))
-        weight = alpha * self.spatial_gate(feats)
+    def attention_maps(self, maps: Maps, feats: torch.Tensor | None = None) -> torch.Tensor:
+        """(N, A, H, W): each cell's weight in each attribute's pooled features (ASA x SA), normalised to sum 1;
+        `feats`: the maps' features, where the caller has them."""
+        feats = self.features(maps) if feats is None else feats
+        _, weight = self.attend(feats, torch.arange(len(self.attributes)))
         return weight / weight.flatten(2).sum(-1).clamp_min(1e-12)[..., None, None]
 
     @torch.no_grad()
@@ -327,7 +328,7 @@ class AGMLAN(SearchModel):
         """Per attribute, its attention map, the box fitted to it at `threshold` of its maximum (upsampled to the
         input, as the paper-style boxes of `layers.box_from_map`), and branch 1's predicted value."""
         feats = self.features(maps)
-        heat = self.attention_maps(maps)
+        heat = self.attention_maps(maps, feats)
         probs = [F.softmax(lg, -1) for lg in self.logits(feats)]
         classes = torch.stack([p[:, :-1].argmax(-1) for p in probs], 1)
         return attribute_explanations(
@@ -364,15 +365,18 @@ class TripletSampler:
     `draw` returns the batch's rows as [x, x+, x-] * T (and keeps the attributes in `last_attributes`)."""
 
     def __init__(self, labels: np.ndarray, n_values: list[int]):
-        self.members: list[list[np.ndarray]] = []
+        self.members: list[list[np.ndarray]] = []  # rows per (attribute, value); codes >= n or < 0 carry no value
+        self.anchor_values: list[list[int]] = []  # values with two or more rows
+        self.present_values: list[list[int]] = []  # values with a row
         self.attributes = []
         for a, n in enumerate(n_values):
-            by_value = [np.flatnonzero(labels[:, a] == v) for v in range(n)]  # codes >= n: "unspecified"
+            by_value = [np.flatnonzero(labels[:, a] == v) for v in range(n)]
             self.members.append(by_value)
-            anchors = [v for v in range(n) if len(by_value[v]) >= 2]
-            if anchors and sum(len(m) > 0 for m in by_value) >= 2:
+            self.anchor_values.append([v for v in range(n) if len(by_value[v]) >= 2])
+            self.present_values.append([v for v in range(n) if len(by_value[v])])
+            if self.anchor_values[-1] and len(self.present_values[-1]) >= 2:
                 self.attributes.append(a)
-        self.known_counts = list(n_values)
+        self.n_values = list(n_values)
         self.last_attributes = np.zeros(0, np.int64)
 
     def draw(self, t: int, rng: np.random.Generator) -> np.ndarray:
@@ -380,9 +384,8 @@ class TripletSampler:
         for _ in range(t):
             a = self.attributes[int(rng.integers(len(self.attributes)))]
             by_value = self.members[a]
-            anchor_values = [v for v, m in enumerate(by_value) if len(m) >= 2]
-            pos = anchor_values[int(rng.integers(len(anchor_values)))]
-            others = [v for v, m in enumerate(by_value) if len(m) and v != pos]
+            pos = self.anchor_values[a][int(rng.integers(len(self.anchor_values[a])))]
+            others = [v for v in self.present_values[a] if v != pos]
             neg = others[int(rng.integers(len(others)))]
             x, xp = rng.choice(by_value[pos], 2, replace=False)
             rows += [int(x), int(xp), int(rng.choice(by_value[neg]))]

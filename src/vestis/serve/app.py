@@ -347,7 +347,7 @@ class Service:
         self.image_roots = [Path(r).resolve() for r in image_roots]
         catalog = engine.catalog
         self.splits = sorted({catalog.split_of(it.id) for it in catalog} | set(SPLITS))
-        self._explained: OrderedDict[str, bytes] = OrderedDict()
+        self._explained: OrderedDict[tuple[str, str | None], bytes] = OrderedDict()  # (item, attribute)
         self._cache_lock = threading.Lock()
         self._item_rows: dict[str, tuple] = {}  # item id -> (the Item, its JSON): see item_json
         self._image_paths: dict[str, tuple] = {}  # item id -> (the Item, its checked image path): see image_path
