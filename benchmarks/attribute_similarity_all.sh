@@ -3,16 +3,19 @@
 #
 #   benchmarks/attribute_similarity_all.sh                       fashion-product-images-small (dev split)
 #   SYNTH=1 benchmarks/attribute_similarity_all.sh               the synthetic catalogue (N=6000, SEED=1), plus
-#                                                               the ablations and `vestis localisation` (pointing game)
+#                                                               `vestis localisation` (pointing game)
+# Both include AG-MLAN's five ablations (ABLATIONS=0 leaves them out). A row whose triplet report exists is skipped.
 set -euo pipefail
 V=${VESTIS:-.venv/bin/vestis}
 ROWS="agmlan:agmlan attribute_baseline:attribute_baseline visual:visual asen:asen csn:csn"
+if [ "${ABLATIONS:-1}" != 0 ]; then
+  ROWS="$ROWS agmlan_no_asa:agmlan:no-asa agmlan_no_sa:agmlan:no-sa agmlan_no_aca:agmlan:no-aca"
+  ROWS="$ROWS agmlan_no_mask:agmlan:no-mask agmlan_no_branch1:agmlan:no-branch1"
+fi
 if [ -n "${SYNTH:-}" ]; then
   N=${N:-6000}; SEED=${SEED:-1}
   export DATA=runs/bench/synth/catalog-n$N-seed$SEED OUT=${OUT:-runs/bench/synth-attr}
   [ -f "$DATA/catalog.jsonl" ] || $V synth -n "$N" --seed "$SEED" --out "$DATA"
-  ROWS="$ROWS agmlan_no_asa:agmlan:no-asa agmlan_no_sa:agmlan:no-sa agmlan_no_aca:agmlan:no-aca"
-  ROWS="$ROWS agmlan_no_mask:agmlan:no-mask agmlan_no_branch1:agmlan:no-branch1"
 fi
 OUT=${OUT:-runs/bench/fpi-attr}
 for row in ${ONLY:-$ROWS}; do
