@@ -102,6 +102,53 @@ def test_box_from_map_threshold_and_largest_component():
     assert tuple(boxes_from_maps(maps, 0.2)[0].tolist()) == box_from_map(m, 0.2)
 
 
+def _naive_box(m, threshold, connectivity, mode, scale):
+    """One map at a time, the plain way: the reference the batched segmentation must equal."""
+    from scipy import ndimage
+
+    m = np.asarray(m, dtype=np.float64)
+    h, w = m.shape
+    if mode == "paper":
+        m = torch.nn.functional.interpolate(torch.from_numpy(np.maximum(m, 0))[None, None], scale_factor=scale,
+                                            mode="bilinear", align_corners=False)[0, 0].numpy()
+        if not m.max() > 1e-12:
+            return (0.0, 0.0, float(w), float(h))
+        mask = m > threshold * m.max()
+    else:
+        if not m.max() - m.min() > 1e-12:
+            return (0, 0, w, h)
+        mask = (m - m.min()) / (m.max() - m.min()) > threshold
+    labels, n = ndimage.label(mask, structure=ndimage.generate_binary_structure(2, connectivity))
+    best, key = None, None
+    for lab in range(1, n + 1):
+        region = labels == lab
+        k = (int(region.sum()), float(m[region].max()))
+        if key is None or k > key:  # strictly greater: the first in raster order wins a full tie
+            best, key = region, k
+    rows, cols = np.flatnonzero(best.any(1)), np.flatnonzero(best.any(0))
+    box = (int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1)
+    return tuple(v / scale for v in box) if mode == "paper" else box
+
+
+def test_batched_boxes_equal_one_map_at_a_time_with_ties():
+    rng = np.random.default_rng(0)
+    # coarse values make equal-size regions and equal peaks (ties) common; a few constant and all-negative maps
+    maps = rng.integers(-2, 4, size=(60, 7, 6)).astype(np.float64)
+    maps[5] = 3.0
+    maps[6] = -1.0
+    maps[7, 0, 0] = np.nan
+    for mode, scale in (("minmax", 1), ("paper", 4), ("paper", 1)):
+        for conn in (1, 2):
+            got = boxes_from_maps(torch.from_numpy(maps).reshape(6, 10, 7, 6), 0.2, conn, mode=mode, scale=scale)
+            for i, m in enumerate(maps):
+                if i == 7:  # a non-finite map: the whole map
+                    assert tuple(got.reshape(-1, 4)[i].tolist()) == (0, 0, 6, 7)
+                    continue
+                want = _naive_box(m, 0.2, conn, mode, scale)
+                assert tuple(got.reshape(-1, 4)[i].tolist()) == pytest.approx(want), (mode, conn, i)
+                assert box_from_map(m, 0.2, conn, mode=mode, scale=scale) == pytest.approx(want)
+
+
 def test_paper_boxes_known_answers_on_hand_made_maps():
     """box_mode "paper": clamp at 0, upsample bilinearly x stride, threshold at 0.2 x max, box in cells."""
     # a map whose positive evidence is one cell (1, 2) of a 4 x 4 grid. Upsampled x16 (align_corners=False),

@@ -77,25 +77,41 @@ def class_activation_maps(features: torch.Tensor, weight: torch.Tensor, classes:
 BOX_MODES = ("minmax", "paper")
 
 
-def _largest_region_box(mask, m, connectivity: int) -> tuple[int, int, int, int]:
-    """Box (x0, y0, x1, y1; x1 / y1 exclusive) of the largest connected region of `mask` (ties: the region
-    holding the highest value of `m`); connectivity 2 = 8-neighbourhood, 1 = 4-neighbourhood."""
+def _largest_region_boxes(masks, values, connectivity: int):
+    """Boxes (N, 4) as (x0, y0, x1, y1), x1 / y1 exclusive, of the largest connected region of each mask
+    (N, H, W) (ties: the region holding the highest value of `values`; then the first in raster order).
+    Every mask must have a set cell. One scipy.ndimage.label call labels the whole stack (a 3-D structure
+    that never joins two maps), so a batch of maps costs one C pass, not one Python call per map.
+    connectivity 2 = 8-neighbourhood, 1 = 4-neighbourhood."""
     import numpy as np
     from scipy import ndimage
 
-    labels, n = ndimage.label(mask, structure=ndimage.generate_binary_structure(2, connectivity))
-    if n > 1:
-        sizes = np.bincount(labels.ravel())[1:]
-        best = np.flatnonzero(sizes == sizes.max()) + 1
-        if len(best) > 1:  # tie: the component holding the highest cell
-            peaks = ndimage.maximum(m, labels, best)
-            best = best[int(np.argmax(peaks))]
-        else:
-            best = best[0]
-        mask = labels == best
-    rows = np.flatnonzero(mask.any(1))
-    cols = np.flatnonzero(mask.any(0))
-    return (int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1)
+    structure = np.zeros((3, 3, 3), dtype=bool)
+    structure[1] = ndimage.generate_binary_structure(2, connectivity)
+    labels, n = ndimage.label(masks, structure=structure)
+    ids = np.arange(1, n + 1)
+    objects = ndimage.find_objects(labels)  # per label: (map, rows, cols) slices of its bounding box
+    owner = np.array([o[0].start for o in objects])
+    flat = labels.ravel()
+    sizes = np.bincount(flat, minlength=n + 1)[1:]
+    # peaks only where a map's largest size is tied (rare on real maps; ndimage.maximum would sort every pixel)
+    peaks = np.zeros(n)
+    biggest = np.zeros(len(masks), dtype=np.int64)
+    np.maximum.at(biggest, owner, sizes)
+    tied = sizes == biggest[owner]
+    tied &= np.bincount(owner[tied], minlength=len(masks))[owner] > 1
+    if tied.any():
+        pick = tied[np.maximum(flat - 1, 0)] & (flat > 0)
+        peaks[tied] = -np.inf
+        np.maximum.at(peaks, flat[pick] - 1, values.ravel()[pick])
+    # per map the last of (size, peak, -label) ascending: the largest, then the highest, then the first
+    order = np.lexsort((-ids, np.nan_to_num(peaks, nan=-np.inf), sizes, owner))
+    last = order[np.r_[owner[order][1:] != owner[order][:-1], True]]
+    boxes = np.empty((len(masks), 4), dtype=np.int64)
+    for k in last:
+        _, rows, cols = objects[k]
+        boxes[owner[k]] = (cols.start, rows.start, cols.stop, rows.stop)
+    return boxes
 
 
 def upsample_map(activation: torch.Tensor, scale: int) -> torch.Tensor:
@@ -128,47 +144,52 @@ def box_from_map(activation, threshold: float = 0.2, connectivity: int = 2, mode
     """
     import numpy as np
 
-    if mode not in BOX_MODES:
-        raise ValueError(f"box mode must be one of {BOX_MODES}, got {mode!r}")
-    m = np.asarray(activation, dtype=np.float64)
+    m = torch.from_numpy(np.array(activation, dtype=np.float64))
     if m.ndim != 2:
-        raise ValueError(f"an activation map must be 2-D, got shape {m.shape}")
-    h, w = m.shape
-    if mode == "paper":
-        up = upsample_map(torch.from_numpy(np.maximum(m, 0.0)), int(scale)).numpy()
-        return _paper_box(up, threshold, connectivity, int(scale), (w, h))
-    lo, hi = float(m.min()), float(m.max())
-    if not np.isfinite(hi - lo) or hi - lo <= 1e-12:
-        return (0, 0, w, h)
-    return _largest_region_box((m - lo) / (hi - lo) > threshold, m, connectivity)
+        raise ValueError(f"an activation map must be 2-D, got shape {tuple(m.shape)}")
+    box = _boxes(m[None], threshold, connectivity, mode, scale)[0]
+    return tuple(float(v) for v in box) if mode == "paper" else tuple(int(v) for v in box)
 
 
-def _paper_box(up, threshold: float, connectivity: int, scale: int, size: tuple[int, int]) -> tuple:
-    """The "paper" box on an upsampled, clamped map: pixels above threshold x max, in cell units."""
+def _boxes(maps: torch.Tensor, threshold: float, connectivity: int, mode: str, scale: int):
+    """float64 maps (N, H, W) -> numpy boxes (N, 4) in cell units, as `box_from_map` describes."""
     import numpy as np
 
-    hi = float(up.max())
-    if not np.isfinite(hi) or hi <= 1e-12:
-        return (0.0, 0.0, float(size[0]), float(size[1]))
-    return tuple(v / scale for v in _largest_region_box(up > threshold * hi, up, connectivity))
+    if mode not in BOX_MODES:
+        raise ValueError(f"box mode must be one of {BOX_MODES}, got {mode!r}")
+    n, h, w = maps.shape
+    if mode == "paper":
+        values = upsample_map(maps.clamp_min(0.0), int(scale)).numpy()
+        hi = values.reshape(n, -1).max(1)
+        whole = ~np.isfinite(hi) | (hi <= 1e-12)  # no positive evidence: the whole map
+        masks = values > (threshold * hi)[:, None, None]
+    else:
+        values = maps.numpy()
+        flat = values.reshape(n, -1)
+        lo, hi = flat.min(1), flat.max(1)
+        with np.errstate(invalid="ignore", over="ignore"):
+            span = hi - lo
+            whole = ~np.isfinite(span) | (span <= 1e-12)  # constant (or non-finite) map: the whole map
+            masks = (values - lo[:, None, None]) / np.where(whole, 1.0, span)[:, None, None] > threshold
+    masks[whole] = True
+    boxes = _largest_region_boxes(masks, values, connectivity)
+    return boxes / float(scale) if mode == "paper" else boxes
 
 
 def boxes_from_maps(activations: torch.Tensor, threshold: float = 0.2, connectivity: int = 2,
                     mode: str = "minmax", scale: int = 1) -> torch.Tensor:
-    """`box_from_map` over maps of any leading shape (..., H, W) -> float32 boxes (..., 4) in cell units."""
+    """`box_from_map` over maps of any leading shape (..., H, W) -> float32 boxes (..., 4) in cell units,
+    segmented in one batched pass."""
     import numpy as np
 
-    if mode not in BOX_MODES:
-        raise ValueError(f"box mode must be one of {BOX_MODES}, got {mode!r}")
-    a = activations.detach().float().cpu()
+    a = activations.detach().cpu().double()
     lead, (h, w) = a.shape[:-2], a.shape[-2:]
-    flat = a.reshape(-1, h, w)
-    if mode == "paper":  # one batched upsampling, then the per-map segmentation
-        up = upsample_map(flat.clamp_min(0.0), int(scale)).double().numpy()
-        out = [_paper_box(u, threshold, connectivity, int(scale), (w, h)) for u in up]
-    else:
-        out = [box_from_map(m, threshold, connectivity) for m in flat.numpy()]
-    return torch.from_numpy(np.array(out, dtype=np.float32).reshape(*lead, 4))
+    if a.numel() == 0:
+        if mode not in BOX_MODES:
+            raise ValueError(f"box mode must be one of {BOX_MODES}, got {mode!r}")
+        return torch.zeros(*lead, 4)
+    boxes = _boxes(a.reshape(-1, h, w), threshold, connectivity, mode, scale)
+    return torch.from_numpy(np.asarray(boxes, dtype=np.float32).reshape(*lead, 4))
 
 
 def roi_features(features: torch.Tensor, boxes: torch.Tensor, output_size: int | tuple[int, int],
