@@ -66,7 +66,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vestis.errors import VestisError
-from vestis.models.base import Maps, Probe, Request, SearchModel, Space, register
+from vestis.models.base import Embedding, Maps, Probe, Request, SearchModel, Space, register
 from vestis.models.explanation import Explanation, Region
 from vestis.models.layers import TextureEncoding, gap, l2n, texture_descriptor
 from vestis.models.loop import LoopConfig, TrainData, batch_maps, fit_loop
@@ -295,21 +295,35 @@ class Parts(SearchModel):
     def embed(self, maps: Maps, space: str = "main") -> torch.Tensor:
         """"main": the mean of the steps' descriptors (one vector per item, for same_item and the flat modes);
         "parts": each step's descriptor, (N, T, dim)."""
-        if space == "main":
-            return l2n(self(maps)["descriptors"][:, 1:].mean(1))
-        if space == SPACE:
-            return self(maps)["descriptors"][:, 1:]
+        if space in ("main", SPACE):
+            return self._space_vectors(self(maps), space)
         return super().embed(maps, space)
+
+    @staticmethod
+    def _space_vectors(out: dict, space: str) -> torch.Tensor:
+        steps = out["descriptors"][:, 1:]
+        return l2n(steps.mean(1)) if space == "main" else steps
 
     @torch.no_grad()
     def part_labels(self, maps: Maps, space: str) -> torch.Tensor:
         """Each step's label: the one among the item's predicted labels its step scores highest."""
         if space != SPACE:
             return super().part_labels(maps, space)
-        out = self(maps)
+        return self._step_labels(self(maps))
+
+    def _step_labels(self, out: dict) -> torch.Tensor:
         allowed = self.predicted_labels(self.label_probabilities(out))
         s = out["scores"][:, 1:].masked_fill(~allowed[:, None, :], float("-inf"))
         return s.argmax(-1)
+
+    @torch.no_grad()
+    def embed_spaces(self, maps: Maps, names) -> dict[str, Embedding]:
+        """"main", "parts" and the parts' labels from one pass of the network (`embed` runs it once per space)."""
+        mine = [n for n in names if n in ("main", SPACE)]
+        out = self(maps) if mine else None
+        res = {n: Embedding(self._space_vectors(out, n), self._step_labels(out) if n == SPACE else None) for n in mine}
+        rest = [n for n in names if n not in res]
+        return {**res, **super().embed_spaces(maps, rest)} if rest else res
 
     # --- the query side -----------------------------------------------------------------------
     def modes(self) -> list[str]:
