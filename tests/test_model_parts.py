@@ -157,6 +157,13 @@ def test_diverse_plan_makes_a_group_per_predicted_label(trained):
     with torch.no_grad():
         out = model(_t(data.maps))
         probs = model.label_probabilities(out)
+    # each group's vector and box come from the step whose own softmax is surest of its label
+    boxes = model.boxes(out, model.stride)[:, 1:]
+    sure = torch.softmax(out["scores"][:, 1:], -1).argmax(1)
+    for p in probes:
+        q, j = int(p.rows[0]), model.labels.index(p.group)
+        t = int(sure[q, j])
+        assert np.allclose(p.boxes[0], boxes[q, t].numpy()) and np.allclose(p.vectors[0], out["descriptors"][q, t + 1])
     by_row: dict[int, list] = {}
     for p in probes:
         assert p.space == SPACE and p.vectors.shape == (1, 16) and len(p.rows) == 1
@@ -175,8 +182,42 @@ def test_diverse_plan_makes_a_group_per_predicted_label(trained):
     right = np.mean([sorted(p.group for p in by_row[q]) == sorted(SCHEMA.values("category")[g] for g in
                                                                   data.garments[q][:, 0]) for q in range(40)])
     assert right >= 0.6  # exactly the image's garments (the untrained model: 0.325 here)
-    # each part row's label is one of its item's predicted labels
-    codes = model.part_labels(_t(data.maps), SPACE)
+    # gallery_label_ratio 1.0: a gallery item's parts all carry its likeliest label
+    model.config["gallery_label_ratio"] = 1.0
+    try:
+        codes = model.part_labels(_t(data.maps), SPACE)
+    finally:
+        model.config["gallery_label_ratio"] = None
     assert codes.shape == (40, 3)
+    assert torch.equal(codes, probs.argmax(-1, keepdim=True).expand(-1, 3))
+    # by default (the query's ratio), each part row's label is one of its item's predicted labels, the one its step
+    # scores highest: several labels per multi-garment image
+    codes = model.part_labels(_t(data.maps), SPACE)
     allowed = model.predicted_labels(probs)
     assert all(bool(allowed[i, c]) for i in range(40) for c in codes[i].tolist())
+    assert (torch.tensor([len(set(c.tolist())) for c in codes]) > 1).any()
+    best = out["scores"][:, 1:].masked_fill(~allowed[:, None, :], float("-inf")).argmax(-1)
+    assert torch.equal(codes, best)
+
+
+def test_confidence_weight_adds_the_items_label_probability_to_the_part_score():
+    model = _model(confidence_weight=0.5).eval()
+    data = _data(6, 7)
+    maps = _t(data.maps)
+    assert model.spaces()[SPACE].dim == 17  # the descriptor (16) + the confidence
+    with torch.no_grad():
+        out = model(maps)
+        probs = model.label_probabilities(out)
+        rows = model.embed(maps, SPACE)
+        codes = model.part_labels(maps, SPACE)
+    assert torch.allclose(rows[..., :16], out["descriptors"][:, 1:])
+    assert torch.allclose(rows[..., 16], 0.5 * probs.gather(1, codes))
+    probes = model.plan(maps, Request("diverse", [{}] * 6))
+    p = probes[0]
+    assert p.vectors.shape == (1, 17) and p.vectors[0, 16] == 1.0
+    # the score of a part row: the descriptors' cosine + 0.5 x the item's probability of the row's label
+    q = torch.from_numpy(p.vectors[0])
+    want = out["descriptors"][2, 1:] @ q[:16] + 0.5 * probs[2, codes[2]]
+    assert torch.allclose(rows[2] @ q, want, atol=1e-6)
+    # off by default: the plain descriptor
+    assert _model().spaces()[SPACE].dim == 16

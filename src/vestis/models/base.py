@@ -53,7 +53,9 @@ class Space:
     `attribute` (a per-attribute space, PROTOCOLS.md section 2's candidates); "parts" - `parts` vectors per item,
     indexed as `item#k` with a `part` attribute and collapsed back to the item (its best part) by the engine.
     `labels`: the names a per-part space's parts are labelled with (`SearchModel.part_labels`), indexed as the
-    attribute `PART_LABEL` of each part row so that a probe can filter on them; () when its parts are unlabelled."""
+    attribute `PART_LABEL` of each part row so that a probe can filter on them; () when its parts are unlabelled.
+    `label_attribute`: the catalogue attribute whose values those labels are, if any: with labels on, the engine
+    filters a part probe on the gallery item's catalogue label instead of the model's predicted one."""
 
     dim: int
     metric: str = "ip"  # "ip" (inner product) or "l2"
@@ -61,6 +63,7 @@ class Space:
     attribute: str | None = None
     parts: int = 1
     labels: tuple[str, ...] = ()
+    label_attribute: str | None = None
 
     def __post_init__(self):
         if self.members not in MEMBERS:
