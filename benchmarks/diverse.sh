@@ -47,7 +47,7 @@ C="$OUT/collages"
 [ -f "$C/catalog.jsonl" ] || $V synth --collages-from "$DATA" -n "$N_COLLAGES" --eval-collages "$N_EVAL" \
   --singles "$N_SINGLES" --seed 0 --out "$C"
 $V extract "$C" --levels $LEVELS
-echo "{\"label_attribute\": \"subCategory\", \"epochs\": 6${CONFIG:+, $CONFIG}}" > "$OUT/real-config.json"
+echo "{\"label_attribute\": \"subCategory\", \"epochs\": 12${CONFIG:+, $CONFIG}}" > "$OUT/real-config.json"
 $V train --model parts --catalog "$C" --out "$OUT/real/run" --levels $LEVELS --config "$OUT/real-config.json"
 $V index --run "$OUT/real/run" --catalog "$DATA" --out "$OUT/real/index" --split gallery --kind flat
 # the best global model of protocol 1 (FashionSearchNet w/o Loc.), trained on the catalogue's train split
