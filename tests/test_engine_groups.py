@@ -137,3 +137,28 @@ def test_search_needs_exactly_one_query(engine):
         engine.search(k=3, mode="same_item")
     with pytest.raises(EngineError, match="exactly one query"):
         engine.search(image=b"x", item_id="i0", k=3, mode="same_item")
+
+
+def test_diverse_with_labels_on_filters_parts_on_the_catalogue_label(tiny_pipeline, parts_pipeline):
+    """Labels on: a part's group holds only gallery items whose catalogue category is the group's label (the model's
+    predicted part labels are not read); labels off: the model's part labels decide, whatever the catalogue says."""
+    from vestis.catalog import Catalog
+    from vestis.engine import Engine
+
+    root, cat, run, idx, cache = tiny_pipeline
+    engine = Engine.load(*parts_pipeline, cache_dir=cache)
+    outfits = [it for it in Catalog.load(cat).split("train") if it.parts][:4]
+    assert outfits
+    for it in outfits:
+        on = engine.search(image=it.image, mode="diverse", k=10, labels=True)
+        off = engine.search(image=it.image, mode="diverse", k=10, labels=False)
+        assert on.labels == "on" and off.labels == "off"
+        for g in on.groups:
+            assert g.hits and all(h.attributes.get("category") == g.label for h in g.hits), g.label
+    # the two differ somewhere: off reads the model's labels, which the quick run gets partly wrong
+    differs = 0
+    for it in outfits:
+        on = engine.search(image=it.image, mode="diverse", k=10, labels=True)
+        off = engine.search(image=it.image, mode="diverse", k=10, labels=False)
+        differs += [[h.id for h in g.hits] for g in on.groups] != [[h.id for h in g.hits] for g in off.groups]
+    assert differs

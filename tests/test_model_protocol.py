@@ -74,6 +74,20 @@ def test_model_protocol(name, tiny, tmp_path):
             assert v.shape == expected and np.isfinite(v).all(), s
             vectors[s] = v
 
+    # embed_spaces (what `vestis index` calls): exactly the per-space rows, for all spaces at once and for a subset;
+    # a per-part space with labels carries exactly `part_labels`, every other space none
+    with torch.inference_mode():
+        names = list(spaces)
+        for asked in (names, names[::-2]):
+            got = model.embed_spaces(maps, asked)
+            assert sorted(got) == sorted(asked)
+            for s in asked:
+                assert np.array_equal(got[s].vectors.numpy(), vectors[s]), s
+                if spaces[s].members == "parts" and spaces[s].labels:
+                    assert torch.equal(got[s].part_labels, model.part_labels(maps, s)), s
+                else:
+                    assert got[s].part_labels is None, s
+
     # save / load round trip gives the same vectors in every space
     save_run(model, tmp_path / "run2", trunk=loaded.trunk)
     again, _ = load_run(tmp_path / "run2")

@@ -377,6 +377,20 @@ def _with_images(cat):
 def cmd_queries(args) -> int:
     from vestis.eval import queries as Q
 
+    if args.protocol == "diverse":  # photos with parts (outfits, collages): their own schema, every attribute
+        cat = _with_images(_load_catalog(args))
+        if not args.attribute:
+            raise VestisError("--protocol diverse needs --attribute: the garments' category attribute (e.g. "
+                              f"subCategory); the catalogue has {', '.join(cat.schema.attributes)}")
+        extra = [a.strip() for a in args.attributes.split(",") if a.strip()] if args.attributes else None
+        qs, counts = Q.diverse_queries(cat, args.attribute, split=args.split or "query", attributes=extra,
+                                       seed=args.seed, max_queries=args.per_attribute)
+        if not qs:
+            raise VestisError("no valid diverse queries: no item of that split has parts and an image")
+        digest = Q.write_queries(args.out, qs)
+        print(f"wrote {len(qs)} diverse queries to {args.out} (sha256 {digest[:16]}): " +
+              ", ".join(f"{k} {v}" for k, v in counts.items()))
+        return 0
     cat = _with_images(_load_catalog(args, args.attributes or "default"))
     attrs = cat.schema.attributes
     if args.protocol == "manipulation":
@@ -413,8 +427,17 @@ def cmd_eval(args) -> int:
 
     cat = _with_images(_load_catalog(args))
     gallery = [it.id for it in cat.split(args.gallery_split)]
+    vectors = None
+    space_run = args.vectors_run or args.run
+    if space_run and (space_run / "run.json").is_file():  # protocol 4's intra-list diversity: the trunk's visual space
+        from vestis.eval.runners import VisualVectors
+        from vestis.vision.trunk import TrunkSpec
+
+        trunk = json.loads((space_run / "run.json").read_text()).get("trunk")
+        vectors = VisualVectors(cat, TrunkSpec.from_json(trunk), args.cache) if trunk else None
     report = evaluate(args.queries, args.rankings, cat, gallery_ids=gallery,
-                      gallery_fractions=() if args.no_curve else (0.1, 0.25, 0.5, 1.0), views=args.views)
+                      gallery_fractions=() if args.no_curve else (0.1, 0.25, 0.5, 1.0), views=args.views,
+                      item_vectors=vectors)
     report["run"] = {"name": args.name or (args.run.name if args.run else Path(args.rankings).stem),
                      **({"dir": str(args.run)} if args.run else {})}
     if args.run and (args.run / "run.json").is_file():
@@ -701,18 +724,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("queries", help="generate a seeded query file for an evaluation protocol")
     catalog_option(s)
-    s.add_argument("--protocol", choices=["manipulation", "attribute", "triplet", "same_item", "consumer_to_shop"],
-                   required=True)
+    s.add_argument("--protocol", choices=["manipulation", "attribute", "triplet", "same_item", "consumer_to_shop",
+                                          "diverse"], required=True)
+    s.add_argument("--attribute", default=None, help="diverse: the garments' category attribute (groups' labels)")
     s.add_argument("--mapping", type=Path, default=None,
                    help="consumer_to_shop: JSON label mapping, the photos' category -> a set of the gallery's values "
                         "(e.g. benchmarks/mappings/clothing-to-fpi.json)")
-    s.add_argument("--split", default=None, help="consumer_to_shop: the photos' split to query with (default query)")
+    s.add_argument("--split", default=None, help="consumer_to_shop / diverse: the photos' split to query with "
+                                                 "(default query)")
     s.add_argument("--out", type=Path, required=True)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--per-attribute", type=int, default=None,
                    help="at most this many queries per attribute (triplets per attribute; same_item: total)")
     s.add_argument("--changes", type=int, choices=[1, 2], default=1, help="attributes changed per manipulation query")
-    s.add_argument("--attributes", default=None, help="comma-separated attribute set (default: the benchmark's)")
+    s.add_argument("--attributes", default=None, help="comma-separated attribute set (default: the benchmark's; "
+                                                     "diverse: part relevance's further attributes)")
     s.set_defaults(func=cmd_queries)
 
     s = sub.add_parser("eval", help="score a rankings file against a query file (PROTOCOLS.md)")
@@ -720,7 +746,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--rankings", type=Path, required=True)
     catalog_option(s)
     s.add_argument("--report", type=Path, default=None, help="write report.json / report.md / plots here")
-    s.add_argument("--run", type=Path, default=None, help="the run that produced the rankings (named in the report)")
+    s.add_argument("--run", type=Path, default=None, help="the run that produced the rankings (named in the report; "
+                                                          "protocol 4: its trunk's pooled stride-32 features are the "
+                                                          "space of intra-list diversity)")
+    s.add_argument("--vectors-run", type=Path, default=None,
+                   help="protocol 4: the run whose trunk's pooled stride-32 features are intra-list diversity's space "
+                        "(default --run; give every compared list the same one)")
     s.add_argument("--name", default=None, help="name of this row in tables")
     s.add_argument("--gallery-split", default="gallery")
     s.add_argument("--no-curve", action="store_true", help="skip the gallery-size curve (needs long rankings)")

@@ -25,6 +25,7 @@ from vestis.catalog import Catalog
 from vestis.errors import VestisError, echo
 from vestis.indexing import ENGINE_FILE, check_spaces, parent_id, read_attribute_updates
 from vestis.models import Probe, Request, SearchModel, Space
+from vestis.models.base import PART_LABEL
 from vestis.paths import default_cache_dir
 from vestis.runs import load_run
 from vestis.vision.trunk import TrunkSpec
@@ -329,12 +330,15 @@ class Engine:
         notes: list[str | None] = [None] * n
         if on:
             probes, notes = self._label_probes(maps, probes, manipulations, query_labels, probabilities)
+        elif labels and any(self._catalogue_part_filter(p) for p in probes):
+            on = True  # a part's group among the gallery items whose catalogue label is the part's, not predicted
+            probes = [self._catalogue_part_filter(p) or p for p in probes]
         answers = np.bincount(np.concatenate([self._probe_rows(p) for p in probes]), minlength=n) if probes else np.zeros(n, int)
         fetch = 2 * k if (answers > 1).any() else k  # several groups per query: spare hits for de-duplication
         for probe in probes:
             got = dict(self._run_probe(probe, fetch, filters, exclude, manipulations))
             short = [j for j, q in enumerate(self._probe_rows(probe)) if len(got[q].hits) < k]
-            if on and short:  # fewer than k items meet the requested values: the closest others follow them
+            if on and mode == "manipulate" and short:  # fewer than k items meet the requested values: the closest others follow them
                 relaxed = Probe(probe.space, probe.vectors[short], rows=self._probe_rows(probe)[short])
                 for q, more in self._run_probe(relaxed, 2 * k, filters, exclude, manipulations):
                     seen = {h.id for h in got[q].hits}
@@ -382,6 +386,17 @@ class Engine:
                 self._present.add(tuple(attrs.get(a) if attrs.get(a) in schema.values(a) else "unspecified"
                                         for a in schema.attributes))
         return self._present
+
+    def _catalogue_part_filter(self, probe: Probe) -> Probe | None:
+        """Labels on: a probe filtering a labelled per-part space on the model's part label, filtering instead on
+        the catalogue attribute those labels are values of (every part of an item carries the item's labels); None
+        for any other probe."""
+        space = self.space_defs.get(probe.space)
+        flt = probe.filters or {}
+        if space is None or space.members != "parts" or not space.label_attribute or PART_LABEL not in flt:
+            return None
+        flt = {**{a: v for a, v in flt.items() if a != PART_LABEL}, space.label_attribute: flt[PART_LABEL]}
+        return Probe(probe.space, probe.vectors, flt, probe.group, probe.rows, probe.boxes, probe.scores)
 
     @staticmethod
     def _probe_rows(probe: Probe) -> np.ndarray:

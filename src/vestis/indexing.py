@@ -39,7 +39,7 @@ from vestis import catalogue_ranking
 from vestis.catalog import Catalog
 from vestis.errors import VestisError
 from vestis.fsutil import atomic_write
-from vestis.models import run_batched
+from vestis.models import embed_spaces_batched, run_batched
 from vestis.models.base import PART_LABEL
 from vestis.runs import load_run
 from vestis.vision.extract import catalogue_features
@@ -224,8 +224,10 @@ def _build_generation(model, info, feats, attrs, gen_dir: Path, backend: str, ki
 
     gen_dir.mkdir()
     spaces = {}
-    for name, space in model.spaces().items():
-        vecs = run_batched(lambda m, name=name: model.embed(m, name), feats.maps)
+    declared = model.spaces()
+    embedded = embed_spaces_batched(model, list(declared), feats.maps)  # one pass for every space
+    for name, space in declared.items():
+        vecs, codes = embedded.pop(name)
         ids, rows = list(feats.ids), [dict(a) for a in attrs]
         if space.members == "known":  # only items whose catalogue knows the attribute (PROTOCOLS.md section 2)
             known = set(model.schema.values(space.attribute))
@@ -237,7 +239,6 @@ def _build_generation(model, info, feats, attrs, gen_dir: Path, backend: str, ki
             ids = [part_id(i, j) for i in ids for j in range(k)]
             rows = [{**r, "part": str(j)} for r in rows for j in range(k)]
             if space.labels:  # each part's label, for a probe's filter
-                codes = run_batched(lambda m, name=name: model.part_labels(m, name).float(), feats.maps).astype(np.int64)
                 for r, c in zip(rows, codes.reshape(-1)):
                     r[PART_LABEL] = space.labels[c]
         if vecs.shape[-1] != space.dim:

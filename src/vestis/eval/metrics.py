@@ -353,6 +353,15 @@ def mmr(relevance, vectors, n: int, lam: float) -> list[int]:
     return chosen
 
 
+def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
+    """Intersection over union of two boxes (x0, y0, x1, y1); 0 when the union is empty."""
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return float(inter / union) if union > 0 else 0.0
+
+
 def multilabel_average_precision(scores, targets) -> dict[str, float]:
     """Multi-label classification (Verma et al.'s Table 1 layout): `scores` (n, L), `targets` (n, L) 0/1.
     AP_all: class-agnostic AP, every (image, label) pair ranked by its score in one list; mAP: the mean over labels

@@ -8,7 +8,10 @@
   manipulated attributes ("single", "two");
 - attribute (protocol 2): per-attribute MAP and their mean;
 - triplet (protocol 2): per-attribute triplet accuracy and their mean;
-- same_item (protocol 3): Recall@k k = 1, 5, 10, 20, 30, 40, 50.
+- same_item (protocol 3): Recall@k k = 1, 5, 10, 20, 30, 40, 50;
+- diverse (protocol 4): coverage, intra-list diversity and distinct categories of the first N = 5 x garments ids
+  of `ranked` (the groups round-robin, or a flat baseline's list); for grouped rows also purity@5, part relevance,
+  groups per query, the share of groups naming no garment of the photo, and each group's box against its garment's.
 
 Rules it enforces (each violation raises an `EvalError` subclass with a message naming the query):
 - every query of the query file has a rankings line, and the rankings file has no other queries;
@@ -34,7 +37,7 @@ import numpy as np
 from vestis.catalog import UNSPECIFIED, Catalog
 from vestis.eval import metrics
 from vestis.eval.errors import EvalError, QueryFileError, RankingsError, RankingTooShortError
-from vestis.eval.queries import PROTOCOLS, file_sha256, read_queries
+from vestis.eval.queries import PROTOCOLS, diverse_garments, file_sha256, read_queries
 from vestis.eval.rankings import index_rows, read_rankings, required_length
 
 PROTOCOL_VERSIONS = {
@@ -43,7 +46,10 @@ PROTOCOL_VERSIONS = {
     "triplet": "vestis-attribute/1",
     "same_item": "vestis-same-item/1",
     "consumer_to_shop": "vestis-consumer-to-shop/1",
+    "diverse": "vestis-diverse/1",
 }
+PART_K = 10  # part relevance reads a group's first 10 results
+PURITY_K = 5
 C2S_K = 10  # P@10: what a shopper sees first
 GALLERY_FRACTIONS = (0.1, 0.25, 0.5, 1.0)
 CURVE_K = 20
@@ -399,6 +405,83 @@ def _consumer_to_shop(queries: list[dict], rows: dict[str, dict], catalog: Catal
     return out
 
 
+# --- protocol 4: diverse part-based suggestions ---------------------------------------------------------
+def _diverse(queries: list[dict], rows: dict[str, dict], catalog: Catalog, gallery: _Gallery, item_vectors,
+             skipped: Counter) -> dict:
+    """PROTOCOLS.md section 4 from the rankings rows alone (plus the gallery's labels and, for intra-list diversity,
+    `item_vectors(ids) -> (n, d)`, the global embedding; None leaves ILD out). A row with `groups` is scored as
+    groups too; a flat row (a baseline's plain top-N) only as a list. The list is the first N = 5 x garments ids of
+    `ranked` (the groups read round-robin); a flat list shorter than N (and than the gallery) is an error."""
+    lists = {"coverage": [], "ild": [], "distinct": [], "length": [], "ids": []}
+    purity, groups_per, garments_per, false_groups, n_groups, box_iou = [], [], [], 0, 0, []
+    relevance: dict[str, list[float]] = defaultdict(list)
+    n_grouped = 0
+    for q in queries:
+        qid = q["query_id"]
+        attr, target, boxes = diverse_garments(q)
+        garments = target[attr]
+        gallery.check_query_item(q)
+        row = rows[qid]
+        if "skipped" in row:
+            skipped[row["skipped"]] += 1
+            continue
+        if "ranked" not in row:
+            raise RankingsError(f"query {qid!r} (diverse): its rankings line needs \"ranked\"")
+        n = 5 * len(garments)
+        ranked = row["ranked"][:n]
+        grouped = "groups" in row
+        if not grouped and len(ranked) < min(n, len(gallery.ids)):
+            raise RankingTooShortError(f"query {qid!r}: a flat diverse list needs N = 5 x {len(garments)} garments "
+                                       f"= {n} ids, the row has {len(ranked)}")
+        gallery.positions(q, row["ranked"])  # gallery ids only, never the query's own item
+        cats = [catalog[i].attributes.get(attr) for i in ranked]
+        lists["coverage"].append(metrics.coverage(cats, garments, n))
+        lists["distinct"].append(metrics.distinct_categories(cats))
+        lists["length"].append(len(ranked))
+        lists["ids"].append(ranked)
+        if not grouped:
+            continue
+        n_grouped += 1
+        groups_per.append(len(row["groups"]))
+        garments_per.append(len(garments))
+        for g in row["groups"]:
+            gallery.positions(q, g["ranked"])
+            n_groups += 1
+            purity.append(metrics.purity_at_k([catalog[i].attributes.get(attr) for i in g["ranked"]], PURITY_K))
+            mine = [j for j, c in enumerate(garments) if c == g["label"]]
+            if not mine:
+                false_groups += 1
+                continue
+            hits = [catalog[i].attributes for i in g["ranked"][:PART_K]]
+            garment = {a: v[mine[0]] for a, v in target.items()}
+            relevance[attr].append(metrics.part_relevance(hits, garment, [attr]))
+            for a in target:
+                if a != attr and garment.get(a) not in (None, UNSPECIFIED):
+                    relevance[f"{attr}+{a}"].append(metrics.part_relevance(hits, garment, [attr, a]))
+            if boxes is not None and g.get("box") is not None:
+                box_iou.append(max(metrics.box_iou(g["box"], boxes[j]) for j in mine))
+
+    if item_vectors is not None and lists["ids"]:  # one look-up for every list's items
+        union = list(dict.fromkeys(i for ids in lists["ids"] for i in ids))
+        vec = dict(zip(union, item_vectors(union)))
+        lists["ild"] = [metrics.intra_list_diversity(np.stack([vec[i] for i in ids])) if ids else 0.0
+                        for ids in lists["ids"]]
+
+    def mean(xs):
+        return float(np.mean(xs)) if len(xs) else None
+
+    out = {"version": PROTOCOL_VERSIONS["diverse"], "gallery_size": len(gallery.ids), "n_queries": len(queries),
+           "n_scored": len(lists["coverage"]), "n_grouped": n_grouped, "list": "first 5 x garments of ranked",
+           "coverage": mean(lists["coverage"]), "ild": mean(lists["ild"]), "distinct_categories": mean(lists["distinct"]),
+           "list_length": mean(lists["length"])}
+    if n_grouped:
+        out.update({"groups_per_query": mean(groups_per), "garments_per_query": mean(garments_per),
+                    "false_group_share": false_groups / max(1, n_groups), f"purity@{PURITY_K}": mean(purity),
+                    "part_relevance": {k: mean(v) for k, v in relevance.items()}, "part_k": PART_K,
+                    "group_box_iou": mean(box_iou)})
+    return out
+
+
 def classification_report(scores, labels, class_names: Sequence[str] | None = None,
                           ks: Iterable[int] = metrics.CLASSIFICATION_K) -> dict:
     """Category classification (protocol 3, Park et al. Table 2) from a score matrix (n, C) and true
@@ -426,7 +509,7 @@ def evaluate(queries: str | Path | Sequence[dict], rankings: str | Path | Sequen
              catalog: Catalog, attributes: Sequence[str] | None = None, *, protocol: str | None = None,
              query_split: str = "query", gallery_split: str = "gallery", gallery_ids: Iterable[str] | None = None,
              gallery_fractions: Sequence[float] = GALLERY_FRACTIONS, seed: int = 0, curve_k: int = CURVE_K,
-             views: str | None = None,
+             views: str | None = None, item_vectors=None,
              query_sha256: str | None = None, query_file: str | None = None) -> dict:
     """Score a rankings file against a query file (PROTOCOLS.md); returns the report dict.
 
@@ -475,7 +558,8 @@ def evaluate(queries: str | Path | Sequence[dict], rankings: str | Path | Sequen
         raise RankingsError(f"the rankings file has {len(extra)} lines for queries not in the query file (e.g. "
                             f"{', '.join(map(repr, sorted(extra)[:5]))}); rankings of another query file?")
 
-    needs_gallery = any(p in by_protocol for p in ("manipulation", "attribute", "same_item", "consumer_to_shop"))
+    needs_gallery = any(p in by_protocol for p in ("manipulation", "attribute", "same_item", "consumer_to_shop",
+                                                   "diverse"))
     gallery = None
     if needs_gallery:
         ids = list(gallery_ids) if gallery_ids is not None else catalog.split(gallery_split).ids()
@@ -494,6 +578,8 @@ def evaluate(queries: str | Path | Sequence[dict], rankings: str | Path | Sequen
         report["same_item"] = _same_item(by_protocol["same_item"], rows, catalog, gallery, views, skipped)
     if "consumer_to_shop" in by_protocol:
         report["consumer_to_shop"] = _consumer_to_shop(by_protocol["consumer_to_shop"], rows, catalog, gallery, skipped)
+    if "diverse" in by_protocol:
+        report["diverse"] = _diverse(by_protocol["diverse"], rows, catalog, gallery, item_vectors, skipped)
 
     versions = {p: PROTOCOL_VERSIONS[p] for p in PROTOCOLS if p in by_protocol}
     head = {

@@ -5,6 +5,11 @@ One query per line:
     {"query_id": ..., "item_id": ... | "image": "path", "manipulations": {attribute: value},
      "attribute": ..., "target": {...}, "protocol": "manipulation" | "attribute" | "same_item" | "triplet"}
 
+A protocol-4 line (`"protocol": "diverse"`, part-based suggestions) is a photo of several garments: `attribute`
+names the category attribute the groups are labelled with, `target` gives one list per attribute with one value per
+garment (in the same order; "unspecified" where a garment is not labelled), and `boxes` each garment's box
+[x0, y0, x1, y1] in the photo's pixels.
+
 `protocol` names which protocol the line belongs to (files written by other tools may leave it out
 and name the protocol when evaluating). `target` is for scoring only; the engine never reads it.
 Triplet lines also carry `positive_id` and `negative_id`. An `image` is a path relative to the query
@@ -31,10 +36,11 @@ import numpy as np
 from vestis.catalog import UNSPECIFIED, Catalog, Item
 from vestis.eval.errors import QueryFileError
 
-PROTOCOLS = ("manipulation", "attribute", "triplet", "same_item", "consumer_to_shop")
+PROTOCOLS = ("manipulation", "attribute", "triplet", "same_item", "consumer_to_shop", "diverse")
 _KEY_ORDER = ("query_id", "item_id", "image", "positive_id", "negative_id", "manipulations", "attribute",
-              "target", "category", "protocol")
-_ID_PREFIX = {"manipulation": "manip", "attribute": "attr", "triplet": "trip", "same_item": "same", "consumer_to_shop": "c2s"}
+              "target", "boxes", "category", "protocol")
+_ID_PREFIX = {"manipulation": "manip", "attribute": "attr", "triplet": "trip", "same_item": "same", "consumer_to_shop": "c2s",
+              "diverse": "div"}
 
 
 # --- helpers --------------------------------------------------------------------------------------
@@ -299,6 +305,58 @@ def consumer_to_shop_queries(photos: Catalog, mapping, split: str = "query", see
     return _number(queries, "consumer_to_shop"), counts
 
 
+# --- diverse part-based suggestions: a photo of several garments (protocol 4) ---------------------------
+DIVERSE_RELEVANCE = ("baseColour", "colour", "pattern")  # part relevance's further attributes, where labelled
+
+
+def diverse_queries(photos: Catalog, attribute: str, split: str = "query", attributes: Iterable[str] | None = None,
+                    seed: int = 0, max_queries: int | None = None) -> tuple[list[dict], dict[str, int]]:
+    """Protocol-4 queries: every `split` item of `photos` with parts (an outfit, a collage) and an image, as an image
+    query (PROTOCOLS.md section 4). `attribute`: the garments' category attribute (what groups are labelled with);
+    `attributes`: further per-garment attributes part relevance checks (default: those of DIVERSE_RELEVANCE in the
+    schema). Each query: {"query_id", "image", "attribute", "target": {attr: [one value per garment]}, "boxes":
+    [[x0, y0, x1, y1] per garment], "protocol": "diverse"}. Returns (queries, {"queries", "garments",
+    "no_parts": items without parts, "no_image"})."""
+    photos.schema.check_attribute(attribute)
+    extra = [a for a in (attributes if attributes is not None else DIVERSE_RELEVANCE)
+             if a in photos.schema and a != attribute]
+    candidates, no_parts, no_image = [], 0, 0
+    for it in _split_items(photos, split):
+        if not it.parts:
+            no_parts += 1
+        elif it.image is None or not Path(it.image).is_file():
+            no_image += 1
+        else:
+            candidates.append(it)
+    chosen = [candidates[c] for c in _sample(np.random.default_rng(seed), len(candidates), max_queries)]
+    queries = [{"image": str(Path(it.image).resolve()), "attribute": attribute,
+                "target": {a: [p.attributes.get(a, UNSPECIFIED) for p in it.parts] for a in [attribute, *extra]},
+                "boxes": [[float(v) for v in p.box] for p in it.parts], "source_id": it.id, "protocol": "diverse"}
+               for it in chosen]
+    counts = {"queries": len(queries), "garments": sum(len(q["boxes"]) for q in queries), "no_parts": no_parts,
+              "no_image": no_image}
+    return _number(queries, "diverse"), counts
+
+
+def diverse_garments(q: dict, where: str = "query") -> tuple[str, dict[str, list[str]], list | None]:
+    """A protocol-4 line's (category attribute, {attribute: per-garment values}, per-garment boxes or None), checked:
+    every list one value per garment, at least one garment."""
+    qid = q.get("query_id")
+    attr, target, boxes = q.get("attribute"), q.get("target"), q.get("boxes")
+    if not isinstance(attr, str) or not isinstance(target, dict) or not isinstance(target.get(attr), list):
+        raise QueryFileError(f"{where} (query {qid!r}): a diverse query needs \"attribute\" (the category attribute) "
+                             "and a \"target\" list of that attribute's value per garment")
+    n = len(target[attr])
+    for a, v in target.items():
+        if not isinstance(v, list) or len(v) != n or not all(isinstance(x, str) for x in v):
+            raise QueryFileError(f"{where} (query {qid!r}): target {a!r} must list one value per garment ({n})")
+    if boxes is not None and (not isinstance(boxes, list) or len(boxes) != n or not all(
+            isinstance(b, list) and len(b) == 4 and all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                                        for x in b) for b in boxes)):
+        raise QueryFileError(f"{where} (query {qid!r}): \"boxes\" must list one [x0, y0, x1, y1] per garment ({n})")
+    return attr, target, boxes
+
+
 # --- files --------------------------------------------------------------------------------------------
 def file_sha256(path: str | Path) -> str:
     """sha256 hex digest of a file's bytes (the name a figure gives its query file by)."""
@@ -334,6 +392,8 @@ def _check_query(q, where: str) -> None:
     if "protocol" in q and q["protocol"] not in PROTOCOLS:
         raise QueryFileError(f"{where} (query {qid!r}): unknown protocol {q['protocol']!r}; "
                              f"known: {', '.join(PROTOCOLS)}")
+    if q.get("protocol") == "diverse":
+        diverse_garments(q, where)
     if q.get("protocol") == "triplet":
         for key in ("item_id", "positive_id", "negative_id"):
             if not isinstance(q.get(key), str):

@@ -210,9 +210,34 @@ def _c2s_md(runs: Runs) -> list[str]:
     return out
 
 
+def _diverse_md(runs: Runs) -> list[str]:
+    have = [(n, r["diverse"]) for n, r in runs if r.get("diverse")]
+    if not have:
+        return []
+
+    def f(x, digits=3):
+        return "-" if x is None else f"{x:.{digits}f}"
+
+    rows = [[n, str(d["n_scored"]), f(d["coverage"]), f(d["ild"]), f(d["distinct_categories"], 2),
+             f(d.get("purity@5")), f(d.get("groups_per_query"), 2), f(d.get("false_group_share")),
+             f(d.get("group_box_iou"))] for n, d in have]
+    out = ["## Diverse part-based suggestions (protocol 4)", "",
+           "List: the first N = 5 x garments ids of `ranked` (the groups round-robin, or a flat list). Groups: "
+           "purity@5, groups per query, share of groups naming no garment of the photo, IoU of a group's box with "
+           "its garment's.", "",
+           _table(["Run", "queries", "coverage", "ILD", "distinct categories", "purity@5", "groups / query",
+                   "false groups", "group box IoU"], rows), ""]
+    rel = [(n, d["part_relevance"]) for n, d in have if d.get("part_relevance")]
+    if rel:
+        keys = list(dict.fromkeys(k for _, r in rel for k in r))
+        out += [f"### Part relevance: share of a group's first {have[0][1].get('part_k', 10)} results equal to its "
+                "garment on", "", _table(["Run"] + keys, [[n] + [f(r.get(k)) for k in keys] for n, r in rel]), ""]
+    return out
+
+
 def _markdown(runs: Runs, title: str) -> str:
     lines = (_header(runs, title) + _manipulation_md(runs) + _protocol2_md(runs) + _same_item_md(runs)
-             + _c2s_md(runs))
+             + _c2s_md(runs) + _diverse_md(runs))
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -166,3 +166,27 @@ def _geometry(image, resolution):
     img = load_rgb(image)
     w0, h0 = img.info.get("original_size", img.size)
     return letterbox_geometry(w0, h0, tuple(resolution))
+
+
+class VisualVectors:
+    """ids -> (n, C) the pooled stride-32 trunk features of catalogue items, L2-normalised (every model's "visual"
+    space), read from the feature cache and memoised: protocol 4's space for intra-list diversity, the same for every
+    run so that lists of different methods are compared in one space."""
+
+    def __init__(self, catalog: Catalog, spec, cache_dir: Path):
+        self.catalog, self.spec, self.cache_dir, self.memo = catalog, spec, Path(cache_dir), {}
+
+    def __call__(self, ids: Sequence[str]) -> np.ndarray:
+        from vestis.models.layers import l2n, pool_maps
+
+        todo = list(dict.fromkeys(i for i in ids if i not in self.memo))
+        if todo:
+            feats = catalogue_features(Catalog([self.catalog[i] for i in todo], self.catalog.schema), self.spec,
+                                       self.cache_dir, progress=False)
+            if len(feats.ids) != len(todo):
+                raise VestisError(f"{len(todo) - len(feats.ids)} ranked items have no cached features "
+                                  f"({feats.describe()})")
+            with torch.inference_mode():
+                v = l2n(pool_maps({"s32": torch.from_numpy(feats.maps["s32"]).float()})).numpy()
+            self.memo.update(zip(feats.ids, v))
+        return np.stack([self.memo[i] for i in ids]) if len(ids) else np.zeros((0, 1), np.float32)

@@ -5,10 +5,10 @@ from vestis.models import amnet  # noqa: F401  (register)
 from vestis.models import fashionsearchnet  # noqa: F401  (register)
 from vestis.models import agmlan  # noqa: F401  (register)
 from vestis.models import parts  # noqa: F401  (register)
-from vestis.models.base import (MODELS, Probe, Request, SearchModel, Space, create_model, declared_levels,
-                                run_batched)
+from vestis.models.base import (MODELS, Embedding, Probe, Request, SearchModel, Space, create_model, declared_levels,
+                                embed_spaces_batched, run_batched)
 from vestis.models.explanation import Explanation, Region
 from vestis.models.loop import TrainData
 
-__all__ = ["Explanation", "MODELS", "Probe", "Region", "Request", "SearchModel", "Space", "TrainData", "create_model", "declared_levels",
-           "run_batched"]
+__all__ = ["Embedding", "Explanation", "MODELS", "Probe", "Region", "Request", "SearchModel", "Space", "TrainData", "create_model", "declared_levels",
+           "embed_spaces_batched", "run_batched"]

@@ -57,7 +57,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vestis.errors import VestisError
-from vestis.models.base import Maps, Probe, Request, SearchModel, Space, attribute_space, register
+from vestis.models.base import Embedding, Maps, Probe, Request, SearchModel, Space, attribute_space, register
 from vestis.models.explanation import Explanation, attribute_explanations
 from vestis.models.layers import AttributeClassifiers, boxes_from_maps, gap, l2n
 from vestis.models.loop import LoopConfig, TrainData, batch_maps, fit_loop
@@ -292,14 +292,31 @@ class AGMLAN(SearchModel):
 
     @torch.no_grad()
     def embed(self, maps: Maps, space: str = "main") -> torch.Tensor:
-        if space == "main":
-            emb, _, _ = self.embed_attributes(self.features(maps), torch.arange(len(self.attributes)))
-            return emb.flatten(1) / math.sqrt(len(self.attributes))
-        for i, a in enumerate(self.attributes):
-            if space == attribute_space(a):
-                emb, _, _ = self.embed_attributes(self.features(maps), torch.tensor([i]))
-                return emb[:, 0]
+        index = {attribute_space(a): i for i, a in enumerate(self.attributes)}
+        if space == "main" or space in index:
+            return self._space_vectors(self._all_attributes(maps), space, index)
         return super().embed(maps, space)
+
+    def _all_attributes(self, maps: Maps) -> torch.Tensor:
+        """(N, A, dim) every attribute's embedding: one space is a slice of it, so that an attribute's vectors are
+        bit for bit the same whether asked alone or with the others (the attention's batched products round
+        differently for one attribute than for all)."""
+        emb, _, _ = self.embed_attributes(self.features(maps), torch.arange(len(self.attributes)))
+        return emb
+
+    def _space_vectors(self, emb: torch.Tensor, space: str, index: dict) -> torch.Tensor:
+        return emb.flatten(1) / math.sqrt(len(self.attributes)) if space == "main" else emb[:, index[space]]
+
+    @torch.no_grad()
+    def embed_spaces(self, maps: Maps, names) -> dict[str, Embedding]:
+        """"main" and the per-attribute spaces from one computation of the hierarchical features and one attention
+        pass over the attributes (`embed` computes both once per space: 1 + A times an item for an index)."""
+        index = {attribute_space(a): i for i, a in enumerate(self.attributes)}
+        mine = [n for n in names if n == "main" or n in index]
+        emb = self._all_attributes(maps) if mine else None
+        res = {n: Embedding(self._space_vectors(emb, n, index)) for n in mine}
+        rest = [n for n in names if n not in res]
+        return {**res, **super().embed_spaces(maps, rest)} if rest else res
 
     # --- the query side ------------------------------------------------------------------------
     def plan(self, maps: Maps, request: Request) -> list[Probe]:

@@ -6,6 +6,8 @@ engine, evaluation and serving never special-case a method:
   fit(data)                         train (and set prototypes / memory where the method has them)
   spaces() -> {name: Space}         the vector spaces it fills, each indexed on its own by the engine
   embed(maps, space)                the gallery vectors of one space: (N, D), or (N, K, D) for a per-part space
+  embed_spaces(maps, names)         several spaces at once, {name: Embedding(vectors, part_labels)}: what
+                                    `vestis index` calls, so a method whose spaces share a network runs it once
   plan(maps, request) -> [Probe]    the query side: which vectors to look up in which space, with which
                                     candidate filters, answered as which group of results
   modes()                           the search modes `plan` answers
@@ -51,7 +53,9 @@ class Space:
     `attribute` (a per-attribute space, PROTOCOLS.md section 2's candidates); "parts" - `parts` vectors per item,
     indexed as `item#k` with a `part` attribute and collapsed back to the item (its best part) by the engine.
     `labels`: the names a per-part space's parts are labelled with (`SearchModel.part_labels`), indexed as the
-    attribute `PART_LABEL` of each part row so that a probe can filter on them; () when its parts are unlabelled."""
+    attribute `PART_LABEL` of each part row so that a probe can filter on them; () when its parts are unlabelled.
+    `label_attribute`: the catalogue attribute whose values those labels are, if any: with labels on, the engine
+    filters a part probe on the gallery item's catalogue label instead of the model's predicted one."""
 
     dim: int
     metric: str = "ip"  # "ip" (inner product) or "l2"
@@ -59,6 +63,7 @@ class Space:
     attribute: str | None = None
     parts: int = 1
     labels: tuple[str, ...] = ()
+    label_attribute: str | None = None
 
     def __post_init__(self):
         if self.members not in MEMBERS:
@@ -96,6 +101,15 @@ def attribute_space(attribute: str) -> str:
     return "attr_" + re.sub(r"[^A-Za-z0-9_.-]", "_", attribute)
 
 
+@dataclass
+class Embedding:
+    """One space's rows for a batch of maps: `vectors` as `embed` gives them, and for a per-part space with labels
+    `part_labels` as `part_labels` gives them ((N, parts) codes into `Space.labels`), else None."""
+
+    vectors: torch.Tensor
+    part_labels: torch.Tensor | None = None
+
+
 def run_batched(fn, maps: Mapping[str, np.ndarray], batch: int = EMBED_BATCH) -> np.ndarray:
     """fn over float16 numpy maps in float32 batches, under inference mode; float32 numpy, rows in order
     (any trailing shape: (N, D) or (N, K, D))."""
@@ -105,6 +119,23 @@ def run_batched(fn, maps: Mapping[str, np.ndarray], batch: int = EMBED_BATCH) ->
         for i in range(0, n, batch):
             out.append(np.asarray(fn({k: torch.from_numpy(v[i:i + batch]).float() for k, v in maps.items()})))
     return np.concatenate(out).astype(np.float32) if out else np.zeros((0, 0), np.float32)
+
+
+def embed_spaces_batched(model: SearchModel, names: Sequence[str], maps: Mapping[str, np.ndarray],
+                         batch: int = EMBED_BATCH) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
+    """`model.embed_spaces` over float16 numpy maps in float32 batches: {name: (float32 vectors, int64 part labels
+    or None)}, rows in order. One call per batch for all `names` (one network pass where the model shares one)."""
+    n = len(next(iter(maps.values())))
+    parts: dict[str, tuple[list, list]] = {name: ([], []) for name in names}
+    with torch.inference_mode():
+        for i in range(0, n, batch):
+            got = model.embed_spaces({k: torch.from_numpy(v[i:i + batch]).float() for k, v in maps.items()}, names)
+            for name in names:
+                parts[name][0].append(np.asarray(got[name].vectors, np.float32))
+                if got[name].part_labels is not None:
+                    parts[name][1].append(np.asarray(got[name].part_labels, np.int64))
+    return {name: (np.concatenate(v) if v else np.zeros((0, 0), np.float32), np.concatenate(lab) if lab else None)
+            for name, (v, lab) in parts.items()}
 
 
 class SearchModel(nn.Module):
@@ -154,6 +185,20 @@ class SearchModel(nn.Module):
     def part_labels(self, maps: Maps, space: str) -> torch.Tensor:
         """(N, parts) codes into `spaces()[space].labels`: each part's label, for a per-part space with labels."""
         raise VestisError(f"model {self.name} does not label the parts of space {space!r}")
+
+    def embed_spaces(self, maps: Maps, names: Sequence[str]) -> dict[str, Embedding]:
+        """Several spaces of the same maps at once: {name: Embedding(embed(maps, name), part_labels(maps, name) for
+        a per-part space with labels)}. This default asks each space on its own; a method whose spaces share one
+        network (parts, agmlan) overrides it to run that network once, and must return exactly the same rows
+        (tests/test_embed_spaces.py)."""
+        spaces = self.spaces()
+        out = {}
+        for name in names:
+            space = spaces.get(name)
+            labels = (self.part_labels(maps, name) if space is not None and space.members == "parts" and space.labels
+                      else None)
+            out[name] = Embedding(self.embed(maps, name), labels)
+        return out
 
     # --- the query side --------------------------------------------------------------------------
     def modes(self) -> list[str]:
