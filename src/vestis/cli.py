@@ -69,6 +69,19 @@ def cmd_synth(args) -> int:
 
 
 # --- ingest ---------------------------------------------------------------------------------------
+def cmd_views(args) -> int:
+    from vestis.vision.augmented_views import write_augmented_views
+
+    source = _load_catalog(args)
+    counts = write_augmented_views(source, args.out, views=args.views, query_views=args.query_views, seed=args.seed,
+                                   hr_dir=args.hr_dir, crop=args.crop)
+    print(f"wrote augmented views of single photos (not a multi-view dataset) to {args.out}: augmented.jsonl, "
+          f"cross-resolution.jsonl (+ schema.json, views/)")
+    for k, v in counts.items():
+        print(f"  {k}: {v}")
+    return 0
+
+
 def _print_load_warnings(cat) -> None:
     """What reading the catalogue changed or skipped (as `vestis ingest` prints it)."""
     for w in cat.report.warnings:
@@ -534,6 +547,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--singles", type=int, default=0,
                    help="with --collages-from: also this many train-split photos as single-product items")
     s.set_defaults(func=cmd_synth)
+
+    s = sub.add_parser("views", help="augmented views of single photos: a same-product catalogue from images_hr/ "
+                                     "(not a multi-view dataset)")
+    s.add_argument("--catalog", type=Path, required=True, help="the source catalogue (fashion-product-images-small)")
+    s.add_argument("--format", default=None, help="force the source's reader (default: auto-detect)")
+    s.add_argument("--out", type=Path, required=True, help="folder for augmented.jsonl, cross-resolution.jsonl, views/")
+    s.add_argument("--hr-dir", type=Path, default=None, help="the sharper copies (default: images_hr/ beside the "
+                                                             "catalogue)")
+    s.add_argument("--views", type=_positive, default=4, help="augmented views per train product (default 4)")
+    s.add_argument("--query-views", type=_positive, default=2, help="augmented query views per query product "
+                                                                    "(default 2)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--crop", type=float, default=0.15, help="largest share of a side a tight framing cuts (default "
+                                                           "0.15)")
+    s.set_defaults(func=cmd_views)
 
     s = sub.add_parser("ingest", help="validate a catalogue and print a summary")
     s.add_argument("path", type=Path)
