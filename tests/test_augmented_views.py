@@ -156,3 +156,40 @@ def test_real_images_hr(real_data_path, tmp_path):
     aug = Catalog.load(tmp_path / "o" / "augmented.jsonl")
     assert Image.open(aug[f"{keep[0]}~v1"].image).size == Image.open(real_data_path / "images_hr" / f"{keep[0]}.jpg").size
     assert aug[keep[0]].image == (real_data_path / "images" / f"{keep[0]}.jpg").resolve()
+
+
+def test_end_to_end_same_product_and_category_levels(fake_fpi, tmp_path, train_tiny, capsys):
+    """views -> global_embed (OC+IS) -> gallery index -> same-item queries -> search -> eval, with the category
+    classification at articleType and at the coarser levels (Park et al. Table 2)."""
+    import json
+
+    root, ids = fake_fpi
+    out, cache = tmp_path / "o", tmp_path / "cache"
+    assert main(["views", "--catalog", str(root), "--out", str(out), "--views", "3"]) == 0
+    cat = out / "augmented.jsonl"
+    run = train_tiny(tmp_path, cat, "global_embed", {"epochs": 2, "width": 16, "dim": 8, "p": 2, "k": 2,
+                                                     "batch_size": 8}, cache)
+    assert json.loads((run / "run.json").read_text())["config"]["category_attribute"] == "articleType"
+    idx, q, r = tmp_path / "idx", tmp_path / "q.jsonl", tmp_path / "r.jsonl"
+    assert main(["index", "--run", str(run), "--catalog", str(cat), "--out", str(idx), "--split", "gallery",
+                 "--kind", "flat", "--cache", str(cache)]) == 0
+    assert main(["queries", "--catalog", str(cat), "--protocol", "same_item", "--out", str(q)]) == 0
+    assert main(["search", "--run", str(run), "--index", str(idx), "--queries", str(q), "--output", str(r),
+                 "--labels", "off", "--cache", str(cache)]) == 0
+    capsys.readouterr()
+    assert main(["eval", "--queries", str(q), "--rankings", str(r), "--catalog", str(cat), "--run", str(run),
+                 "--views", "augmented views of single photos", "--no-curve", "--classify", "--cache", str(cache),
+                 "--report", str(tmp_path / "rep")]) == 0
+    rep = json.loads((tmp_path / "rep" / "report.json").read_text())
+    same = rep["same_item"]
+    assert same["n_scored"] == 4 and same["views"] == "augmented views of single photos"
+    assert same["recall_at_k"]["50"] == 1.0  # 4 gallery photos: every query finds its product in the top 50
+    cls, levels = rep["classification"], rep["classification_levels"]
+    assert cls["n"] == 4 and cls["split"] == "query" and set(levels) == {"subCategory", "masterCategory"}
+    for level in levels.values():
+        assert level["n"] == 4 and 0 <= level["top_k"]["1"] <= level["top_k"]["3"] <= 1
+    # a coarse level has fewer classes, and in this fixture each articleType has one subCategory, so the coarse
+    # top-1 is at least the fine one (a right articleType is a right subCategory)
+    assert levels["subCategory"]["n_classes"] == 3 and levels["subCategory"]["top_k"]["1"] >= cls["top_k"]["1"]
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "Category classification by level" in md and "masterCategory Top-5" in md

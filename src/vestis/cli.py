@@ -445,8 +445,16 @@ def cmd_eval(args) -> int:
 
             report["mapped_accuracy"] = mapped_accuracy(args.run, read_queries(args.queries), args.cache)
         else:
-            scores, labels, names = category_scores(args.run, cat, "query", args.cache)
-            report["classification"] = classification_report(scores, labels, names)
+            from vestis.eval.runners import category_level_scores
+
+            scores, labels, names = category_scores(args.run, cat, args.classify_split, args.cache)
+            report["classification"] = {**classification_report(scores, labels, names), "split": args.classify_split}
+            # Park et al.'s Table 2: the coarser category levels, through the same classifier
+            levels = category_level_scores(args.run, cat, args.classify_split, args.cache)
+            if levels:
+                report["classification_levels"] = {
+                    level: {**classification_report(*rows), "split": args.classify_split}
+                    for level, rows in levels.items()}
     report["machine"] = machine_info()
     if args.report:
         write_report(report, args.report)
@@ -754,7 +762,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-curve", action="store_true", help="skip the gallery-size curve (needs long rankings)")
     s.add_argument("--views", default=None, help="same-item data: real multi-view / synthetic multi-view / augmented")
     s.add_argument("--classify", action="store_true", help="also category top-1/3/5 of the run on the query split "
-                                                           "(consumer_to_shop: accuracy through the mapped sets)")
+                                                           "(consumer_to_shop: accuracy through the mapped sets); "
+                                                           "with subCategory / masterCategory in the catalogue, those "
+                                                           "levels too, through the run's category classifier")
+    s.add_argument("--classify-split", default="query", help="the split --classify scores (default query)")
     cache_option(s)
     s.set_defaults(func=cmd_eval)
 
