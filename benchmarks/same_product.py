@@ -69,8 +69,8 @@ def table(reports: list[Path]) -> None:
         name = r["run"]["name"]
         print(f"| {name} | {s['views']} | {s['n_scored']} | "
               + " | ".join(f"{100 * s['recall_at_k'][k]:.1f}" for k in KS) + " |")
-        if r.get("classification_levels"):
-            c, lv = r["classification"], r["classification_levels"]
+        if r.get("classification"):
+            c, lv = r["classification"], r.get("classification_levels", {})
             cells = [c] + [lv[a] for a in ("subCategory", "masterCategory") if a in lv]
             print(f"|   classification {name} ({c['split']}, {c['n']}) | "
                   + " | ".join(" / ".join(f"{100 * x['top_k'][k]:.1f}" for k in ("1", "3", "5")) for x in cells) + " |")

@@ -16,7 +16,8 @@
 # real = augmented + cross-resolution, one training); TAG: a suffix for the run folders (default none);
 # CONFIG_EXTRA: a JSON object merged into every global_embed row's config (e.g. the paper's eq. 1:
 # '{"squared": true, "margin": 0.3, "sim_weight": 0.1}'); VIEWS / QUERY_VIEWS: views per train / query product
-# (4 / 2); BENCH=0 skips the query-time benchmark; N / SEED: the synthetic catalogue (6000 / 1).
+# (4 / 2); PACKSHOT_VIEWS / PACKSHOT_PRODUCTS: views of the 60x80 photo for that many train products without an
+# images_hr copy (`vestis views --packshot-views/--packshot-products`; default none); BENCH=0 skips the query-time benchmark; N / SEED: the synthetic catalogue (6000 / 1).
 set -euo pipefail
 DATA=${DATA:-../shared/datasets/fashion-product-images-small}
 OUT=${OUT:-runs/bench/same_product}
@@ -67,8 +68,9 @@ for set in ${SETS:-synth real}; do
     done
     $V compare $(for r in $ROWS; do echo "$OUT/synth/${r//+/_}$TAG/report-synth"; done) --out "$OUT/synth/comparison$TAG"
   else
-    VD="$OUT/views-v$VIEWS-q$QUERY_VIEWS"
-    [ -f "$VD/cross-resolution.jsonl" ] || $V views --catalog "$DATA" --out "$VD" --views "$VIEWS" --query-views "$QUERY_VIEWS"
+    VD="$OUT/views-v$VIEWS-q$QUERY_VIEWS${PACKSHOT_VIEWS:+-p$PACKSHOT_VIEWS-$PACKSHOT_PRODUCTS}"
+    [ -f "$VD/cross-resolution.jsonl" ] || $V views --catalog "$DATA" --out "$VD" --views "$VIEWS" --query-views "$QUERY_VIEWS" \
+      ${PACKSHOT_VIEWS:+--packshot-views "$PACKSHOT_VIEWS" --packshot-products "$PACKSHOT_PRODUCTS"}
     for kind in augmented cross-resolution; do
       [ -f "$VD/queries-$kind.jsonl" ] || $V queries --catalog "$VD/$kind.jsonl" --protocol same_item --seed 0 --out "$VD/queries-$kind.jsonl"
       $V extract "$VD/$kind.jsonl" --levels "$LEVELS"

@@ -193,3 +193,18 @@ def test_end_to_end_same_product_and_category_levels(fake_fpi, tmp_path, train_t
     assert levels["subCategory"]["n_classes"] == 3 and levels["subCategory"]["top_k"]["1"] >= cls["top_k"]["1"]
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "Category classification by level" in md and "masterCategory Top-5" in md
+
+
+def test_packshot_views_add_products_without_images_hr(fake_fpi, tmp_path):
+    root, ids = fake_fpi
+    counts = write_augmented_views(Catalog.load(root), tmp_path / "o", views=2, query_views=1, packshot_views=2,
+                                   progress=False)
+    p = ids["train"][3]  # the train product without a sharper copy
+    assert counts["train products with views of the 60x80 photo"] == 1 and counts["train views"] == 3 * 2 + 2
+    aug = Catalog.load(tmp_path / "o" / "augmented.jsonl")
+    assert sorted(it.id for it in aug.split("train") if it.instance_id == p) == [p, f"{p}~p1", f"{p}~p2"]
+    assert Image.open(aug[f"{p}~p1"].image).size == (60, 80)  # a view of the 60 x 80 photo
+    assert ids["gallery"][1] in aug and f"{ids['gallery'][1]}~p1" not in aug  # only train products
+    none = write_augmented_views(Catalog.load(root), tmp_path / "n", views=1, query_views=1, packshot_views=1,
+                                 packshot_products=0, progress=False)
+    assert "train products with views of the 60x80 photo" not in none

@@ -74,7 +74,8 @@ def cmd_views(args) -> int:
 
     source = _load_catalog(args)
     counts = write_augmented_views(source, args.out, views=args.views, query_views=args.query_views, seed=args.seed,
-                                   hr_dir=args.hr_dir, crop=args.crop)
+                                   hr_dir=args.hr_dir, crop=args.crop, packshot_views=args.packshot_views,
+                                   packshot_products=args.packshot_products)
     print(f"wrote augmented views of single photos (not a multi-view dataset) to {args.out}: augmented.jsonl, "
           f"cross-resolution.jsonl (+ schema.json, views/)")
     for k, v in counts.items():
@@ -569,6 +570,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--crop", type=float, default=0.15, help="largest share of a side a tight framing cuts (default "
                                                            "0.15)")
+    s.add_argument("--packshot-views", type=int, default=0, help="also this many views of the 60x80 photo of train "
+                                                                 "products without images_hr (default 0)")
+    s.add_argument("--packshot-products", type=int, default=None, help="for this many of them (a seeded choice; "
+                                                                       "default all)")
     s.set_defaults(func=cmd_views)
 
     s = sub.add_parser("ingest", help="validate a catalogue and print a summary")

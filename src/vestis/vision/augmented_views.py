@@ -20,7 +20,10 @@ Their rows, by the source catalogue's own split of the product (a function of it
   - query products with an `images_hr` photo: the 60 x 80 photo goes to the gallery (the product's one gallery
     view, as in In-shop), and the query split gets the views (or the photo) above;
   - gallery products: the 60 x 80 photo, split "gallery";
-  - train and query products without an `images_hr` photo are left out (nothing to make a view of).
+  - train and query products without an `images_hr` photo are left out (nothing to make a view of), except that
+    `packshot_views` > 0 adds that many views of the 60 x 80 photo itself for `packshot_products` of the train
+    products without one (a seeded choice; all when None): more products for the instance loss to tell apart,
+    from smaller photos (ids `<id>~p<k>`).
 Catalogue photos are referenced in place (absolute paths into the dataset, never copied); only the views are
 written, as JPEG (quality 95; `shopper_view` has already compressed each once at quality 35-85). A view's seed is a
 function of (seed, product id, view number), so one product's views do not change when others are added.
@@ -33,6 +36,7 @@ from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 from vestis.catalog import Catalog, Item
@@ -65,7 +69,8 @@ def hr_folder(source: Catalog, hr_dir: str | Path | None = None) -> Path:
 
 
 def write_augmented_views(source: Catalog, out: str | Path, views: int = 4, query_views: int = 2, seed: int = 0,
-                          hr_dir: str | Path | None = None, crop: float = CROP, progress: bool = True) -> dict:
+                          hr_dir: str | Path | None = None, crop: float = CROP, packshot_views: int = 0,
+                          packshot_products: int | None = None, progress: bool = True) -> dict:
     """Write `out/augmented.jsonl`, `out/cross-resolution.jsonl`, `out/schema.json` and `out/views/*.jpg` (see the
     module docstring); returns the counts. Views already on disk are kept (a re-run with the same arguments
     writes the same files), so an interrupted run resumes."""
@@ -82,9 +87,18 @@ def write_augmented_views(source: Catalog, out: str | Path, views: int = 4, quer
     counts: Counter = Counter()
     todo: list[tuple[Path, Path, int]] = []  # (hr photo, view file, seed)
 
-    def view(product: Item, name: str, split: str) -> Item:
+    if packshot_views < 0 or (packshot_products is not None and packshot_products < 0):
+        raise VestisError("packshot_views and packshot_products must be >= 0")
+    extra: set[str] = set()
+    if packshot_views:
+        pool = sorted(it.id for it in source if source.split_of(it.id) == "train" and it.id not in hr
+                      and it.image is not None and Path(it.image).is_file())
+        pick = np.random.default_rng(seed).permutation(len(pool))
+        extra = {pool[i] for i in (pick if packshot_products is None else pick[:packshot_products])}
+
+    def view(product: Item, name: str, split: str, src: Path | None = None) -> Item:
         path = out / "views" / f"{product.id}~{name}.jpg"
-        todo.append((hr[product.id], path, view_seed(seed, product.id, name)))
+        todo.append((src or hr[product.id], path, view_seed(seed, product.id, name)))
         return Item(id=f"{product.id}~{name}", image=path.resolve(), attributes=dict(product.attributes),
                     instance_id=product.id, split=split)
 
@@ -97,6 +111,10 @@ def write_augmented_views(source: Catalog, out: str | Path, views: int = 4, quer
         if split == "gallery":
             shared.append(replace(photo, split="gallery"))
             counts["gallery photos"] += 1
+        elif it.id in extra:
+            shared.append(replace(photo, split="train"))
+            shared.extend(view(it, f"p{k}", "train", Path(it.image)) for k in range(1, packshot_views + 1))
+            counts["train products with views of the 60x80 photo"] += 1
         elif it.id not in hr:
             counts[f"{split} products without {HR_DIR}"] += 1
         elif split == "train":
@@ -129,6 +147,7 @@ def write_augmented_views(source: Catalog, out: str | Path, views: int = 4, quer
     for kind in KINDS:
         generic.write(Catalog(shared + queries[kind], source.schema, name=kind, source="augmented views"),
                       out / f"{kind}.jsonl")
-    counts.update({"train views": views * counts["train products"],
+    counts.update({"train views": views * counts["train products"]
+                   + packshot_views * counts["train products with views of the 60x80 photo"],
                    "query views": query_views * counts["query products"], "views written now": made})
     return dict(counts)
