@@ -643,8 +643,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", type=Path, default=None, help="also write the report as JSON here")
     b.add_argument("--kinds", default="auto,flat,hnsw,ivfpq", help="without --sweep: the FAISS kinds to measure")
     b.add_argument("--mode", default="manipulate",
-                   help="manipulate (default) or attribute:<name>: time that attribute's own space (AG-MLAN, "
-                        "attribute_baseline), its query vectors from the items of --queries")
+                   help="manipulate (default), same_item (the plain item vector: same-product search) or "
+                        "attribute:<name>: time that attribute's own space (AG-MLAN, attribute_baseline); the query "
+                        "vectors come from the items of --queries")
     b.set_defaults(func=cmd_bench_search)
 
     b = bench.add_parser("query", help="one manipulation query through the engine on a built index")
