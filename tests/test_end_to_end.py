@@ -150,6 +150,20 @@ def test_bench_search_times_an_attribute_space(pipeline, bench_queries, capsys):
     assert "unknown attribute 'nope'" in capsys.readouterr().err
 
 
+def test_bench_search_times_same_item_queries(pipeline, bench_queries, capsys):
+    """`--mode same_item` times the plain item vector in the main space (same-product search, Park et al.)."""
+    root, cat, run, idx, cache = pipeline
+    assert main(["bench", "search", "--run", str(run), "--index", str(idx), "--queries", str(bench_queries),
+                 "--n", "4", "--repeats", "1", "--items", "300", "--milvus-items", "0", "--kinds", "auto,flat",
+                 "--mode", "same_item", "--json", str(root / "bench-same.json"), "--cache", str(cache)]) == 0
+    rep = json.loads((root / "bench-same.json").read_text())
+    assert rep["mode"] == "same_item" and rep["space"] == "main" and rep["rows"][1]["recall_ties"] == 1.0
+    assert "mode same_item" in capsys.readouterr().out
+    assert main(["bench", "search", "--run", str(run), "--index", str(idx), "--queries", str(bench_queries),
+                 "--n", "2", "--items", "300", "--milvus-items", "0", "--mode", "diverse", "--cache", str(cache)]) == 2
+    assert "not 'diverse'" in capsys.readouterr().err
+
+
 def test_bench_labels_times_the_catalogue_aware_query_and_its_recall(pipeline, bench_queries, capsys):
     root, cat, run, idx, cache = pipeline
     assert main(["bench", "labels", "--run", str(run), "--index", str(idx), "--queries", str(bench_queries),

@@ -132,6 +132,22 @@ def test_classification_top_k_ties_rank_against_the_true_class():
         M.classification_top_k_accuracy(scores, [2, 0, 0, 5])
 
 
+def test_coarse_levels_from_a_fine_classifier():
+    # fine classes 0, 1, 2 -> coarse: 0 -> A always; 1 -> A twice, B twice; 2 -> B; fine class 3 never seen
+    cond = M.coarse_conditional([0, 0, 1, 1, 1, 1, 2], [0, 0, 0, 0, 1, 1, 1], n_fine=4, n_coarse=2)
+    assert cond.tolist() == [[1.0, 0.0], [0.5, 0.5], [0.0, 1.0], [0.5, 0.5]]
+    scores = [[0.6, 0.1, 0.3, 0.0],   # P(A) = 0.6 + 0.05 = 0.65, P(B) = 0.05 + 0.3 = 0.35
+              [0.1, 0.2, 0.3, 0.4]]   # P(A) = 0.1 + 0.1 + 0.2 = 0.4, P(B) = 0.1 + 0.3 + 0.2 = 0.6
+    coarse = M.coarse_scores(scores, cond)
+    assert coarse.round(6).tolist() == [[0.65, 0.35], [0.4, 0.6]]
+    # true coarse A for both: the first ranks it 1st, the second 2nd -> top-1 1/2, top-2 1
+    assert M.classification_top_k_accuracy(coarse, [0, 0], ks=(1, 2)) == {1: 0.5, 2: 1.0}
+    with pytest.raises(ValueError):
+        M.coarse_scores(scores, cond[:3])
+    with pytest.raises(ValueError):
+        M.coarse_conditional([0, 4], [0, 0], n_fine=4, n_coarse=2)
+
+
 # --- the gallery-size curve's restricted ranking --------------------------------------------------------------
 def test_filtered_hit_at_k():
     hits = [F, T, F, F, T]

@@ -69,6 +69,20 @@ def cmd_synth(args) -> int:
 
 
 # --- ingest ---------------------------------------------------------------------------------------
+def cmd_views(args) -> int:
+    from vestis.vision.augmented_views import write_augmented_views
+
+    source = _load_catalog(args)
+    counts = write_augmented_views(source, args.out, views=args.views, query_views=args.query_views, seed=args.seed,
+                                   hr_dir=args.hr_dir, crop=args.crop, packshot_views=args.packshot_views,
+                                   packshot_products=args.packshot_products)
+    print(f"wrote augmented views of single photos (not a multi-view dataset) to {args.out}: augmented.jsonl, "
+          f"cross-resolution.jsonl (+ schema.json, views/)")
+    for k, v in counts.items():
+        print(f"  {k}: {v}")
+    return 0
+
+
 def _print_load_warnings(cat) -> None:
     """What reading the catalogue changed or skipped (as `vestis ingest` prints it)."""
     for w in cat.report.warnings:
@@ -455,8 +469,16 @@ def cmd_eval(args) -> int:
 
             report["mapped_accuracy"] = mapped_accuracy(args.run, read_queries(args.queries), args.cache)
         else:
-            scores, labels, names = category_scores(args.run, cat, "query", args.cache)
-            report["classification"] = classification_report(scores, labels, names)
+            from vestis.eval.runners import category_level_scores
+
+            scores, labels, names = category_scores(args.run, cat, args.classify_split, args.cache)
+            report["classification"] = {**classification_report(scores, labels, names), "split": args.classify_split}
+            # Park et al.'s Table 2: the coarser category levels, through the same classifier
+            levels = category_level_scores(args.run, cat, args.classify_split, args.cache)
+            if levels:
+                report["classification_levels"] = {
+                    level: {**classification_report(*rows), "split": args.classify_split}
+                    for level, rows in levels.items()}
     report["machine"] = machine_info()
     if args.report:
         write_report(report, args.report)
@@ -558,6 +580,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --collages-from: also this many train-split photos as single-product items")
     s.set_defaults(func=cmd_synth)
 
+    s = sub.add_parser("views", help="augmented views of single photos: a same-product catalogue from images_hr/ "
+                                     "(not a multi-view dataset)")
+    s.add_argument("--catalog", type=Path, required=True, help="the source catalogue (fashion-product-images-small)")
+    s.add_argument("--format", default=None, help="force the source's reader (default: auto-detect)")
+    s.add_argument("--out", type=Path, required=True, help="folder for augmented.jsonl, cross-resolution.jsonl, views/")
+    s.add_argument("--hr-dir", type=Path, default=None, help="the sharper copies (default: images_hr/ beside the "
+                                                             "catalogue)")
+    s.add_argument("--views", type=_positive, default=4, help="augmented views per train product (default 4)")
+    s.add_argument("--query-views", type=_positive, default=2, help="augmented query views per query product "
+                                                                    "(default 2)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--crop", type=float, default=0.15, help="largest share of a side a tight framing cuts (default "
+                                                           "0.15)")
+    s.add_argument("--packshot-views", type=int, default=0, help="also this many views of the 60x80 photo of train "
+                                                                 "products without images_hr (default 0)")
+    s.add_argument("--packshot-products", type=int, default=None, help="for this many of them (a seeded choice; "
+                                                                       "default all)")
+    s.set_defaults(func=cmd_views)
+
     s = sub.add_parser("ingest", help="validate a catalogue and print a summary")
     s.add_argument("path", type=Path)
     s.add_argument("--format", default=None, help="force a reader (default: auto-detect)")
@@ -625,8 +666,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", type=Path, default=None, help="also write the report as JSON here")
     b.add_argument("--kinds", default="auto,flat,hnsw,ivfpq", help="without --sweep: the FAISS kinds to measure")
     b.add_argument("--mode", default="manipulate",
-                   help="manipulate (default) or attribute:<name>: time that attribute's own space (AG-MLAN, "
-                        "attribute_baseline), its query vectors from the items of --queries")
+                   help="manipulate (default), same_item (the plain item vector: same-product search) or "
+                        "attribute:<name>: time that attribute's own space (AG-MLAN, attribute_baseline); the query "
+                        "vectors come from the items of --queries")
     b.set_defaults(func=cmd_bench_search)
 
     b = bench.add_parser("query", help="one manipulation query through the engine on a built index")
@@ -757,7 +799,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-curve", action="store_true", help="skip the gallery-size curve (needs long rankings)")
     s.add_argument("--views", default=None, help="same-item data: real multi-view / synthetic multi-view / augmented")
     s.add_argument("--classify", action="store_true", help="also category top-1/3/5 of the run on the query split "
-                                                           "(consumer_to_shop: accuracy through the mapped sets)")
+                                                           "(consumer_to_shop: accuracy through the mapped sets); "
+                                                           "with subCategory / masterCategory in the catalogue, those "
+                                                           "levels too, through the run's category classifier")
+    s.add_argument("--classify-split", default="query", help="the split --classify scores (default query)")
     cache_option(s)
     s.set_defaults(func=cmd_eval)
 

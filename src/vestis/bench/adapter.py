@@ -24,7 +24,8 @@ class BenchRun:
         self.run_id: str = engine.info.run_id
         self.catalog = engine.catalog
         self.cache_dir: Path = engine.cache_dir
-        # the space the timed mode searches: "main" for manipulate, an attribute's own space for attribute:<name>
+        # the space the timed mode searches: "main" for manipulate and same_item (the plain item vector, Park et al.'s
+        # same-product search), an attribute's own space for attribute:<name>
         # where the model has one (else "main", the whole-item vector)
         self.mode = mode
         self.space_name = "main"
@@ -32,8 +33,14 @@ class BenchRun:
             self.model.schema.check_attribute(mode.split(":", 1)[1])
             own = attribute_space(mode.split(":", 1)[1])
             self.space_name = own if own in engine.spaces else "main"
-        elif mode != "manipulate":
-            raise ValueError(f"the benchmark times manipulate or attribute:<name> queries, not {mode!r}")
+        elif mode not in ("manipulate", "same_item"):
+            from vestis.errors import VestisError
+
+            raise VestisError(f"the benchmark times manipulate, same_item or attribute:<name> queries, not {mode!r}")
+        elif mode not in self.model.modes():
+            from vestis.errors import VestisError
+
+            raise VestisError(f"model {self.model.name} does not answer {mode!r}; it answers {', '.join(self.model.modes())}")
         self.space = engine.spaces[self.space_name]
         self.metric: str = engine.space_defs[self.space_name].metric
         self.index_name = f"{engine.meta.get('backend', '?')} {engine.meta.get('kind', '?')}"

@@ -272,6 +272,29 @@ def classification_top_k_accuracy(scores, labels, ks: Iterable[int] = CLASSIFICA
     return {k: float(np.mean(rank <= k)) for k in ks}
 
 
+def coarse_conditional(fine_labels, coarse_labels, n_fine: int, n_coarse: int) -> np.ndarray:
+    """P(coarse | fine) as an (n_fine, n_coarse) row-stochastic matrix counted from paired labels (e.g. articleType
+    -> subCategory on the training split); a fine class never seen spreads its mass evenly."""
+    f, c = np.asarray(fine_labels, dtype=np.int64), np.asarray(coarse_labels, dtype=np.int64)
+    if f.shape != c.shape or f.ndim != 1:
+        raise ValueError(f"fine and coarse labels must be paired 1-d arrays, got {f.shape} and {c.shape}")
+    if len(f) and (f.min() < 0 or f.max() >= n_fine or c.min() < 0 or c.max() >= n_coarse):
+        raise ValueError(f"labels out of range (fine < {n_fine}, coarse < {n_coarse})")
+    table = np.zeros((n_fine, n_coarse), np.float64)
+    np.add.at(table, (f, c), 1.0)
+    rows = table.sum(1, keepdims=True)
+    return np.where(rows > 0, table / np.maximum(rows, 1), 1.0 / n_coarse)
+
+
+def coarse_scores(fine_scores, conditional) -> np.ndarray:
+    """Probabilities of a coarser category from a finer classifier's: P(coarse) = sum_fine P(fine) P(coarse | fine)
+    (Park et al.'s Table 2 reports three category levels; one articleType classifier answers all three)."""
+    s, m = np.asarray(fine_scores, dtype=np.float64), np.asarray(conditional, dtype=np.float64)
+    if s.ndim != 2 or m.ndim != 2 or s.shape[1] != m.shape[0]:
+        raise ValueError(f"fine scores (n, F) and conditional (F, C) do not match: {s.shape} and {m.shape}")
+    return s @ m
+
+
 # --- diverse part-based recommendation (protocol 4, Verma et al.) ----------------------------------------------
 def round_robin(groups: Sequence[Sequence[str]], n: int | None = None) -> list[str]:
     """The groups read round-robin (first of each, then second, ...), each id once, cut at n: protocol 4's merged list."""

@@ -185,6 +185,15 @@ def _same_item_md(runs: Runs) -> list[str]:
         ks = list(dict.fromkeys(k for _, c in cls for k in c["top_k"]))
         rows = [[n, str(c["n"])] + [_pct(c["top_k"].get(k)) for k in ks] for n, c in cls]
         out += ["### Category classification accuracy (%)", "", _table(["Run", "images"] + [f"Top-{k}" for k in ks], rows), ""]
+    levels = [(n, r["classification"], r["classification_levels"]) for n, r in runs if r.get("classification_levels")]
+    if levels:  # Park et al.'s Table 2 layout: one row per run, top-1/3/5 per category level
+        names = list(dict.fromkeys(a for _, _, lv in levels for a in lv))
+        ks = list(dict.fromkeys(k for _, c, _ in levels for k in c["top_k"]))
+        rows = [[n, str(c["n"])] + [_pct(c["top_k"].get(k)) for k in ks]
+                + [_pct(lv[a]["top_k"].get(k)) if a in lv else "-" for a in names for k in ks] for n, c, lv in levels]
+        out += ["### Category classification by level (%, the finer classifier's probabilities summed per level)", "",
+                _table(["Run", "images"] + [f"category Top-{k}" for k in ks] + [f"{a} Top-{k}" for a in names for k in ks],
+                       rows), ""]
     return (["## Same-item retrieval (protocol 3)", ""] + out) if out else []
 
 

@@ -24,6 +24,11 @@ def category_scores(run_dir: Path, catalog: Catalog, split: str, cache_dir: Path
     """Category probabilities of a run that classifies the category attribute (Park et al.'s OC path, or any model
     with attribute classifiers) for one split's items with a known category: (scores (n, C), true class indices
     (n,), class names)."""
+    return _category_scores(run_dir, catalog, split, cache_dir)[:3]
+
+
+def _category_scores(run_dir: Path, catalog: Catalog, split: str, cache_dir: Path):
+    """category_scores' (scores, labels, names) plus the scored item ids (rows) and the category attribute."""
     model, info = load_run(run_dir)
     if not model.predicts_attributes:
         raise VestisError(f"model {info.model} does not classify attributes")
@@ -34,7 +39,35 @@ def category_scores(run_dir: Path, catalog: Catalog, split: str, cache_dir: Path
     n_values = len(model.schema.values(attr))
     scores = run_batched(lambda m: model.attribute_probabilities(m)[attr][:, :n_values], feats.maps)
     labels = np.array([model.schema.index(attr, part[i].attributes[attr]) for i in feats.ids])
-    return scores, labels, list(model.schema.values(attr))
+    return scores, labels, list(model.schema.values(attr)), list(feats.ids), attr
+
+
+def category_level_scores(run_dir: Path, catalog: Catalog, split: str, cache_dir: Path,
+                          levels: Sequence[str] = ("subCategory", "masterCategory")) -> dict[str, tuple]:
+    """The run's category classifier at coarser levels (Park et al. Table 2: several category levels): for each
+    attribute of `levels` in the catalogue (other than the one the run classifies), (scores (n, C), true class
+    indices (n,), class names), with P(level) = sum over the run's classes of P(class) P(level | class), the
+    conditional counted on the catalogue's train split (`metrics.coarse_conditional`). Items of `split` whose
+    level value is unknown are left out."""
+    from vestis.eval.metrics import coarse_conditional, coarse_scores
+
+    scores, _, names, ids, fine = _category_scores(run_dir, catalog, split, cache_dir)
+    fine_index = {v: i for i, v in enumerate(names)}
+    out = {}
+    for level in levels:
+        if level == fine or level not in catalog.schema:
+            continue
+        values = list(catalog.schema.values(level))
+        index = {v: i for i, v in enumerate(values)}
+        pairs = [(fine_index[it.attributes[fine]], index[it.attributes[level]]) for it in catalog.split("train")
+                 if it.attributes.get(fine) in fine_index and it.attributes.get(level) in index]
+        if not pairs:
+            continue
+        f, c = zip(*pairs)
+        probs = coarse_scores(scores, coarse_conditional(f, c, len(names), len(values)))
+        keep = [j for j, i in enumerate(ids) if catalog[i].attributes.get(level) in index]
+        out[level] = (probs[keep], np.array([index[catalog[ids[j]].attributes[level]] for j in keep]), values)
+    return out
 
 
 def mapped_accuracy(run_dir: Path, queries: Sequence[Mapping], cache_dir: Path, batch: int = 64) -> dict:

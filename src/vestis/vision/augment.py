@@ -9,7 +9,10 @@ JPEG-compressed by a phone. `shopper_view` makes the first look like the second:
 2. the garment is scaled (0.55-1.0 of the frame) and placed off-centre;
 3. a small rotation (up to 12 degrees) and a perspective tilt;
 4. lighting: brightness, contrast, saturation, a colour cast and a vignette-like gradient;
-5. blur (up to radius 1.5 at 400 px, scaled with the image) and JPEG re-compression (quality 35-85).
+5. blur (up to radius 1.5 at 400 px, scaled with the image) and JPEG re-compression (quality 35-85);
+6. with `crop` > 0 only (a shopper framing the product tightly; the augmented views of single photos use it): a
+   random window of 1 - crop to 1 of each side, resized back to the image's size. It draws from the generator
+   after everything else, so `crop=0` (the default) gives the very bytes it gave before the option existed.
 
 Everything draws from `numpy.random.default_rng(seed)` and PIL's deterministic operations, so a seed gives the
 same bytes on every machine; the same-product protocol can reuse it for augmented query views.
@@ -20,7 +23,8 @@ from __future__ import annotations
 import io
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
+from PIL import Image, ImageEnhance, ImageFilter
+from scipy import ndimage
 
 WHITE = 232  # a pixel with every channel at or above this is packshot background
 
@@ -60,20 +64,22 @@ def _perspective_coeffs(src, dst):
     return np.linalg.solve(np.array(a, np.float64), b).tolist()
 
 
-def shopper_view(image: Image.Image, seed: int) -> Image.Image:
-    """A shopper-photo-like view of a packshot, the same size as `image` (RGB); deterministic in `seed`."""
+def shopper_view(image: Image.Image, seed: int, crop: float = 0.0) -> Image.Image:
+    """A shopper-photo-like view of a packshot, the same size as `image` (RGB); deterministic in `seed` (and
+    `crop`, the largest share of each side a tight framing may cut off, 0 <= crop < 1)."""
+    if not 0 <= crop < 1:
+        raise ValueError(f"crop must be in [0, 1), got {crop}")
     rng = np.random.default_rng(seed)
     img = image.convert("RGB")
     w, h = img.size
     a = np.asarray(img, np.float32)
     # 1. the white surround becomes a household surface (mask softened so edges do not ring)
-    white = Image.fromarray((a >= WHITE).all(-1).astype(np.uint8) * 255).copy()  # writable (floodfill)
-    # only white connected to the border is background (a cream coat's own white stays garment)
-    for x, y in [(x, 0) for x in range(w)] + [(x, h - 1) for x in range(w)] + [(0, y) for y in range(h)] + \
-            [(w - 1, y) for y in range(h)]:
-        if white.getpixel((x, y)) == 255:
-            ImageDraw.floodfill(white, (x, y), 128)
-    bg = np.asarray(white) == 128
+    # only white connected to the border is background (a cream coat's own white stays garment): the
+    # 4-connected components of the white that touch the border (what a flood fill from every border pixel
+    # finds, in C rather than PIL's Python flood fill, which took 80 % of a 225 x 300 view's time)
+    components, _ = ndimage.label((a >= WHITE).all(-1))
+    border = np.unique(np.concatenate([components[0], components[-1], components[:, 0], components[:, -1]]))
+    bg = np.isin(components, border[border > 0])
     # grown by a pixel, so the light fringe around the garment goes with the white
     mask = Image.fromarray(bg.astype(np.uint8) * 255).filter(ImageFilter.MaxFilter(3)).filter(ImageFilter.GaussianBlur(0.7))
     m = np.asarray(mask, np.float32)[..., None] / 255
@@ -107,8 +113,14 @@ def shopper_view(image: Image.Image, seed: int) -> Image.Image:
     r = rng.uniform(0, 1.5) * max(w, h) / 400  # radius for a 400 px photo, scaled to this one
     if r > 0.15:
         view = view.filter(ImageFilter.GaussianBlur(r))
+    quality = int(rng.integers(35, 86))
+    # 6. a tight framing (before the compression, as a phone crops before it saves)
+    if crop > 0:
+        cw, ch = (max(1, round(side * rng.uniform(1 - crop, 1))) for side in (w, h))
+        x0, y0 = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+        view = view.crop((x0, y0, x0 + cw, y0 + ch)).resize((w, h), Image.BILINEAR)
     buf = io.BytesIO()
-    view.save(buf, "JPEG", quality=int(rng.integers(35, 86)))
+    view.save(buf, "JPEG", quality=quality)
     out = Image.open(io.BytesIO(buf.getvalue()))
     out.load()
     return out.convert("RGB")

@@ -1,0 +1,97 @@
+"""Helpers of benchmarks/same_product.sh (issue 17).
+
+    python benchmarks/same_product.py sheet VIEWS_DIR OUT.png [--products 6]
+        a contact sheet of augmented views of single photos: per query product (a row), its 60x80 catalogue photo
+        (the gallery image to find), its images_hr photo as it is (the cross-resolution query) and its augmented
+        query views, then one train product's views for comparison;
+    python benchmarks/same_product.py table REPORT_DIR...
+        the Recall@1/5/10/20/50 and category-level rows of `vestis eval` reports, as README table rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+CELL = (150, 200)  # width, height of one picture on the sheet (the photos' 3:4)
+KS = ("1", "5", "10", "20", "50")
+
+
+def _fit(path: Path) -> Image.Image:
+    im = Image.open(path).convert("RGB")
+    im.thumbnail(CELL, Image.BICUBIC) if im.width > CELL[0] else None
+    if im.width < CELL[0] and im.height < CELL[1]:  # a 60x80 photo: enlarged (nearest) so its size is visible
+        s = min(CELL[0] // im.width, CELL[1] // im.height)
+        im = im.resize((im.width * s, im.height * s), Image.NEAREST)
+    cell = Image.new("RGB", CELL, (255, 255, 255))
+    cell.paste(im, ((CELL[0] - im.width) // 2, (CELL[1] - im.height) // 2))
+    return cell
+
+
+def sheet(views_dir: Path, out: Path, products: int = 6) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+    from vestis.catalog import Catalog
+
+    aug = Catalog.load(views_dir / "augmented.jsonl")
+    xres = Catalog.load(views_dir / "cross-resolution.jsonl")
+    queries = sorted({it.instance_id for it in aug.split("query")})
+    step = max(1, len(queries) // products)
+    chosen = queries[::step][:products]
+    rows = []
+    for p in chosen:
+        views = sorted((it for it in aug.split("query") if it.instance_id == p), key=lambda it: it.id)
+        rows.append([aug[p].image, xres[f"{p}~hr"].image] + [it.image for it in views])
+    cols = max(len(r) for r in rows)
+    head = 24
+    labels = ["catalogue 60x80 (gallery)", "images_hr as is", *[f"augmented view {k}" for k in range(1, cols - 1)]]
+    W, H = CELL[0] * cols, head + CELL[1] * len(rows)
+    canvas = Image.new("RGB", (W, H), (255, 255, 255))
+    d = ImageDraw.Draw(canvas)
+    for c, lab in enumerate(labels[:cols]):
+        d.text((c * CELL[0] + 4, 6), lab, fill=(0, 0, 0))
+    for r, paths in enumerate(rows):
+        for c, path in enumerate(paths):
+            canvas.paste(_fit(Path(path)), (c * CELL[0], head + r * CELL[1]))
+        d.text((4, head + r * CELL[1] + 4), chosen[r], fill=(200, 0, 0))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(out, optimize=True)
+    print(f"wrote {out} ({len(rows)} products: {', '.join(chosen)})")
+
+
+def table(reports: list[Path]) -> None:
+    for d in reports:
+        r = json.loads((d / "report.json").read_text())
+        s = r["same_item"]
+        name = r["run"]["name"]
+        print(f"| {name} | {s['views']} | {s['n_scored']} | "
+              + " | ".join(f"{100 * s['recall_at_k'][k]:.1f}" for k in KS) + " |")
+        if r.get("classification"):
+            c, lv = r["classification"], r.get("classification_levels", {})
+            cells = [c] + [lv[a] for a in ("subCategory", "masterCategory") if a in lv]
+            print(f"|   classification {name} ({c['split']}, {c['n']}) | "
+                  + " | ".join(" / ".join(f"{100 * x['top_k'][k]:.1f}" for k in ("1", "3", "5")) for x in cells) + " |")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("sheet")
+    s.add_argument("views_dir", type=Path)
+    s.add_argument("out", type=Path)
+    s.add_argument("--products", type=int, default=6)
+    t = sub.add_parser("table")
+    t.add_argument("reports", type=Path, nargs="+")
+    a = p.parse_args(argv)
+    if a.cmd == "sheet":
+        sheet(a.views_dir, a.out, a.products)
+    else:
+        table(a.reports)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
