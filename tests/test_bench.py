@@ -180,3 +180,22 @@ def test_goal_verdict():
     text = format_report(_report(0.8, 0.98))
     assert "auto -> hnsw (default)" in text and "**met**" in text and "alone (`embed_query`, no index): p50 0.40" in text
     assert "machine: 2 cores, 1 GiB, x, no accelerator; Python 3.12.3, faiss-cpu 1.2; load average 0.50, 0.40, 0.30 at the end" in text
+
+
+def test_augmented_gallery_of_the_read_levels_only_is_the_same():
+    """Augmenting only the levels `embed` reads (and the partner maps only where mixed in) leaves the vectors as they
+    were with every level augmented."""
+    rng = np.random.default_rng(0)
+    maps = {"s16": rng.standard_normal((30, 4, 6, 4)).astype(np.float16),
+            "s32": rng.standard_normal((30, 8, 5, 4)).astype(np.float16)}
+    seen = []
+
+    def embed(m):
+        seen.append(sorted(m))
+        return m["s32"].astype(np.float32).mean(axis=(2, 3))
+
+    every = augmented_gallery(embed, maps, 90, seed=2)
+    assert seen[-1] == ["s16", "s32"]
+    only = augmented_gallery(embed, maps, 90, seed=2, levels=("s32",))
+    assert seen[-1] == ["s32"]
+    np.testing.assert_array_equal(only, every)

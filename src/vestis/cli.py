@@ -107,13 +107,22 @@ def _default_levels(args) -> tuple[str, ...]:
     return declared_levels()
 
 
+def _engine_options(args) -> dict:
+    """`extract_catalog` arguments of --engine / --address / --ray-cpus."""
+    if args.engine != "ray" and (args.address or args.ray_cpus):
+        raise VestisError("--address and --ray-cpus go with --engine ray")
+    if args.engine != "ray":
+        return {}
+    return {"engine": "ray", "address": args.address, "ray_cpus": args.ray_cpus}
+
+
 def cmd_extract(args) -> int:
     from vestis.catalog import Catalog
     from vestis.vision.extract import extract_catalog
 
     cat = Catalog.load(args.catalog, format=args.format)
     report = extract_catalog(cat, _trunk_spec(args), cache_dir=args.cache, batch_size=args.batch_size,
-                             backend=args.backend, limit=args.limit)
+                             backend=args.backend, limit=args.limit, **_engine_options(args))
     print(report.describe())
     return 0
 
@@ -285,7 +294,7 @@ def cmd_index(args) -> int:
     cat = _load_catalog(args)
     opts = json.loads(args.options) if args.options else {}
     meta = build_index(args.run, cat, args.out, backend=args.backend, kind=args.kind, split=args.split,
-                       cache_dir=args.cache, **opts)
+                       cache_dir=args.cache, extract_options=_engine_options(args), **opts)
     w = meta["without_features"]
     print(f"indexed {meta['count']} items of {cat.name}" + (f" ({args.split} split)" if args.split else "")
           + f" with run {meta['run_id']} into {args.out} ({args.backend} {args.kind}; spaces: "
@@ -542,6 +551,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-image-check", action="store_true", help="skip decoding every image")
     s.set_defaults(func=cmd_ingest)
 
+    def engine_options(s):
+        s.add_argument("--engine", choices=["local", "ray"], default="local",
+                       help="ray: decode + trunk as a Ray Data pipeline (one ONNX Runtime session per actor), the same "
+                            "cache; without --address on a local Ray started for the run (README, scale-out)")
+        s.add_argument("--address", default=None,
+                       help="with --engine ray: join this Ray cluster (e.g. ray://head:10001 or auto); image paths "
+                            "must be readable on its nodes")
+        s.add_argument("--ray-cpus", type=_positive, default=None,
+                       help="with --engine ray and no --address: CPUs of the local Ray (default: every core)")
+
     def levels_option(s):
         s.add_argument("--levels", type=_levels, default=None,
                        help="trunk levels to extract, comma-separated from s8,s16,s32 (default: the union of what the "
@@ -564,6 +583,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=int, default=32)
     s.add_argument("--backend", choices=["auto", "onnx", "torch"], default="auto")
     s.add_argument("--limit", type=int, default=None, help="only the first N items (for a quick look)")
+    engine_options(s)
     s.set_defaults(func=cmd_extract)
 
     s = sub.add_parser("bench", help="speed benchmarks (PROTOCOLS.md section 5)")
@@ -671,6 +691,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--split", default=None, help="index only this split (e.g. gallery, for evaluation)")
     s.add_argument("--options", default=None, help='JSON index options, e.g. \'{"uri": "http://host:19530"}\'')
     cache_option(s)
+    engine_options(s)
     s.set_defaults(func=cmd_index)
 
     s = sub.add_parser("search", help="answer one query, or a query file into rankings.jsonl")

@@ -184,7 +184,8 @@ def bench_search(run_dir: Path, index_dir: Path, queries_file: Path, n: int = GO
             n_real = len(feats)
             space = "" if run.space_name == "main" else f"-{run.space_name}"
             vectors = cached_gallery(run.cache_dir, f"{run.run_id}-{run.catalog.name}-n{n}-s{seed}{space}",
-                                     lambda: augmented_gallery(run.embed_maps, feats.maps, n, seed=seed, log=log))
+                                     lambda: augmented_gallery(run.embed_maps, feats.maps, n, seed=seed, log=log,
+                                                                       levels=tuple(model.levels)))
             del feats
             what = (f"{min(n, n_real)} real catalogue items (all splits) + {max(0, n - n_real)} made in feature-map "
                     f"space (crop / flip / mix with a similar item, seed {seed}) through the run's embed")
