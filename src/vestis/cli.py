@@ -141,8 +141,22 @@ def cmd_bench_search(args) -> int:
 
     print(bench_search(args.run, args.index, args.queries, n=args.items, n_queries=args.n, sweep=args.sweep,
                        gallery=args.gallery, repeats=args.repeats, milvus_n=args.milvus_items, threads=args.threads,
-                       cache_dir=args.cache, json_out=args.json, kinds=args.kinds.split(","), mode=args.mode))
+                       cache_dir=args.cache, json_out=args.json, kinds=args.kinds.split(","), mode=args.mode,
+                       filters=_bench_filters(args.filters), milvus_uri=args.milvus_uri))
     return 0
+
+
+def _bench_filters(text: str | None) -> dict | None:
+    """--filters JSON: {name: {attribute: value or [values]}}."""
+    if not text:
+        return None
+    try:
+        f = json.loads(text)
+    except ValueError as e:
+        raise VestisError(f"--filters must be JSON like '{{\"broad\": {{\"gender\": \"Women\"}}}}': {e}") from None
+    if not isinstance(f, dict) or not all(isinstance(v, dict) and v for v in f.values()):
+        raise VestisError("--filters must map a name to a filter {attribute: value or [values]}")
+    return f
 
 
 def cmd_bench_query(args) -> int:
@@ -617,7 +631,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "copies)")
     b.add_argument("--sweep", action="store_true",
                    help="also HNSW M x efConstruction x efSearch, IVF nprobe, IVF-Flat, IVF-SQ8 + re-rank, fp16 / SQ8 flat")
-    b.add_argument("--milvus-items", type=int, default=20_000, help="Milvus Lite gallery size (0: skip)")
+    b.add_argument("--milvus-items", type=int, default=20_000, help="Milvus gallery size (0: skip)")
+    b.add_argument("--milvus-uri", default=None,
+                   help="run the Milvus rows on this server (e.g. http://127.0.0.1:19530) instead of Milvus Lite")
+    b.add_argument("--filters", default=None,
+                   help='also measure filtered searches, JSON {name: filter}, e.g. \'{"broad": {"gender": "Women"}, '
+                        '"narrow": {"articleType": "Watches"}}\'')
     b.add_argument("--threads", type=_positive, default=None, help="FAISS threads for index builds (default: all cores)")
     b.add_argument("--json", type=Path, default=None, help="also write the report as JSON here")
     b.add_argument("--kinds", default="auto,flat,hnsw,ivfpq", help="without --sweep: the FAISS kinds to measure")

@@ -108,7 +108,7 @@ def augmented_gallery(embed_maps, maps: Mapping[str, np.ndarray], n: int, seed: 
     m = n - n_real
     rng = np.random.default_rng(seed)
     nbrs = similar_items(every_level, seed=seed)
-    base = rng.integers(0, n_real, m)
+    base = rng.integers(0, n_real, m)  # gallery_sources repeats this draw
     mixed = rng.random(m) < P_MIX
     partner = nbrs[base, rng.integers(0, nbrs.shape[1], m)]
     weight = np.where(mixed, rng.uniform(*MIX_WEIGHT, m), 0.0).astype(np.float32)
@@ -133,6 +133,15 @@ def augmented_gallery(embed_maps, maps: Mapping[str, np.ndarray], n: int, seed: 
             if log and (s // batch) % 50 == 0:
                 log(f"[gallery] {n_real + sl.stop}/{n} vectors")
     return out
+
+
+def gallery_sources(n_real: int, n: int, seed: int = 0) -> np.ndarray:
+    """(n,) for every vector of `augmented_gallery(.., n, seed)`, the row of the real item it was made from (the
+    real items themselves, then each new item's base item: its first random draw), so a new item can inherit that
+    item's catalogue attributes (the filtered-search benchmark)."""
+    if n <= n_real:
+        return np.arange(n)
+    return np.concatenate([np.arange(n_real), np.random.default_rng(seed).integers(0, n_real, n - n_real)])
 
 
 def cached_gallery(cache_dir: Path, key: str, build) -> np.ndarray:
