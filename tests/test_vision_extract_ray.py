@@ -82,6 +82,8 @@ def test_ray_writes_the_same_cache_as_one_process(synth_catalog, tmp_path, ray_t
     ray = extract_catalog(synth_catalog, SPEC, tmp_path / "ray", batch_size=8, backend="onnx", progress=False,
                           engine="ray", ray_cpus=2)
     assert local.backend == ray.backend == "onnx"
+    assert ray.ray_timings["ray_start_s"] > 0 and ray.ray_timings["first_batch_s"] > 0 and not local.ray_timings
+    assert "Ray: started or joined in" in ray.describe()
     counts = lambda r: (r.items, r.encoded, r.reused, r.shared, r.missing, r.unreadable, r.unreadable_ids)  # noqa: E731
     assert counts(ray) == counts(local) == (42, 40, 0, 1, 0, 1, ["broken"])
     a, b = FeatureCache(tmp_path / "local", SPEC), FeatureCache(tmp_path / "ray", SPEC)

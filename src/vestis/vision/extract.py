@@ -276,6 +276,7 @@ class ExtractReport:
     unreadable_ids: list[str] = field(default_factory=list)
     backend: str = ""
     engine: str = "local"  # "ray": decode + trunk on Ray actors
+    ray_timings: dict = field(default_factory=dict)  # ray_start_s, first_batch_s (see extract_ray.encode_on_ray)
     backend_note: str = ""
     max_abs_diff: dict | None = None
     prepare_s: float = 0.0  # hashing + verifying the cache + building the backend
@@ -315,6 +316,9 @@ class ExtractReport:
             lines.append(f"  {self.images_per_s:.1f} images/s ({self.encoded} encoded in {self.wall_s:.1f} s wall; "
                          f"decode+trunk+write {self.encode_s:.1f} s = {self.encode_images_per_s:.1f} images/s, "
                          f"hashing/verifying cache/model setup {self.prepare_s:.1f} s)")
+            if self.ray_timings:
+                lines.append(f"  Ray: started or joined in {self.ray_timings.get('ray_start_s', 0):.1f} s, first batch "
+                             f"{self.ray_timings.get('first_batch_s', 0):.1f} s later (both inside the wall time)")
         else:
             lines.append(f"  nothing to encode ({self.wall_s:.1f} s wall, hashing and verifying the cache)")
         lines.append(f"  cache: {self.cache_path} ({self.cache_entries} entries)")
@@ -483,7 +487,9 @@ def _encode_on_ray(todo: dict[str, Path], spec: TrunkSpec, choice: BackendChoice
 
     if not isinstance(choice.backend, (OnnxBackend, TorchBackend)):
         raise VestisError(f"--engine ray runs the ONNX or PyTorch trunk in its actors, not {choice.name!r}")
-    for hashes, ok, maps in encode_on_ray(list(todo.items()), spec, choice, batch_size, **ray_args):
+    rep.ray_timings = {}
+    for hashes, ok, maps in encode_on_ray(list(todo.items()), spec, choice, batch_size, timings=rep.ray_timings,
+                                          **ray_args):
         for i, h in enumerate(hashes):
             if ok[i]:
                 cache.put(h, {lv: m[i] for lv, m in maps.items()})

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -125,13 +126,18 @@ class TrunkActor:
 
 
 def encode_on_ray(todo: list[tuple[str, Path]], spec, choice, batch_size: int, *, address: str | None = None,
-                  num_cpus: int | None = None, actors: int | None = None,
-                  progress: bool = False) -> Iterator[tuple[list[str], np.ndarray, dict[str, np.ndarray]]]:
+                  num_cpus: int | None = None, actors: int | None = None, progress: bool = False,
+                  timings: dict | None = None) -> Iterator[tuple[list[str], np.ndarray, dict[str, np.ndarray]]]:
     """Encode `todo` ([(hash, path)]) on Ray; yields (hashes, ok, {level: float16 maps}) per batch, in `todo`'s
-    order. `choice` is `make_backend`'s result in the caller (its ONNX file is what the actors run)."""
+    order. `choice` is `make_backend`'s result in the caller (its ONNX file is what the actors run). timings gets
+    "ray_start_s" (starting or joining Ray) and "first_batch_s" (from then to the first batch: actors and model
+    set-up)."""
     if not todo:
         return
+    timings = {} if timings is None else timings
+    t0 = time.perf_counter()
     with ray_session(address, num_cpus) as ray:
+        timings["ray_start_s"] = time.perf_counter() - t0
         from ray.data import DataContext
 
         ctx = DataContext.get_current()
@@ -148,8 +154,10 @@ def encode_on_ray(todo: list[tuple[str, Path]], spec, choice, batch_size: int, *
                                  override_num_blocks=n_blocks)
         ds = ds.map_batches(TrunkActor, fn_constructor_args=(model, spec, kind), batch_size=batch_size,
                             batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=n_actors), num_cpus=1)
+        t1 = time.perf_counter()
         try:
             for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
+                timings.setdefault("first_batch_s", time.perf_counter() - t1)
                 yield ([str(h) for h in batch["hash"]], np.asarray(batch["ok"], dtype=bool),
                        {lv: batch[lv] for lv in spec.levels})
         except (KeyboardInterrupt, GeneratorExit, VestisError):
