@@ -201,3 +201,22 @@ def test_killed_ray_extraction_resumes(tmp_path, ray_tmp):
     assert rep.reused == n_done and rep.encoded == N_RESUME - n_done and rep.corrupt == 0
     fs = FeatureCache(cache, SPEC).load(cat)
     assert len(fs) == N_RESUME and not fs.without_features
+
+
+@pytest.mark.slow  # encodes the tiny pipeline's 160 images again on a local Ray: 30-60 s on 2 shared cores
+def test_index_encodes_on_ray_and_answers_as_before(tiny_pipeline, tmp_path, ray_tmp):
+    """`vestis index --engine ray` into an empty feature cache: the images are encoded on Ray, and the index answers
+    exactly as the one built from the single-process cache."""
+    from vestis.cli import main
+    from vestis.engine import Engine
+
+    root, cat, run, idx, cache = tiny_pipeline
+    fresh = tmp_path / "cache"
+    out = tmp_path / "idx"
+    assert main(["index", "--run", str(run), "--catalog", str(cat), "--out", str(out), "--split", "gallery",
+                 "--cache", str(fresh), "--engine", "ray", "--ray-cpus", "2"]) == 0
+    assert len(list(fresh.rglob("*.vfs"))) > 0 and wait_gone(ray_tmp) == []
+    e1, e2 = Engine.load(run, idx, cache_dir=cache), Engine.load(run, out, cache_dir=fresh)
+    for q in sorted(e1.spaces["main"].ids())[:5]:
+        r1, r2 = e1.search(item_id=q, k=20, labels=False), e2.search(item_id=q, k=20, labels=False)
+        assert [h.id for h in r1] == [h.id for h in r2] and [h.score for h in r1] == [h.score for h in r2]
