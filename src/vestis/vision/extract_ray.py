@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from vestis.errors import VestisError
+from vestis.machine import cpu_count
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +58,11 @@ def ray_session(address: str | None = None, num_cpus: int | None = None):
     ray = import_ray()
     started = False
     if not ray.is_initialized():
+        # a local Ray for one run: no dashboard, a small object store (the maps only stream through it)
         kwargs = {"address": address} if address else {
-            "num_cpus": num_cpus or os.cpu_count() or 1, "include_dashboard": False,
-            # a local Ray for one run: no usage report, a small object store (the maps stream through it)
+            "num_cpus": num_cpus or cpu_count(), "include_dashboard": False,
             "object_store_memory": 512 * 1024 * 1024}
-        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage report sent from a user's machine
         try:
             ray.init(log_to_driver=False, logging_level=logging.WARNING, **kwargs)
         except Exception as e:  # noqa: BLE001 - any failure to start or join: one clear message
