@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-EXTRAS ?= dev,milvus,serve
+EXTRAS ?= dev,milvus,serve,ray
 DATA ?=
 
 .PHONY: install demo test test-all bench browser clean-venv

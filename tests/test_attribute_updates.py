@@ -106,6 +106,79 @@ def test_update_answers_like_a_rebuild_from_the_edited_catalogue(updated):
     assert a in hits
 
 
+def test_attribute_spaces_answer_like_a_rebuild(updated):
+    """The per-attribute spaces (`attr_<name>`, "known" members): an item whose label is cleared leaves its space,
+    one whose label changes stays with its new label; `attribute:<name>` queries, with and without filters on the
+    changed labels, answer as the rebuilt index's do."""
+    upd, rebuilt, run, cache, changes = updated
+    e1 = Engine.load(run, upd, cache_dir=cache)
+    e2 = Engine.load(run, rebuilt, cache_dir=cache)
+    (a, ca), (b, cb), (c, cc) = changes.items()
+    attr_spaces = sorted(s for s in e1.spaces if s.startswith("attr_"))
+    assert attr_spaces == ["attr_category", "attr_colour", "attr_pattern"], attr_spaces
+    for s in attr_spaces:
+        assert sorted(e1.spaces[s].ids()) == sorted(e2.spaces[s].ids()), s
+    assert a in e1.spaces["attr_colour"] and c in e1.spaces["attr_category"]  # changed: kept with the new label
+    gallery = sorted(e1.spaces["main"].ids())
+    for attr in ("category", "colour", "pattern"):
+        for q in (gallery[0], gallery[7], a, b, c):
+            for filters in (None, {"colour": ca["colour"]}, {"category": cc["category"]},
+                            {"pattern": ["solid", "check", "floral"]}):
+                r1 = e1.search(item_id=q, mode=f"attribute:{attr}", filters=filters, k=40, labels=False)
+                r2 = e2.search(item_id=q, mode=f"attribute:{attr}", filters=filters, k=40, labels=False)
+                _same_ranking(r1, r2, (attr, q, filters))
+    # the changed labels are what the attribute spaces filter on
+    hits = {h.id for h in e1.search(item_id=gallery[0], mode="attribute:category", k=200, labels=False,
+                                    filters={"colour": ca["colour"]})}
+    assert a in hits
+
+
+def test_labels_cleared_and_gained_move_items_between_attribute_spaces(updated, tmp_path):
+    """An item whose pattern is cleared leaves attr_pattern (and stays in the others); one with no known pattern that
+    gets one enters it, embedded from its cached maps; attr_pattern then answers as one rebuilt from the catalogue
+    edited the same way."""
+    upd, rebuilt, run, cache, _ = updated
+    idx = tmp_path / "idx"
+    shutil.copytree(upd, idx)
+    engine = Engine.load(run, idx, cache_dir=cache)
+    gallery = sorted(engine.spaces["main"].ids())
+    with_pattern = [i for i in gallery if engine.catalog[i].attributes.get("pattern")]
+    without = [i for i in gallery if not engine.catalog[i].attributes.get("pattern")]
+    assert with_pattern and without
+    d, b = with_pattern[5], without[0]
+    value = engine.catalog.schema.values("pattern")[0]
+    assert d in engine.spaces["attr_pattern"] and b not in engine.spaces["attr_pattern"]
+    in_colour = d in engine.spaces["attr_colour"]
+    update_attributes(engine, idx, {d: {"pattern": None}, b: {"pattern": value}})
+    fresh = Engine.load(run, idx, cache_dir=cache)
+    for e in (engine, fresh):
+        assert d not in e.spaces["attr_pattern"] and b in e.spaces["attr_pattern"]
+        assert (d in e.spaces["attr_colour"]) == in_colour  # the other spaces keep it
+    assert fresh.catalog[b].attributes["pattern"] == value and "pattern" not in fresh.catalog[d].attributes
+    # a rebuild from the catalogue edited the same way answers the same
+    edited = tmp_path / "cat"
+    shutil.copytree(rebuilt.parent / "cat", edited)
+    rows = [json.loads(x) for x in (edited / "catalog.jsonl").read_text().splitlines() if x.strip()]
+    for row in rows:
+        if row["id"] == b:
+            row["attributes"]["pattern"] = value
+        if row["id"] == d:
+            row["attributes"].pop("pattern")
+    (edited / "catalog.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    again = tmp_path / "rebuilt"
+    assert main(["index", "--run", str(run), "--catalog", str(edited), "--out", str(again), "--split", "gallery",
+                 "--cache", str(cache)]) == 0
+    e2 = Engine.load(run, again, cache_dir=cache)
+    for s in ("attr_category", "attr_colour", "attr_pattern"):
+        assert sorted(fresh.spaces[s].ids()) == sorted(e2.spaces[s].ids()), s
+    for q in (b, d, gallery[0], gallery[5]):
+        for filters in (None, {"pattern": value}):
+            r1 = fresh.search(item_id=q, mode="attribute:pattern", filters=filters, k=40, labels=False)
+            r2 = e2.search(item_id=q, mode="attribute:pattern", filters=filters, k=40, labels=False)
+            _same_ranking(r1, r2, (q, filters))
+    assert b in {h.id for h in fresh.search(item_id=gallery[0], mode="attribute:pattern", k=200, labels=False)}
+
+
 def test_bad_updates_change_nothing(updated, tmp_path):
     upd, rebuilt, run, cache, changes = updated
     before = (upd / ENGINE_FILE).read_text()

@@ -180,3 +180,44 @@ def test_goal_verdict():
     text = format_report(_report(0.8, 0.98))
     assert "auto -> hnsw (default)" in text and "**met**" in text and "alone (`embed_query`, no index): p50 0.40" in text
     assert "machine: 2 cores, 1 GiB, x, no accelerator; Python 3.12.3, faiss-cpu 1.2; load average 0.50, 0.40, 0.30 at the end" in text
+
+
+def test_augmented_gallery_of_the_read_levels_only_is_the_same():
+    """Augmenting only the levels `embed` reads (and the partner maps only where mixed in) leaves the vectors as they
+    were with every level augmented."""
+    rng = np.random.default_rng(0)
+    maps = {"s16": rng.standard_normal((30, 4, 6, 4)).astype(np.float16),
+            "s32": rng.standard_normal((30, 8, 5, 4)).astype(np.float16)}
+    seen = []
+
+    def embed(m):
+        seen.append(sorted(m))
+        return m["s32"].astype(np.float32).mean(axis=(2, 3))
+
+    every = augmented_gallery(embed, maps, 90, seed=2)
+    assert seen[-1] == ["s16", "s32"]
+    only = augmented_gallery(embed, maps, 90, seed=2, levels=("s32",))
+    assert seen[-1] == ["s32"]
+    np.testing.assert_array_equal(only, every)
+
+
+def test_gallery_sources_name_each_new_items_base_item():
+    """gallery_sources gives the real item every vector was made from: a new item made without a mix and without
+    a crop would be its base item's vector, so with a model that reads only a map's mean over space and crops
+    that cover the whole map, each unmixed new vector equals its source's."""
+    from vestis.bench import gallery as g
+    from vestis.bench.gallery import gallery_sources
+
+    rng = np.random.default_rng(1)
+    maps = {"s32": rng.standard_normal((25, 6, 1, 1)).astype(np.float16)}  # 1x1 maps: any crop resamples the cell
+    embed = lambda m: m["s32"].astype(np.float32).reshape(len(m["s32"]), -1)  # noqa: E731
+    out = augmented_gallery(embed, maps, 80, seed=5)
+    src = gallery_sources(25, 80, seed=5)
+    assert src.shape == (80,) and (src[:25] == np.arange(25)).all()
+    real = embed(maps)
+    same = np.isclose(out, real[src], atol=1e-6).all(axis=1)
+    assert same[:25].all() and 0.3 < same[25:].mean() < 0.7  # about half are not mixed (P_MIX 1/2)
+    other = gallery_sources(25, 80, seed=6)
+    assert not np.array_equal(other, src)
+    assert g.P_MIX == 0.5
+    np.testing.assert_array_equal(gallery_sources(25, 10), np.arange(10))

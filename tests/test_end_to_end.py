@@ -132,6 +132,34 @@ def test_bench_search_reports_rows_and_verdict(pipeline, bench_queries, capsys):
     assert flat["recall_ties"] == 1.0 and flat["items"] == 400
 
 
+def test_bench_search_filtered_rows_and_memory(pipeline, bench_queries, capsys):
+    """--filters: each filter is a row per index, its recall against the exact top k among the matching items (new
+    gallery items carry their source item's attributes), and every row says how much memory its index took."""
+    root, cat, run, idx, cache = pipeline
+    from vestis.catalog import Catalog
+
+    colour = Catalog.load(cat).schema.values("colour")[0]
+    filters = {"narrow": {"colour": colour}, "broad": {"category": ["t-shirt", "shirt", "dress", "trousers", "skirt"]}}
+    assert main(["bench", "search", "--run", str(run), "--index", str(idx), "--queries", str(bench_queries),
+                 "--n", "5", "--repeats", "1", "--items", "400", "--milvus-items", "0", "--kinds", "flat,hnsw",
+                 "--filters", json.dumps(filters), "--json", str(root / "bench-f.json"), "--cache", str(cache)]) == 0
+    out = capsys.readouterr().out
+    assert "| narrow {" in out and "Peak resident memory" in out
+    rep = json.loads((root / "bench-f.json").read_text())
+    assert [(r["kind"], r["filter"]) for r in rep["rows"]] == [(k, f) for k in ("flat", "hnsw")
+                                                              for f in (None, "narrow", "broad")]
+    for r in rep["rows"]:
+        assert r["rss_index_mb"] >= 0
+        if r["filter"]:
+            assert 0 < r["filter_share"] < 1
+        if r["kind"] == "flat":
+            assert r["recall_ties"] == 1.0  # exact search, with and without filters: the recall is computed right
+    assert rep["max_rss_mb"] > 0
+    assert main(["bench", "search", "--run", str(run), "--index", str(idx), "--queries", str(bench_queries),
+                 "--items", "400", "--filters", "[1]", "--cache", str(cache)]) == 2
+    assert "--filters must map a name" in capsys.readouterr().err
+
+
 def test_bench_search_times_an_attribute_space(pipeline, bench_queries, capsys):
     """`--mode attribute:<name>` times the attribute's own space (attribute_baseline: p_q . p_c over its values)."""
     root, cat, run, idx, cache = pipeline

@@ -23,6 +23,9 @@ def test_auto_picks_flat_below_the_threshold_and_hnsw_above():
     assert auto_kind(AUTO_FLAT_MAX_CELLS // 100, 100) == ("flat", {})
     assert auto_kind(AUTO_FLAT_MAX_CELLS // 100 + 1, 100) == ("hnsw", AUTO_HNSW)
     assert auto_kind(200_000, 282) == ("hnsw", {"M": 32, "ef_construction": 80, "ef_search": 256})
+    # past 200,000 items a wider search keeps recall@30 above 0.95 (measured at 1M: 0.966 against 0.933 with 256)
+    assert auto_kind(200_001, 282) == ("hnsw", {"M": 32, "ef_construction": 80, "ef_search": 512})
+    assert auto_kind(1_000_000, 282) == ("hnsw", {"M": 32, "ef_construction": 80, "ef_search": 512})
     assert auto_kind(np.int64(10), 4)[0] == "flat"
     assert auto_kind(0, 4)[0] == "flat"
     for bad in (-1, 1.5, None, True):
@@ -35,7 +38,8 @@ def test_create_index_auto(n, kind):
     idx = create_index("faiss", "auto", 8, n_items=n)
     assert idx.kind == kind
     if kind == "hnsw":
-        assert {k: idx.options()[k] for k in AUTO_HNSW} == AUTO_HNSW
+        want = auto_kind(n, 8)[1]
+        assert {k: idx.options()[k] for k in want} == want
 
 
 def test_auto_needs_the_item_count_and_given_options_win():
@@ -55,9 +59,10 @@ def test_auto_hnsw_round_trips_and_keeps_filters_and_updates(tmp_path):
     idx.add(ids, x, attrs)
     idx.save(tmp_path / "ix")
     man = read_manifest(tmp_path / "ix")
-    assert man.kind == "hnsw" and {k: man.options[k] for k in AUTO_HNSW} == AUTO_HNSW
+    want = auto_kind(AUTO_FLAT_MAX_CELLS, 16)[1]
+    assert man.kind == "hnsw" and {k: man.options[k] for k in want} == want
     back = load_index(tmp_path / "ix")
-    assert back.kind == "hnsw" and {k: back.options()[k] for k in AUTO_HNSW} == AUTO_HNSW
+    assert back.kind == "hnsw" and {k: back.options()[k] for k in want} == want
     res = back.search(x[:5], 10, filters={"colour": "blue"})
     for r in res.ids:
         assert len(r) == 10 and all(int(i[1:]) % 3 == 1 for i in r)

@@ -27,6 +27,7 @@ import pytest
 from vestis.errors import UnknownAttributeError, VestisError
 from vestis.index import (
     AUTO_HNSW,
+    auto_kind,
     IndexMismatchError,
     IndexNotTrainedError,
     InvalidIdError,
@@ -447,7 +448,8 @@ def test_auto_kind(make):
     small = make.create("auto", n_items=5)
     assert small.kind == "flat"
     big = make.create("auto", n_items=10_000_000)
-    assert big.kind == "hnsw" and {k: big.options()[k] for k in AUTO_HNSW} == AUTO_HNSW
+    want = auto_kind(10_000_000, big.dim)[1]  # the large-catalogue efSearch
+    assert big.kind == "hnsw" and {k: big.options()[k] for k in want} == want and want["ef_search"] == 512
     big.add(IDS, VECS, ATTRS)
     assert big.search(Q, 5).ids == [EXPECTED["ip"][0]]
     with pytest.raises(UnsupportedIndexError, match="n_items"):

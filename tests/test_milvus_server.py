@@ -61,3 +61,24 @@ def test_index_and_serve_against_a_milvus_server(tiny_pipeline, milvus_server, t
             with contextlib.suppress(Exception):
                 idx._c().drop_collection(idx._collection)
             idx.close()
+
+
+def test_bench_search_runs_its_milvus_rows_on_a_server(tiny_pipeline, milvus_server, tmp_path, capsys):
+    """`vestis bench search --milvus-uri`: the Milvus row (and its filtered rows) on the server, every query timed;
+    the flat collection is exact, so its recall is 1."""
+    root, cat, run, idx, cache = tiny_pipeline
+    q = tmp_path / "q.jsonl"
+    assert main(["queries", "--catalog", str(cat), "--protocol", "manipulation", "--out", str(q),
+                 "--attributes", "category,colour", "--per-attribute", "2"]) == 0
+    from vestis.catalog import Catalog
+
+    colour = Catalog.load(cat).schema.values("colour")[0]
+    out = tmp_path / "bench.json"
+    assert main(["bench", "search", "--run", str(run), "--index", str(idx), "--queries", str(q), "--n", "4",
+                 "--repeats", "1", "--items", "300", "--kinds", "flat", "--milvus-items", "300",
+                 "--milvus-uri", milvus_server.uri, "--filters", json.dumps({"narrow": {"colour": colour}}),
+                 "--json", str(out), "--cache", str(cache)]) == 0
+    capsys.readouterr()
+    rows = [r for r in json.loads(out.read_text())["rows"] if r["backend"] == "milvus-server"]
+    assert [(r["items"], r["queries"], r["filter"]) for r in rows] == [(300, 4, None), (300, 4, "narrow")]
+    assert all(r["recall"] >= 0.9 for r in rows)

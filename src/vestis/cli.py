@@ -121,13 +121,22 @@ def _default_levels(args) -> tuple[str, ...]:
     return declared_levels()
 
 
+def _engine_options(args) -> dict:
+    """`extract_catalog` arguments of --engine / --address / --ray-cpus."""
+    if args.engine != "ray" and (args.address or args.ray_cpus):
+        raise VestisError("--address and --ray-cpus go with --engine ray")
+    if args.engine != "ray":
+        return {}
+    return {"engine": "ray", "address": args.address, "ray_cpus": args.ray_cpus}
+
+
 def cmd_extract(args) -> int:
     from vestis.catalog import Catalog
     from vestis.vision.extract import extract_catalog
 
     cat = Catalog.load(args.catalog, format=args.format)
     report = extract_catalog(cat, _trunk_spec(args), cache_dir=args.cache, batch_size=args.batch_size,
-                             backend=args.backend, limit=args.limit)
+                             backend=args.backend, limit=args.limit, **_engine_options(args))
     print(report.describe())
     return 0
 
@@ -146,8 +155,22 @@ def cmd_bench_search(args) -> int:
 
     print(bench_search(args.run, args.index, args.queries, n=args.items, n_queries=args.n, sweep=args.sweep,
                        gallery=args.gallery, repeats=args.repeats, milvus_n=args.milvus_items, threads=args.threads,
-                       cache_dir=args.cache, json_out=args.json, kinds=args.kinds.split(","), mode=args.mode))
+                       cache_dir=args.cache, json_out=args.json, kinds=args.kinds.split(","), mode=args.mode,
+                       filters=_bench_filters(args.filters), milvus_uri=args.milvus_uri))
     return 0
+
+
+def _bench_filters(text: str | None) -> dict | None:
+    """--filters JSON: {name: {attribute: value or [values]}}."""
+    if not text:
+        return None
+    try:
+        f = json.loads(text)
+    except ValueError as e:
+        raise VestisError(f"--filters must be JSON like '{{\"broad\": {{\"gender\": \"Women\"}}}}': {e}") from None
+    if not isinstance(f, dict) or not all(isinstance(v, dict) and v for v in f.values()):
+        raise VestisError("--filters must map a name to a filter {attribute: value or [values]}")
+    return f
 
 
 def cmd_bench_query(args) -> int:
@@ -299,7 +322,7 @@ def cmd_index(args) -> int:
     cat = _load_catalog(args)
     opts = json.loads(args.options) if args.options else {}
     meta = build_index(args.run, cat, args.out, backend=args.backend, kind=args.kind, split=args.split,
-                       cache_dir=args.cache, **opts)
+                       cache_dir=args.cache, extract_options=_engine_options(args), **opts)
     w = meta["without_features"]
     print(f"indexed {meta['count']} items of {cat.name}" + (f" ({args.split} split)" if args.split else "")
           + f" with run {meta['run_id']} into {args.out} ({args.backend} {args.kind}; spaces: "
@@ -606,6 +629,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-image-check", action="store_true", help="skip decoding every image")
     s.set_defaults(func=cmd_ingest)
 
+    def engine_options(s):
+        s.add_argument("--engine", choices=["local", "ray"], default="local",
+                       help="ray: decode + trunk as a Ray Data pipeline (one ONNX Runtime session per actor), the same "
+                            "cache; without --address on a local Ray started for the run (README, scale-out)")
+        s.add_argument("--address", default=None,
+                       help="with --engine ray: join this Ray cluster (e.g. ray://head:10001 or auto); image paths "
+                            "must be readable on its nodes")
+        s.add_argument("--ray-cpus", type=_positive, default=None,
+                       help="with --engine ray and no --address: CPUs of the local Ray (default: every core)")
+
     def levels_option(s):
         s.add_argument("--levels", type=_levels, default=None,
                        help="trunk levels to extract, comma-separated from s8,s16,s32 (default: the union of what the "
@@ -628,6 +661,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=int, default=32)
     s.add_argument("--backend", choices=["auto", "onnx", "torch"], default="auto")
     s.add_argument("--limit", type=int, default=None, help="only the first N items (for a quick look)")
+    engine_options(s)
     s.set_defaults(func=cmd_extract)
 
     s = sub.add_parser("bench", help="speed benchmarks (PROTOCOLS.md section 5)")
@@ -661,7 +695,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "copies)")
     b.add_argument("--sweep", action="store_true",
                    help="also HNSW M x efConstruction x efSearch, IVF nprobe, IVF-Flat, IVF-SQ8 + re-rank, fp16 / SQ8 flat")
-    b.add_argument("--milvus-items", type=int, default=20_000, help="Milvus Lite gallery size (0: skip)")
+    b.add_argument("--milvus-items", type=int, default=20_000, help="Milvus gallery size (0: skip)")
+    b.add_argument("--milvus-uri", default=None,
+                   help="run the Milvus rows on this server (e.g. http://127.0.0.1:19530) instead of Milvus Lite")
+    b.add_argument("--filters", default=None,
+                   help='also measure filtered searches, JSON {name: filter}, e.g. \'{"broad": {"gender": "Women"}, '
+                        '"narrow": {"articleType": "Watches"}}\'')
     b.add_argument("--threads", type=_positive, default=None, help="FAISS threads for index builds (default: all cores)")
     b.add_argument("--json", type=Path, default=None, help="also write the report as JSON here")
     b.add_argument("--kinds", default="auto,flat,hnsw,ivfpq", help="without --sweep: the FAISS kinds to measure")
@@ -736,6 +775,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--split", default=None, help="index only this split (e.g. gallery, for evaluation)")
     s.add_argument("--options", default=None, help='JSON index options, e.g. \'{"uri": "http://host:19530"}\'')
     cache_option(s)
+    engine_options(s)
     s.set_defaults(func=cmd_index)
 
     s = sub.add_parser("search", help="answer one query, or a query file into rankings.jsonl")

@@ -176,18 +176,20 @@ def _label_space(model, feats, attrs) -> tuple[np.ndarray, dict] | None:
 
 
 def build_index(run_dir: Path, catalog: Catalog, out: Path, *, backend: str = "faiss", kind: str = "auto",
-                split: str | None = None, cache_dir: Path, progress: bool = True, **index_options) -> dict:
+                split: str | None = None, cache_dir: Path, progress: bool = True, extract_options: dict | None = None,
+                **index_options) -> dict:
     """Embed `catalog` (or one split of it) with a trained run and save a searchable index to `out`.
 
     kind "auto" (the default) chooses per vector space from its size (`vestis.index.auto_kind`): exact
     search for small catalogues, the tuned HNSW graph for large ones; `engine.json` records the choice.
-    Rebuilding in place is atomic: see the module docstring."""
+    Rebuilding in place is atomic: see the module docstring. extract_options: how images not cached yet are
+    encoded (`extract_catalog` arguments, e.g. {"engine": "ray", "address": ...})."""
     model, info = load_run(run_dir)
     spec = TrunkSpec.from_json(info.trunk)
     part = catalog.split(split) if split else catalog
     if len(part) == 0:
         raise VestisError(f"nothing to index: the catalogue has no {split!r} items")
-    feats = catalogue_features(part, spec, cache_dir, progress=progress)
+    feats = catalogue_features(part, spec, cache_dir, progress=progress, extract_options=extract_options)
     if len(feats) == 0:
         raise VestisError(f"no item of the catalogue has features ({feats.describe()})")
     attrs = [part[i].attributes for i in feats.ids]

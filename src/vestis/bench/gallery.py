@@ -92,18 +92,23 @@ def similar_items(maps: Mapping[str, np.ndarray], k: int = NEIGHBOURS, level: st
 
 
 def augmented_gallery(embed_maps, maps: Mapping[str, np.ndarray], n: int, seed: int = 0, batch: int = 512,
-                      log=None) -> np.ndarray:
+                      log=None, levels: tuple[str, ...] | None = None) -> np.ndarray:
     """(n, D) float32: the embeddings of every real item (`maps`, float16 (N, C, H, W) per level), then
     n - N embeddings of augmented maps (module docstring). `embed_maps` maps {level: numpy maps} -> (N, D) float32
-    (`BenchRun.embed_maps`: the run's `embed`)."""
+    (`BenchRun.embed_maps`: the run's `embed`). levels: the levels `embed` reads (default: all of `maps`); only
+    those are augmented (the stride-8 map took 80 % of the time for a model that never reads it), which leaves
+    the vectors unchanged: the random draws do not depend on the levels."""
+    every_level = maps
+    if levels is not None:
+        maps = {lv: maps[lv] for lv in levels}
     real = embed_maps(maps)
     n_real = len(real)
     if n <= n_real:
         return real[:n]
     m = n - n_real
     rng = np.random.default_rng(seed)
-    nbrs = similar_items(maps, seed=seed)
-    base = rng.integers(0, n_real, m)
+    nbrs = similar_items(every_level, seed=seed)
+    base = rng.integers(0, n_real, m)  # gallery_sources repeats this draw
     mixed = rng.random(m) < P_MIX
     partner = nbrs[base, rng.integers(0, nbrs.shape[1], m)]
     weight = np.where(mixed, rng.uniform(*MIX_WEIGHT, m), 0.0).astype(np.float32)
@@ -118,12 +123,25 @@ def augmented_gallery(embed_maps, maps: Mapping[str, np.ndarray], n: int, seed: 
             aug = {}
             for lv, x in maps.items():
                 a = _augment(torch.from_numpy(x[base[sl]]).float(), boxes_a[sl], flip_a[sl])
-                b = _augment(torch.from_numpy(x[partner[sl]]).float(), boxes_b[sl], flip_b[sl])
+                b = torch.zeros_like(a)  # the partner's maps only where they are mixed in (weight 0 elsewhere)
+                mix = np.flatnonzero(mixed[sl])
+                if len(mix):
+                    part = partner[sl][mix]
+                    b[mix] = _augment(torch.from_numpy(x[part]).float(), boxes_b[sl][mix], flip_b[sl][mix])
                 aug[lv] = ((1 - w) * a + w * b).numpy()
             out[n_real + s: n_real + sl.stop] = embed_maps(aug)
             if log and (s // batch) % 50 == 0:
                 log(f"[gallery] {n_real + sl.stop}/{n} vectors")
     return out
+
+
+def gallery_sources(n_real: int, n: int, seed: int = 0) -> np.ndarray:
+    """(n,) for every vector of `augmented_gallery(.., n, seed)`, the row of the real item it was made from (the
+    real items themselves, then each new item's base item: its first random draw), so a new item can inherit that
+    item's catalogue attributes (the filtered-search benchmark)."""
+    if n <= n_real:
+        return np.arange(n)
+    return np.concatenate([np.arange(n_real), np.random.default_rng(seed).integers(0, n_real, n - n_real)])
 
 
 def cached_gallery(cache_dir: Path, key: str, build) -> np.ndarray:

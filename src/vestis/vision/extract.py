@@ -90,7 +90,8 @@ class TorchBackend:
 class OnnxBackend:
     name = "onnx"
 
-    def __init__(self, path: Path, threads: int | None = None):
+    def __init__(self, path: Path | bytes, threads: int | None = None):
+        """path: the exported .onnx file, or its bytes (a Ray actor gets them through the object store)."""
         import onnxruntime as ort
 
         so = ort.SessionOptions()
@@ -99,8 +100,9 @@ class OnnxBackend:
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # Idle ORT threads would spin and steal the cores the decode threads need.
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.path = Path(path)
-        self.session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        self.path = None if isinstance(path, bytes) else Path(path)
+        model = path if isinstance(path, bytes) else str(path)
+        self.session = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
         self.levels = tuple(o.name for o in self.session.get_outputs())  # export_onnx names outputs by level
 
@@ -273,6 +275,8 @@ class ExtractReport:
     missing_ids: list[str] = field(default_factory=list)
     unreadable_ids: list[str] = field(default_factory=list)
     backend: str = ""
+    engine: str = "local"  # "ray": decode + trunk on Ray actors
+    ray_timings: dict = field(default_factory=dict)  # ray_start_s, first_batch_s (see extract_ray.encode_on_ray)
     backend_note: str = ""
     max_abs_diff: dict | None = None
     prepare_s: float = 0.0  # hashing + verifying the cache + building the backend
@@ -297,7 +301,8 @@ class ExtractReport:
         if self.max_abs_diff:
             diff = ", max abs diff vs eager PyTorch " + ", ".join(f"{k} {v:.1e}" for k, v in self.max_abs_diff.items())
         lines = [f"{'INTERRUPTED: ' if self.interrupted else ''}features for {self.items} items "
-                 f"({self.spec_key}; backend {self.backend or '-'}{diff})"]
+                 f"({self.spec_key}; backend {self.backend or '-'}"
+                 f"{' on Ray' if self.engine == 'ray' else ''}{diff})"]
         if self.backend_note:
             lines.append(f"  note: {self.backend_note}")
         lines.append(f"  encoded {self.encoded}, reused from cache {self.reused}"
@@ -311,6 +316,9 @@ class ExtractReport:
             lines.append(f"  {self.images_per_s:.1f} images/s ({self.encoded} encoded in {self.wall_s:.1f} s wall; "
                          f"decode+trunk+write {self.encode_s:.1f} s = {self.encode_images_per_s:.1f} images/s, "
                          f"hashing/verifying cache/model setup {self.prepare_s:.1f} s)")
+            if self.ray_timings:
+                lines.append(f"  Ray: started or joined in {self.ray_timings.get('ray_start_s', 0):.1f} s, first batch "
+                             f"{self.ray_timings.get('first_batch_s', 0):.1f} s later (both inside the wall time)")
         else:
             lines.append(f"  nothing to encode ({self.wall_s:.1f} s wall, hashing and verifying the cache)")
         lines.append(f"  cache: {self.cache_path} ({self.cache_entries} entries)")
@@ -336,13 +344,24 @@ def _hash(path: Path | None) -> str | None:
 
 def extract_catalog(catalog, spec: TrunkSpec, cache_dir: Path, batch_size: int = 32,
                     backend: str | BackendChoice = "auto", limit: int | None = None, *, workers: int | None = None,
-                    shard_size: int = DEFAULT_SHARD_SIZE, progress: bool = True, max_listed: int = 10) -> ExtractReport:
+                    shard_size: int = DEFAULT_SHARD_SIZE, progress: bool = True, max_listed: int = 10,
+                    engine: str = "local", address: str | None = None, ray_cpus: int | None = None) -> ExtractReport:
     """Encode every catalogue image not yet cached for `spec` into the feature cache under `cache_dir`.
 
     backend: "auto" | "onnx" | "torch", or a ready `make_backend(...)` result (reused across calls, e.g. by
-    the benchmark). workers: decode threads (default min(2, cores)). Returns counts and timings."""
+    the benchmark). workers: decode threads (default min(2, cores)). engine "ray": decode + trunk on Ray actors
+    (`vision/extract_ray.py`; `address` joins a cluster, else a local Ray with `ray_cpus` CPUs), the cache
+    written here all the same. Returns counts and timings."""
     from tqdm import tqdm
 
+    from vestis.vision.extract_ray import ENGINES
+
+    if engine not in ENGINES:
+        raise VestisError(f"unknown extraction engine {engine!r}; valid: {', '.join(ENGINES)}")
+    if engine == "ray":
+        from vestis.vision.extract_ray import import_ray
+
+        import_ray()  # a clear error before any work when Ray is missing
     if batch_size < 1:
         raise VestisError(f"batch size must be at least 1, got {batch_size}")
     if not isinstance(backend, BackendChoice) and backend not in BACKENDS:
@@ -351,7 +370,7 @@ def extract_catalog(catalog, spec: TrunkSpec, cache_dir: Path, batch_size: int =
     items = list(catalog)
     if limit is not None:
         items = items[: max(0, int(limit))]
-    rep = ExtractReport(items=len(items), spec_key=spec.key)
+    rep = ExtractReport(items=len(items), spec_key=spec.key, engine=engine)
     cache = FeatureCache(cache_dir, spec, shard_size=shard_size)
     rep.cache_path = cache.path
     cache.refresh()
@@ -407,41 +426,47 @@ def extract_catalog(catalog, spec: TrunkSpec, cache_dir: Path, batch_size: int =
         batch.clear()
         batch_hashes.clear()
 
-    pool = ThreadPoolExecutor(workers or min(2, cpu_count()), thread_name_prefix="vestis-decode")
+    pool = None if engine == "ray" else ThreadPoolExecutor(workers or min(2, cpu_count()),
+                                                            thread_name_prefix="vestis-decode")
     try:
-        window = 3 * batch_size
-        pending: deque = deque()
-        queue = iter(todo.items())
+        if engine == "ray" and todo:
+            _encode_on_ray(todo, spec, choice, batch_size, cache, bar, rep, failed, address=address,
+                           num_cpus=ray_cpus, progress=progress)
+        else:
+            window = 3 * batch_size
+            pending: deque = deque()
+            queue = iter(todo.items())
 
-        def top_up() -> None:
-            while len(pending) < window:
-                nxt = next(queue, None)
-                if nxt is None:
-                    return
-                pending.append((nxt[0], pool.submit(_decode, nxt[1], spec.resolution)))
+            def top_up() -> None:
+                while len(pending) < window:
+                    nxt = next(queue, None)
+                    if nxt is None:
+                        return
+                    pending.append((nxt[0], pool.submit(_decode, nxt[1], spec.resolution)))
 
-        top_up()
-        while pending:
-            h, fut = pending.popleft()
             top_up()
-            try:
-                arr = fut.result()
-            except Exception as e:  # noqa: BLE001 - ImageReadError, or anything odd in one file: count it
-                log.info("unreadable image: %s", e if isinstance(e, ImageReadError) else f"{type(e).__name__}: {e}")
-                failed.add(h)
-                cache.put_unreadable(h)
-                continue
-            batch.append(arr)
-            batch_hashes.append(h)
-            if len(batch) == batch_size:
+            while pending:
+                h, fut = pending.popleft()
+                top_up()
+                try:
+                    arr = fut.result()
+                except Exception as e:  # noqa: BLE001 - ImageReadError, or anything odd in one file: count it
+                    log.info("unreadable image: %s", e if isinstance(e, ImageReadError) else f"{type(e).__name__}: {e}")
+                    failed.add(h)
+                    cache.put_unreadable(h)
+                    continue
+                batch.append(arr)
+                batch_hashes.append(h)
+                if len(batch) == batch_size:
+                    run_batch()
+            if batch:
                 run_batch()
-        if batch:
-            run_batch()
     except KeyboardInterrupt:
         rep.interrupted = True
         raise
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
         bar.close()
         cache.flush()  # keep everything encoded so far, also on Ctrl-C
         rep.encode_s = time.perf_counter() - t1
@@ -455,10 +480,31 @@ def extract_catalog(catalog, spec: TrunkSpec, cache_dir: Path, batch_size: int =
     return rep
 
 
-def catalogue_features(catalog, spec: TrunkSpec, cache_dir: Path, progress: bool = True):
+def _encode_on_ray(todo: dict[str, Path], spec: TrunkSpec, choice: BackendChoice, batch_size: int, cache, bar, rep,
+                   failed: set[str], **ray_args) -> None:
+    """The encoding loop of `extract_catalog` with decode + trunk on Ray; the cache is written here, batch by batch."""
+    from vestis.vision.extract_ray import encode_on_ray
+
+    if not isinstance(choice.backend, (OnnxBackend, TorchBackend)):
+        raise VestisError(f"--engine ray runs the ONNX or PyTorch trunk in its actors, not {choice.name!r}")
+    rep.ray_timings = {}
+    for hashes, ok, maps in encode_on_ray(list(todo.items()), spec, choice, batch_size, timings=rep.ray_timings,
+                                          **ray_args):
+        for i, h in enumerate(hashes):
+            if ok[i]:
+                cache.put(h, {lv: m[i] for lv, m in maps.items()})
+                rep.encoded += 1
+            else:
+                failed.add(h)
+                cache.put_unreadable(h)
+        bar.update(len(hashes))
+
+
+def catalogue_features(catalog, spec: TrunkSpec, cache_dir: Path, progress: bool = True,
+                       extract_options: dict | None = None):
     """Encode whatever is not cached yet, then load this catalogue's feature maps (a FeatureSet, catalogue
-    order, every level of `spec`)."""
-    report = extract_catalog(catalog, spec, cache_dir=cache_dir, progress=progress)
+    order, every level of `spec`). extract_options: more `extract_catalog` arguments (e.g. engine="ray")."""
+    report = extract_catalog(catalog, spec, cache_dir=cache_dir, progress=progress, **(extract_options or {}))
     if report.encoded and progress:
         print(report.describe())
     with FeatureCache(cache_dir, spec) as cache:
