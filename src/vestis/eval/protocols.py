@@ -57,6 +57,17 @@ PER_ATTRIBUTE_K = 30
 GROUP_NAMES = {1: "single", 2: "two"}
 
 
+
+def _answered(row: dict, qid, protocol: str, field: str, skipped) -> dict | None:
+    """A rankings row that answers its query (it holds `field`), or None for a row the searcher skipped (counted
+    in `skipped` by its reason)."""
+    if "skipped" in row:
+        skipped[row["skipped"]] += 1
+        return None
+    if field not in row:
+        raise RankingsError(f"query {qid!r} ({protocol}): its rankings line needs \"{field}\"")
+    return row
+
 def _group_name(n: int) -> str:
     return GROUP_NAMES.get(n, f"{n}-attribute")
 
@@ -280,12 +291,9 @@ def _attribute_map(queries: list[dict], rows: dict[str, dict], catalog: Catalog,
         if R == 0:
             skipped["no relevant candidate in gallery"] += 1
             continue
-        row = rows[qid]
-        if "skipped" in row:
-            skipped[row["skipped"]] += 1
+        row = _answered(rows[qid], qid, "attribute", "ranked", skipped)
+        if row is None:
             continue
-        if "ranked" not in row:
-            raise RankingsError(f"query {qid!r} (attribute): its rankings line needs \"ranked\"")
         pos = gallery.positions(q, row["ranked"])
         vals = [gvals[a][p] for p in pos if gvals[a][p] is not None]  # drop items with a unspecified
         if len(vals) < n_cand[a]:
@@ -421,12 +429,9 @@ def _diverse(queries: list[dict], rows: dict[str, dict], catalog: Catalog, galle
         attr, target, boxes = diverse_garments(q)
         garments = target[attr]
         gallery.check_query_item(q)
-        row = rows[qid]
-        if "skipped" in row:
-            skipped[row["skipped"]] += 1
+        row = _answered(rows[qid], qid, "diverse", "ranked", skipped)
+        if row is None:
             continue
-        if "ranked" not in row:
-            raise RankingsError(f"query {qid!r} (diverse): its rankings line needs \"ranked\"")
         n = 5 * len(garments)
         ranked = row["ranked"][:n]
         grouped = "groups" in row
