@@ -261,7 +261,9 @@ def bench_search(run_dir: Path, index_dir: Path, queries_file: Path, n: int = GO
                 t = time.perf_counter()
                 search, shown, built_kind, close = _build(cfg, sub, run.metric, threads, tmp, sub_attrs)
                 build_s = time.perf_counter() - t
-                rss_index = rss_mb() - rss0
+                # the resident set's growth over the build; the allocator may hand back an earlier row's pages meanwhile
+                # (a negative difference at small sizes), which is no index memory: 0 then
+                rss_index = max(0.0, rss_mb() - rss0)
                 runs = [(None, {}, None)]  # unfiltered, then each filter with its matching items
                 for name, f in (filters or {}).items() if sub_attrs is not None else ():
                     runs.append((name, {"filters": f}, matching(sub_attrs, f)))
