@@ -86,27 +86,27 @@ class TrunkActor:
         if kind == "onnx":
             import ray
 
-            from vestis.vision.extract import OnnxBackend
+            from vestis.vision.backends import OnnxBackend
 
             # the model's bytes: a reference in a list, so Ray does not keep them as actor arguments
             self.backend = OnnxBackend(ray.get(model[0]), threads=1)
         else:
             import torch
 
-            from vestis.vision.extract import TorchBackend
+            from vestis.vision.backends import TorchBackend
             from vestis.vision.trunk import build_trunk
 
             torch.set_num_threads(1)
             self.backend = TorchBackend(build_trunk(self.spec))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from vestis.vision.extract import _decode
+        from vestis.vision.preprocess import load_letterboxed
 
         h, w = self.spec.resolution
         images, ok = [], np.zeros(len(batch["path"]), dtype=bool)
         for i, path in enumerate(batch["path"]):
             try:
-                images.append(_decode(Path(path), (h, w)))
+                images.append(load_letterboxed(Path(path), (h, w))[0])
                 ok[i] = True
             except Exception as e:  # noqa: BLE001 - counted as unreadable by the caller, as in the local path
                 log.info("unreadable image %s: %s", path, e)
