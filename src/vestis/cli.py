@@ -292,8 +292,11 @@ def cmd_train(args) -> int:
         print(f"mixing in {other.name} ({len(other.split('train'))} train items): {mapping.source_attribute} -> "
               f"{mapping.target_attribute} through {args.mix_mapping}; balanced per batch")
         mix = (other, mapping)
+    if args.shopper_views:
+        print(f"adding {args.shopper_views} shopper-photo view(s) of every training image (seed {args.views_seed}; "
+              "made and encoded once, then reused from the cache)")
     info = train_run(args.model, cat, args.out, _trunk_spec(args), args.cache, config=config, finetune=finetune,
-                     mix=mix)
+                     mix=mix, shopper_views=args.shopper_views, views_seed=args.views_seed)
     secs = info.history.get("seconds", [0])[0]
     unread = len(train) - len(without_image) - info.history.get("train_items", len(train) - len(without_image))
     if unread > 0:
@@ -750,6 +753,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="JSON label mapping: the second catalogue's attribute -> a set of values of one of this "
                         "run's attributes (e.g. benchmarks/mappings/clothing-to-fpi.json)")
     s.add_argument("--mix-format", default=None, help="force the second catalogue's reader")
+    s.add_argument("--shopper-views", type=int, default=0, metavar="K",
+                   help="train on K seeded shopper-photo views of every training image too (augmented packshots: "
+                        "a household background, off-centre, tilted, room light, blur, JPEG), as a domain of their "
+                        "own, balanced per batch; the views and their maps are cached and reused")
+    s.add_argument("--views-seed", type=int, default=0, help="seed of the shopper-photo views")
     s.add_argument("--attributes", default=None, help="comma-separated attribute set (default: the benchmark's)")
     trunk_options(s)
     s.add_argument("--finetune-trunk", action="store_true",

@@ -32,6 +32,28 @@ def train_data(catalog, features) -> TrainData:
     return TrainData(list(features.ids), features.maps, labels, instances, schema, garments)
 
 
+MIX_DOMAIN = 1  # a second catalogue's rows (`--mix`)
+VIEWS_DOMAIN = 2  # shopper-photo views of the training packshots (`--shopper-views`)
+
+
+def join_train_data(data: TrainData, rows: TrainData, domain: int) -> TrainData:
+    """`data` followed by `rows` as domain `domain` (the first catalogue's own rows are domain 0 and come first,
+    what `TrainData.n_primary` and `primary()` rely on). Label sets of either side are kept (rows without one
+    get an all-False set); garments are kept where both sides have them."""
+    n0, n1 = len(data), len(rows)
+    d0 = data.domains if data.domains is not None else np.zeros(n0, np.int64)
+    sets = {}
+    for a in set(data.label_sets) | set(rows.label_sets):
+        width = next(m.shape[1] for m in (data.label_sets.get(a), rows.label_sets.get(a)) if m is not None)
+        sets[a] = np.concatenate([data.label_sets.get(a, np.zeros((n0, width), bool)),
+                                  rows.label_sets.get(a, np.zeros((n1, width), bool))])
+    garments = (data.garments + rows.garments) if data.garments is not None and rows.garments is not None else None
+    return TrainData(list(data.ids) + list(rows.ids), {lv: np.concatenate([data.maps[lv], rows.maps[lv]]) for lv in data.maps},
+                     np.concatenate([data.labels, rows.labels]), np.concatenate([data.instances, rows.instances]),
+                     data.schema, garments=garments, domains=np.concatenate([d0, np.full(n1, domain, np.int64)]),
+                     label_sets=sets)
+
+
 def mix_train_data(data: TrainData, other, features, mapping) -> tuple[TrainData, dict]:
     """`data` (the first catalogue's rows) followed by a second catalogue's rows (`other`, its `features`), whose
     labels come through `mapping` (`vestis.catalog.mapping.LabelMapping`): its source attribute's value -> a set of
@@ -62,29 +84,51 @@ def mix_train_data(data: TrainData, other, features, mapping) -> tuple[TrainData
         raise VestisError(f"no item of {other.name or 'the mixed-in catalogue'} has a {mapping.source_attribute} "
                           "value the mapping names")
     keep = np.asarray(keep)
-    n0, n1 = len(data), len(keep)
+    n1 = len(keep)
     labels = np.full((n1, len(schema)), NO_LOSS, np.int64)
     labels[:, col] = codes
-    label_sets = {col: np.concatenate([np.zeros((n0, len(values) + 1), bool), np.stack(sets)])}
-    mixed = TrainData(list(data.ids) + [features.ids[r] for r in keep],
-                      {lv: np.concatenate([data.maps[lv], features.maps[lv][keep]]) for lv in data.maps},
-                      np.concatenate([data.labels, labels]), np.concatenate([data.instances, np.full(n1, -1, np.int64)]),
-                      schema, domains=np.concatenate([np.zeros(n0, np.int64), np.ones(n1, np.int64)]),
-                      label_sets=label_sets)
+    rows = TrainData([features.ids[r] for r in keep], {lv: m[keep] for lv, m in features.maps.items()}, labels,
+                     np.full(n1, -1, np.int64), schema, label_sets={col: np.stack(sets)})
+    mixed = join_train_data(data, rows, MIX_DOMAIN)
     record = {"catalog": other.name, "source": str(other.source) if getattr(other, "source", None) else None,
               "items": n1, "left_out_unmapped": len(features.ids) - n1, "mapping": mapping.to_json(),
               "mapping_file": mapping.path, "balance": "equal share of each catalogue per batch"}
     return mixed, record
 
 
+def _with_shopper_views(data: TrainData, part, spec: TrunkSpec, cache_dir, k: int, seed: int,
+                        progress: bool) -> tuple[TrainData, dict]:
+    """`data` followed by k shopper-photo views of each of its images (domain VIEWS_DOMAIN): made where missing,
+    encoded where not cached, each with its image's labels and instance (so a view and its packshot are the same
+    product wherever the catalogue names products)."""
+    import time
+
+    from vestis.vision.shopper_views import shopper_view_catalog
+
+    have = set(data.ids)  # the images that have features: only those get views
+    views, record = shopper_view_catalog(part.filter(lambda it: it.id in have), k, cache_dir, seed=seed,
+                                         progress=progress)
+    t0 = time.perf_counter()
+    feats = catalogue_features(views, spec, cache_dir, progress=progress)
+    record["encode_load_s"] = round(time.perf_counter() - t0, 1)
+    if len(feats) == 0:
+        raise VestisError(f"none of the {len(views)} shopper views has features ({feats.describe()})")
+    rows = train_data(views, feats)
+    source_row = {iid: r for r, iid in enumerate(data.ids)}
+    rows.instances = np.array([data.instances[source_row[v.rsplit("~s", 1)[0]]] for v in feats.ids], np.int64)
+    record["views_trained_on"] = len(rows)
+    return join_train_data(data, rows, VIEWS_DOMAIN), record
+
+
 def train_run(model_name: str, catalog, out, spec: TrunkSpec, cache_dir, config: dict | None = None,
               split: str = "train", progress: bool = True, finetune: dict | None = None,
-              mix=None) -> RunInfo:
+              mix=None, shopper_views: int = 0, views_seed: int = 0) -> RunInfo:
     """Train `model_name` on the catalogue's `split` and save the run (weights, config, schema) to `out`.
     `finetune` (options of `vestis.finetune.finetune_trunk`) first fine-tunes the trunk on that split and
     trains the head on maps from the fine-tuned trunk, which the run then carries. `mix`: (second catalogue,
     LabelMapping): its `split` items join the training through the mapping (`mix_train_data`), balanced per
-    batch; the run records both catalogues."""
+    batch; the run records both catalogues. `shopper_views` K > 0: K seeded shopper-photo views of every training
+    image join as a domain of their own (`vestis.vision.shopper_views`), with the image's labels and instance."""
     part = catalog.split(split)
     if len(part) == 0:
         raise VestisError(f"the catalogue has no {split!r} items to train on")
@@ -103,6 +147,9 @@ def train_run(model_name: str, catalog, out, spec: TrunkSpec, cache_dir, config:
     data = train_data(part, feats)
     channels = {lv: int(a.shape[1]) for lv, a in feats.maps.items()}
     model = create_model(model_name, catalog.schema, channels, config)
+    views_record = None
+    if shopper_views:
+        data, views_record = _with_shopper_views(data, part, spec, cache_dir, shopper_views, views_seed, progress)
     mixed = None
     if mix is not None:
         other, mapping = mix
@@ -119,6 +166,8 @@ def train_run(model_name: str, catalog, out, spec: TrunkSpec, cache_dir, config:
     history["train_items"] = data.n_primary
     if mixed is not None:
         history["mix"] = mixed
+    if views_record is not None:
+        history["shopper_views"] = views_record
     if finetune_history is not None:
         history["finetune_trunk"] = finetune_history
     name = catalog.name if mixed is None else f"{catalog.name} + {mixed['catalog']}"
