@@ -8,6 +8,7 @@
 # The run and index come from e.g.
 #   vestis train --model attribute_baseline --catalog $DATA --out $OUT/NAME/run --levels s8,s16,s32
 #   vestis index --run $OUT/NAME/run --catalog $DATA --out $OUT/NAME/index --split gallery --kind flat
+# CROP=1: each photo is first cut to its foreground (`vestis search --crop`); files get a "-crop" suffix.
 set -euo pipefail
 NAME=$1
 DATA=${DATA:-../shared/datasets/fashion-product-images-small}
@@ -18,10 +19,11 @@ V=${VESTIS:-.venv/bin/vestis}
 q="$OUT/queries-c2s.jsonl"
 [ -f "$q" ] || $V queries --protocol consumer_to_shop --catalog "$PHOTOS" --mapping "$MAPPING" --out "$q"
 classify=$(python3 -c "import json,sys; print('--classify' if json.load(open(sys.argv[1]))['model'] != 'visual' else '')" "$OUT/$NAME/run/run.json")
+sfx=$([ "${CROP:-0}" = 1 ] && echo "-crop" || true)
 for labels in off on; do
-  $V search --run "$OUT/$NAME/run" --index "$OUT/$NAME/index" --queries "$q" --output "$OUT/$NAME/c2s-rankings-$labels.jsonl" \
-    --k 50 --labels "$labels"
-  $V eval --queries "$q" --rankings "$OUT/$NAME/c2s-rankings-$labels.jsonl" --catalog "$DATA" --run "$OUT/$NAME/run" \
-    --name "$NAME" --report "$OUT/$NAME/c2s-report-$labels" --no-curve $([ "$labels" = off ] && echo $classify) > /dev/null
-  echo "report: $OUT/$NAME/c2s-report-$labels/report.md"
+  $V search --run "$OUT/$NAME/run" --index "$OUT/$NAME/index" --queries "$q" \
+    --output "$OUT/$NAME/c2s-rankings-$labels$sfx.jsonl" --k 50 --labels "$labels" $([ -n "$sfx" ] && echo --crop)
+  $V eval --queries "$q" --rankings "$OUT/$NAME/c2s-rankings-$labels$sfx.jsonl" --catalog "$DATA" --run "$OUT/$NAME/run" \
+    --name "$NAME$sfx" --report "$OUT/$NAME/c2s-report-$labels$sfx" --no-curve $([ "$labels" = off ] && echo $classify) > /dev/null
+  echo "report: $OUT/$NAME/c2s-report-$labels$sfx/report.md"
 done

@@ -58,6 +58,37 @@ def test_targets_requested_then_own_labels_then_predictions():
     assert CR.constraints({"colour": "red"}) == {"colour": ["red", "unspecified"]}
 
 
+def test_photo_preferences_keep_only_the_named_attributes_of_a_photo():
+    pred = {"colour": np.array([[0.2, 0.5, 0.2, 0.1]] * 2), "sleeve": np.array([[0.1, 0.8, 0.1]] * 2)}
+    photo, item = CR.targets(SCHEMA, pred, [{}, {}], [None, {"sleeve": "short"}], photo_preferences=["colour"])
+    np.testing.assert_allclose(photo["colour"], [0.2, 0.5, 0.2, 0.1])  # the named attribute: its prediction
+    np.testing.assert_allclose(photo["sleeve"], [1 / 3] * 3)           # any other: no preference
+    np.testing.assert_array_equal(item["sleeve"], [1, 0, 0])            # a catalogue item keeps its own labels
+    np.testing.assert_allclose(item["colour"], [0.2, 0.5, 0.2, 0.1])
+    (req,) = CR.targets(SCHEMA, {a: p[:1] for a, p in pred.items()}, [{"sleeve": "long"}], None,
+                        photo_preferences=["colour"])
+    np.testing.assert_array_equal(req["sleeve"], [0, 1, 0])             # a requested value is never dropped
+    (none,) = CR.targets(SCHEMA, {a: p[:1] for a, p in pred.items()}, [{}], None, photo_preferences=[])
+    assert all(np.allclose(t, t[0]) for t in none.values())
+    # uniform targets add one constant to every item's score: the ranking is the model's similarity alone
+    blocks = CR.label_blocks(SCHEMA, [{"colour": "red"}, {}, {"sleeve": "long"}],
+                             {"colour": np.full((3, 4), 0.25), "sleeve": np.full((3, 3), 1 / 3)})
+    logs = np.concatenate([np.log(none[a]) for a in SCHEMA.attributes])
+    assert np.allclose(blocks @ logs, (blocks @ logs)[0])
+
+
+def test_an_engine_on_a_mixed_run_prefers_only_the_mapped_attribute():
+    from types import SimpleNamespace
+
+    from vestis.engine import Engine
+
+    model = SimpleNamespace(spaces=lambda: {})
+    mixed = SimpleNamespace(history={"mix": {"mapping": {"source_attribute": "category", "target_attribute": "colour"}}})
+    assert Engine(model, mixed, {}, Catalog([], SCHEMA), None, ".").photo_preferences == ["colour"]
+    plain = SimpleNamespace(history={"train_items": 10})
+    assert Engine(model, plain, {}, Catalog([], SCHEMA), None, ".").photo_preferences is None
+
+
 def _manipulations(engine, n=12):
     gallery = set(engine.spaces["main"].ids())
     out = []

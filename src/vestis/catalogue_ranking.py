@@ -29,7 +29,7 @@ turns the maximum inner-product search into a nearest-neighbour search graph ind
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import numpy as np
 
@@ -88,20 +88,28 @@ def _bounded(x: np.ndarray, bound: float) -> np.ndarray:
 
 
 def targets(schema, predicted: Mapping[str, np.ndarray] | None, manipulations: Sequence[Mapping[str, str]],
-            known: Sequence[Mapping[str, str] | None]) -> list[dict[str, np.ndarray]]:
+            known: Sequence[Mapping[str, str] | None], photo_preferences: Collection[str] | None = None
+            ) -> list[dict[str, np.ndarray]]:
     """Per query row, {attribute: t_a (values + 1,)}: the requested value for a manipulated attribute, the query's
     catalogue label (`known[i]`, for a catalogue item) for the others where it has one, else the model's
-    prediction (uniform where the model predicts nothing for the attribute)."""
+    prediction (uniform where the model predicts nothing for the attribute).
+
+    `photo_preferences`: for a photo (a row without catalogue labels), the only attributes whose prediction
+    becomes a preference; the others are uniform (no preference). A run trained on shoppers' photos through a
+    mapping (`vestis train --mix`) predicts the mapped attribute on photos and the others from packshots alone,
+    and those out-of-domain guesses cost more than they give (README, "Consumer-to-shop"). None: every attribute."""
     out = []
     for i, manip in enumerate(manipulations):
         row = {}
+        photo = not known or known[i] is None
         for a in schema.attributes:
             values = schema.values(a)
             value = manip.get(a) or ((known[i] or {}).get(a) if known else None)
             if value is not None and value in values:
                 t = np.zeros(len(values) + 1, np.float32)
                 t[values.index(value)] = 1.0
-            elif predicted is not None and a in predicted:
+            elif predicted is not None and a in predicted and (
+                    not photo or photo_preferences is None or a in photo_preferences):
                 t = np.asarray(predicted[a][i], dtype=np.float32)
             else:
                 t = np.full(len(values) + 1, 1.0 / (len(values) + 1), np.float32)

@@ -131,6 +131,9 @@ class Engine:
         self._hashes: dict = {}  # image path -> ((size, mtime), content hash), see item_maps
         self._present = None
         self.label_weight = catalogue_ranking.LABEL_WEIGHT
+        # labels on, photo queries: prefer only what the run learnt from photos where it was trained on some
+        mix = (getattr(info, "history", None) or {}).get("mix")
+        self.photo_preferences = [mix["mapping"]["target_attribute"]] if mix and mix.get("mapping") else None
         self.index_dir: Path | None = None  # where `load` read the index (attribute updates write there)
 
     @classmethod
@@ -359,7 +362,7 @@ class Engine:
         (main,) = [p for p in probes if p.space == "main"]
         schema = self.model.schema
         probs = {a: p.numpy() for a, p in (probabilities or self._probabilities(maps)).items()}
-        rows = catalogue_ranking.targets(schema, probs, manipulations, query_labels)
+        rows = catalogue_ranking.targets(schema, probs, manipulations, query_labels, self.photo_preferences)
         scale = self.meta["spaces"][catalogue_ranking.SPACE]["labels"]
         q = catalogue_ranking.query_vectors(schema, rows, main.vectors, scale["main_metric"], scale, self.label_weight)
         by_request: dict[tuple, list[int]] = {}
