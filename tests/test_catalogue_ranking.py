@@ -68,6 +68,10 @@ def test_photo_preferences_keep_only_the_named_attributes_of_a_photo():
     (req,) = CR.targets(SCHEMA, {a: p[:1] for a, p in pred.items()}, [{"sleeve": "long"}], None,
                         photo_preferences=["colour"])
     np.testing.assert_array_equal(req["sleeve"], [0, 1, 0])             # a requested value is never dropped
+    # a packshot photo (shopper False) keeps every prediction; shopper True restricts even without a None label row
+    packshot, shopper = CR.targets(SCHEMA, pred, [{}, {}], None, photo_preferences=["colour"], shopper=[False, True])
+    np.testing.assert_allclose(packshot["sleeve"], [0.1, 0.8, 0.1])
+    np.testing.assert_allclose(shopper["sleeve"], [1 / 3] * 3)
     (none,) = CR.targets(SCHEMA, {a: p[:1] for a, p in pred.items()}, [{}], None, photo_preferences=[])
     assert all(np.allclose(t, t[0]) for t in none.values())
     # uniform targets add one constant to every item's score: the ranking is the model's similarity alone

@@ -179,3 +179,39 @@ def test_cli_mix_records_both_catalogues_and_c2s_pipeline(tiny_pipeline, train_t
     out = capsys.readouterr().out
     assert "Consumer-to-shop" in out and "Category accuracy" in out
 
+    # labels on, the mixed run: a shopper's photo takes preferences from the mapped attribute only, a packshot
+    # on studio white from every attribute (the engine tells them apart by the photo's border)
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from vestis import catalogue_ranking
+    from vestis.engine import Engine
+
+    midx = tmp_path / "mixed-idx"
+    assert main(["index", "--run", str(mixed), "--catalog", str(cat), "--out", str(midx), "--split", "gallery",
+                 "--cache", str(cache)]) == 0
+    engine = Engine.load(mixed, midx, cache_dir=cache)
+    assert engine.photo_preferences == ["category"]
+    seen = []
+    real_targets = catalogue_ranking.targets
+
+    def spy(*args, **kwargs):
+        seen.append(args[5] if len(args) > 5 else kwargs.get("shopper"))
+        return real_targets(*args, **kwargs)
+
+    catalogue_ranking.targets = spy
+    try:
+        for bg in ((255, 255, 255), (120, 90, 60)):
+            a = np.empty((200, 150, 3), np.uint8)
+            a[:] = bg
+            a[40:160, 40:110] = (30, 60, 150)
+            buf = io.BytesIO()
+            Image.fromarray(a).save(buf, "JPEG", quality=92)
+            assert len(engine.search(image=buf.getvalue(), k=5, labels=True).hits) == 5
+        engine.search(item_id=next(iter(engine.catalog)).id, k=5, labels=True)
+    finally:
+        catalogue_ranking.targets = real_targets
+    assert seen == [[False], [True], None]
+

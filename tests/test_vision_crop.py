@@ -82,3 +82,36 @@ def test_engine_search_with_crop_answers_the_box(engine):
     x0, y0, x1, y1 = res.crop
     assert x0 <= 155 and y0 <= 85 and x1 >= 265 and y1 >= 225 and (x1 - x0) * (y1 - y0) < 0.6 * 400 * 300
     assert engine.search(image=buf.getvalue(), k=5).crop is None
+
+
+def test_studio_background_tells_packshots_from_shoppers_photos():
+    from vestis.vision.crop import studio_background
+
+    packshot = _photo(bg=(255, 255, 255), texture=False)
+    assert studio_background(packshot)
+    nearly = _photo(bg=(238, 236, 240), texture=False)  # an off-white studio sweep still counts
+    assert studio_background(nearly)
+    assert not studio_background(_photo())  # a bed sheet
+    assert not studio_background(_photo(bg=(215, 215, 215), texture=False))  # grey is not studio white
+    edge = _photo(bg=(255, 255, 255), box=(0, 0, 400, 200), texture=False)  # the garment covers most of the border
+    assert not studio_background(edge)
+    assert not studio_background(Image.new("RGB", (3, 3), (255, 255, 255)))
+
+
+def test_encode_images_studio_flags_leave_the_maps_unchanged():
+    bufs = []
+    for im in (_photo(bg=(255, 255, 255), texture=False), _photo()):
+        b = io.BytesIO()
+        im.save(b, "JPEG", quality=90)
+        bufs.append(b.getvalue())
+    seen = []
+
+    def backend(batch):
+        seen.append(batch.copy())
+        return {"s32": np.zeros((len(batch), 2, 1, 1), np.float32)}
+
+    studio: list = []
+    encode_images(backend, (160, 128), bufs, studio=studio)
+    encode_images(backend, (160, 128), bufs)
+    assert studio == [True, False]
+    np.testing.assert_array_equal(seen[0], seen[1])  # the same decode and letterbox as the fast path

@@ -88,8 +88,8 @@ def _bounded(x: np.ndarray, bound: float) -> np.ndarray:
 
 
 def targets(schema, predicted: Mapping[str, np.ndarray] | None, manipulations: Sequence[Mapping[str, str]],
-            known: Sequence[Mapping[str, str] | None], photo_preferences: Collection[str] | None = None
-            ) -> list[dict[str, np.ndarray]]:
+            known: Sequence[Mapping[str, str] | None], photo_preferences: Collection[str] | None = None,
+            shopper: Sequence[bool] | None = None) -> list[dict[str, np.ndarray]]:
     """Per query row, {attribute: t_a (values + 1,)}: the requested value for a manipulated attribute, the query's
     catalogue label (`known[i]`, for a catalogue item) for the others where it has one, else the model's
     prediction (uniform where the model predicts nothing for the attribute).
@@ -97,11 +97,13 @@ def targets(schema, predicted: Mapping[str, np.ndarray] | None, manipulations: S
     `photo_preferences`: for a photo (a row without catalogue labels), the only attributes whose prediction
     becomes a preference; the others are uniform (no preference). A run trained on shoppers' photos through a
     mapping (`vestis train --mix`) predicts the mapped attribute on photos and the others from packshots alone,
-    and those out-of-domain guesses cost more than they give (README, "Consumer-to-shop"). None: every attribute."""
+    and those out-of-domain guesses cost more than they give (README, "Consumer-to-shop"). None: every attribute.
+    `shopper[i]`: whether row i is such a photo (a packshot on studio white is in the domain every head learnt);
+    None: every row without catalogue labels."""
     out = []
     for i, manip in enumerate(manipulations):
         row = {}
-        photo = not known or known[i] is None
+        photo = shopper[i] if shopper is not None else (not known or known[i] is None)
         for a in schema.attributes:
             values = schema.values(a)
             value = manip.get(a) or ((known[i] or {}).get(a) if known else None)

@@ -215,14 +215,15 @@ class Engine:
 
     # --- query features ------------------------------------------------------------------------
     def encode_images(self, images: Sequence[Path | bytes], crop: bool = False,
-                      boxes: list | None = None) -> dict[str, torch.Tensor]:
+                      boxes: list | None = None, studio: list | None = None) -> dict[str, torch.Tensor]:
         """Trunk feature maps for image files or bytes (uploads), through the fastest verified backend; crop:
-        each photo cut to its foreground first (`vision.crop`), the boxes appended to `boxes`."""
+        each photo cut to its foreground first (`vision.crop`), the boxes appended to `boxes`; `studio` receives
+        whether each photo is a packshot on studio white."""
         from vestis.vision.extract import encode_images, make_backend
 
         if self._encoder is None:
             self._encoder = make_backend(self.spec, self.cache_dir).backend
-        return encode_images(self._encoder, self.spec.resolution, images, crop=crop, boxes=boxes)
+        return encode_images(self._encoder, self.spec.resolution, images, crop=crop, boxes=boxes, studio=studio)
 
     def item_maps(self, item_ids: Sequence[str], encode_missing: bool = True) -> dict[str, torch.Tensor]:
         """Feature maps of catalogue items: from the cache, encoding any that are not cached (with
@@ -263,12 +264,12 @@ class Engine:
         return {lv: torch.from_numpy(np.stack([r[lv] for r in rows]).astype(np.float32)) for lv in rows[0]}
 
     def query_maps(self, image: Path | bytes | None = None, item_id: str | None = None, crop: bool = False,
-                   boxes: list | None = None) -> dict[str, torch.Tensor]:
+                   boxes: list | None = None, studio: list | None = None) -> dict[str, torch.Tensor]:
         """Feature maps of one query: a catalogue item (cached) or an image file / bytes (encoded now; crop: cut
-        to its foreground first, the box appended to `boxes`)."""
+        to its foreground first, the box appended to `boxes`; `studio`: whether it is a packshot)."""
         if (image is None) == (item_id is None):
             raise EngineError("give exactly one query: an item id or an image")
-        return self.item_maps([item_id]) if item_id is not None else self.encode_images([image], crop, boxes)
+        return self.item_maps([item_id]) if item_id is not None else self.encode_images([image], crop, boxes, studio)
 
     # --- requests ------------------------------------------------------------------------------
     def modes(self) -> list[str]:
@@ -312,13 +313,16 @@ class Engine:
                     filters: Mapping | None = None, mode: str = "manipulate",
                     exclude: Sequence[str | None] | None = None, labels: bool = True,
                     query_labels: Sequence[Mapping[str, str] | None] | None = None,
-                    probabilities: Mapping[str, torch.Tensor] | None = None) -> list[Result]:
+                    probabilities: Mapping[str, torch.Tensor] | None = None,
+                    shopper: Sequence[bool] | None = None) -> list[Result]:
         """One Result per query row of `maps` (a batch): the model's plan, run probe by probe.
 
         labels=True (the product default) ranks `manipulate` queries with the catalogue's labels where the index
         has the label space (`vestis.catalogue_ranking`); `query_labels[i]` are query i's own catalogue labels
         (a catalogue item), used as its preferences. labels=False reads no label at all (the papers' protocol).
-        `probabilities`: the model's attribute probabilities of these maps, where the caller already has them."""
+        `probabilities`: the model's attribute probabilities of these maps, where the caller already has them.
+        `shopper[i]`: query i is a shopper's photo, whose preferences are limited to `photo_preferences` (default:
+        every query without catalogue labels)."""
         n = len(next(iter(maps.values())))
         manipulations = [dict(m) for m in manipulations] if manipulations is not None else [{}] * n
         if len(manipulations) != n:
@@ -332,7 +336,7 @@ class Engine:
         on = labels and mode == "manipulate" and catalogue_ranking.SPACE in self.spaces
         notes: list[str | None] = [None] * n
         if on:
-            probes, notes = self._label_probes(maps, probes, manipulations, query_labels, probabilities)
+            probes, notes = self._label_probes(maps, probes, manipulations, query_labels, probabilities, shopper)
         elif labels and any(self._catalogue_part_filter(p) for p in probes):
             on = True  # a part's group among the gallery items whose catalogue label is the part's, not predicted
             probes = [self._catalogue_part_filter(p) or p for p in probes]
@@ -356,13 +360,14 @@ class Engine:
                   for g in groups]
         return [Result(g, labels="on" if on else "off", note=note) for g, note in zip(groups, notes)]
 
-    def _label_probes(self, maps, probes: list[Probe], manipulations: list[dict], query_labels, probabilities=None):
+    def _label_probes(self, maps, probes: list[Probe], manipulations: list[dict], query_labels, probabilities=None,
+                      shopper=None):
         """The model's "main" probe turned into label-space probes, one per distinct set of requested values (their
         constraints are filters inside the index), and per row a note when no gallery item has the exact target."""
         (main,) = [p for p in probes if p.space == "main"]
         schema = self.model.schema
         probs = {a: p.numpy() for a, p in (probabilities or self._probabilities(maps)).items()}
-        rows = catalogue_ranking.targets(schema, probs, manipulations, query_labels, self.photo_preferences)
+        rows = catalogue_ranking.targets(schema, probs, manipulations, query_labels, self.photo_preferences, shopper)
         scale = self.meta["spaces"][catalogue_ranking.SPACE]["labels"]
         q = catalogue_ranking.query_vectors(schema, rows, main.vectors, scale["main_metric"], scale, self.label_weight)
         by_request: dict[tuple, list[int]] = {}
@@ -471,11 +476,13 @@ class Engine:
         manipulations = dict(manipulations or {})
         self.check_request(mode, [manipulations], filters)  # before any image is decoded
         boxes: list = []
-        maps = self.query_maps(image=image, item_id=item_id, crop=crop and image is not None, boxes=boxes)
+        studio: list | None = [] if image is not None and self.photo_preferences is not None else None
+        maps = self.query_maps(image=image, item_id=item_id, crop=crop and image is not None, boxes=boxes, studio=studio)
         known = [self.catalog[item_id].attributes] if item_id is not None and labels else None
         probs = self._probabilities(maps) if self.model.predicts_attributes else None  # once: ranking and answer
         result = self.search_maps(maps, [manipulations], k, filters, mode, exclude=[item_id], labels=labels,
-                                  query_labels=known, probabilities=probs)[0]
+                                  query_labels=known, probabilities=probs,
+                                  shopper=[not studio[0]] if studio else None)[0]
         result.predicted = self._describe(probs)[0] if probs is not None else None
         result.crop = boxes[0] if boxes else None
         return result

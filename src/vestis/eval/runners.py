@@ -173,13 +173,15 @@ def rank_queries(engine, queries: Sequence[Mapping], k: int = 50, batch: int = 2
             sub = [chunk[j] for j in js]
             item_ids = [q.get("item_id") for q in sub]
             images = [engine.catalog[q["item_id"]].image if q.get("item_id") else q["image"] for q in sub]
-            maps = engine.item_maps(item_ids) if all(item_ids) and not photos else engine.encode_images(images, crop)
+            studio = [] if engine.photo_preferences is not None else None  # packshot or shopper photo, per row
+            maps = (engine.item_maps(item_ids) if all(item_ids) and not photos
+                    else engine.encode_images(images, crop, studio=studio))
             known = [engine.catalog[i].attributes if i and not photos else None for i in item_ids] if labels else None
             # protocol 2 ranks every candidate (MAP over the full list)
             kk = len(engine.spaces["main"]) if mode.startswith("attribute:") else k
             manip = [q.get("manipulations") or {} for q in sub] if mode == "manipulate" else None
             results = engine.search_maps(maps, manip, k=kk, mode=mode, exclude=item_ids, labels=labels,
-                                         query_labels=known)
+                                         query_labels=known, shopper=[not x for x in studio] if studio else None)
             for j, res, image in zip(js, results, images):
                 row = {"query_id": chunk[j]["query_id"], "ranked": [h.id for h in res.hits], "labels": res.labels}
                 if len(res.groups) > 1 or any(g.box is not None for g in res.groups):

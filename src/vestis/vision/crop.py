@@ -57,6 +57,23 @@ def foreground_box(img: Image.Image, pad: float = PAD, min_area: float = 0.04, m
     return box if box[2] - box[0] >= 8 and box[3] - box[1] >= 8 else None
 
 
+STUDIO_WHITE = 225  # a border pixel with every channel at or above this is studio white
+STUDIO_SHARE = 0.5  # a photo whose border ring is at least this share white is a packshot
+
+
+def studio_background(img: Image.Image) -> bool:
+    """Whether the photo is a packshot: its border ring mostly studio white. Measured on 600 photos of each
+    dataset (README, "Consumer-to-shop"): 98.5 % of fashion-product-images' packshots, none of
+    clothing-dataset-small's shopper photos."""
+    w, h = img.size
+    if w < 4 or h < 4:
+        return False
+    scale = THUMB / max(w, h)
+    a = np.asarray(img.convert("RGB").resize((max(4, round(w * scale)), max(4, round(h * scale))), Image.BILINEAR))
+    ring = np.concatenate([a[:2].reshape(-1, 3), a[-2:].reshape(-1, 3), a[:, :2].reshape(-1, 3), a[:, -2:].reshape(-1, 3)])
+    return bool((ring >= STUDIO_WHITE).all(1).mean() >= STUDIO_SHARE)
+
+
 def crop_to_foreground(img: Image.Image) -> tuple[Image.Image, Box | None]:
     """The photo cut to its foreground box (the photo itself where there is none), and the box."""
     box = foreground_box(img)

@@ -169,29 +169,32 @@ def make_backend(spec: TrunkSpec, cache_dir: Path, backend: str = "auto", trunk:
 
 
 def encode_images(backend, resolution: tuple[int, int], images, crop: bool = False,
-                  boxes: list | None = None) -> dict[str, torch.Tensor]:
+                  boxes: list | None = None, studio: list | None = None) -> dict[str, torch.Tensor]:
     """Trunk feature maps {level: float32 tensor N x C x H x W} for the backend's levels (its spec's), of
     image files or bytes (uploads) through a backend from `make_backend`; raises ImageReadError for an
     unreadable image before encoding any. crop: each photo is first cut to its foreground box
-    (`vision.crop.foreground_box`); `boxes` (a list) receives each box in decoded-image pixels, or None."""
-    if crop:
+    (`vision.crop.foreground_box`); `boxes` (a list) receives each box in decoded-image pixels, or None;
+    `studio` (a list) whether each photo is a packshot on studio white (`vision.crop.studio_background`)."""
+    if not crop and studio is None:
+        batch = np.stack([load_letterboxed(im, resolution)[0] for im in images])
+        if boxes is not None:
+            boxes.extend([None] * len(batch))
+    else:  # the decoded photo itself is needed (its foreground, its border): the same decode + letterbox
         from vestis.images import load_rgb
-        from vestis.vision.crop import crop_to_foreground
+        from vestis.vision.crop import crop_to_foreground, studio_background
         from vestis.vision.preprocess import letterbox
 
         h, w = resolution
         arrs = []
         for im in images:
             img = load_rgb(im, draft=(w, h))
-            cut, box = crop_to_foreground(img)
+            if studio is not None:
+                studio.append(studio_background(img))
+            cut, box = crop_to_foreground(img) if crop else (img, None)
             arrs.append(letterbox(cut, resolution)[0])
             if boxes is not None:
                 boxes.append(_in_original(img, box))
         batch = np.stack(arrs)
-        return {lv: torch.from_numpy(np.asarray(m, np.float32)) for lv, m in backend(batch).items()}
-    batch = np.stack([load_letterboxed(im, resolution)[0] for im in images])
-    if boxes is not None:
-        boxes.extend([None] * len(batch))
     return {lv: torch.from_numpy(np.asarray(m, np.float32)) for lv, m in backend(batch).items()}
 
 
