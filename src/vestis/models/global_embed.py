@@ -74,6 +74,11 @@ class GlobalEmbed(SearchModel):
         f = self.shared(maps["s32"].float())
         return l2n(self.embedding(gap(f))), self.classifier(gap(self.relaxation(f)))
 
+    def _embedding(self, maps: Maps) -> torch.Tensor:
+        """The searched vector alone: the IS path without the relaxation module and classifier, which cost about
+        6x the embedding's time per query (3x3 conv at the map's width) and do not change it."""
+        return l2n(self.embedding(gap(self.shared(maps["s32"].float()))))
+
     def fit(self, data: TrainData, progress: bool = True) -> dict:
         c = self.config
         cat_col = self.schema.attributes.index(c["category_attribute"])
@@ -114,7 +119,7 @@ class GlobalEmbed(SearchModel):
     def embed(self, maps: Maps, space: str = "main") -> torch.Tensor:
         if space != "main":
             return super().embed(maps, space)
-        return self(maps)[0]
+        return self._embedding(maps)
 
     @torch.no_grad()
     def attribute_probabilities(self, maps: Maps) -> dict[str, torch.Tensor]:
