@@ -75,7 +75,8 @@ def cmd_views(args) -> int:
     source = _load_catalog(args)
     counts = write_augmented_views(source, args.out, views=args.views, query_views=args.query_views, seed=args.seed,
                                    hr_dir=args.hr_dir, crop=args.crop, packshot_views=args.packshot_views,
-                                   packshot_products=args.packshot_products)
+                                   packshot_products=args.packshot_products,
+                                   validation_products=args.validation_products)
     print(f"wrote augmented views of single photos (not a multi-view dataset) to {args.out}: augmented.jsonl, "
           f"cross-resolution.jsonl (+ schema.json, views/)")
     for k, v in counts.items():
@@ -620,6 +621,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                                  "products without images_hr (default 0)")
     s.add_argument("--packshot-products", type=int, default=None, help="for this many of them (a seeded choice; "
                                                                        "default all)")
+    s.add_argument("--validation-products", type=int, default=0, help="also validation.jsonl: this many train "
+                   "products held out (a seeded choice), their views as queries, for tuning off the query split")
     s.set_defaults(func=cmd_views)
 
     s = sub.add_parser("ingest", help="validate a catalogue and print a summary")
