@@ -6,6 +6,10 @@
         query views, then one train product's views for comparison;
     python benchmarks/same_product.py table REPORT_DIR...
         the Recall@1/5/10/20/50 and category-level rows of `vestis eval` reports, as README table rows.
+    python benchmarks/same_product.py neighbours CATALOG QUERIES RANKINGS... [--attribute articleType] [--top 20]
+        what fills each run's top 20: the share of the top `top` hits with the query product's `attribute` value
+        (how much the ranking is a category ranking), the share of queries whose product is in the top `top`,
+        and the median rank of the product among the hits (misses counted as beyond the list).
 """
 
 from __future__ import annotations
@@ -76,6 +80,31 @@ def table(reports: list[Path]) -> None:
                   + " | ".join(" / ".join(f"{100 * x['top_k'][k]:.1f}" for k in ("1", "3", "5")) for x in cells) + " |")
 
 
+def neighbours(catalog: Path, queries: Path, rankings: list[Path], attribute: str = "articleType", top: int = 20) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+    import numpy as np
+
+    from vestis.catalog import Catalog
+
+    cat = Catalog.load(catalog)
+    qs = {q["query_id"]: q for q in map(json.loads, filter(str.strip, queries.read_text().splitlines()))}
+    print(f"| rankings | queries | same {attribute} in the top {top} | product in the top {top} | median rank |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for path in rankings:
+        same, hit, ranks = [], [], []
+        for row in map(json.loads, path.read_text().splitlines()):
+            q = qs[row["query_id"]]
+            want = q["target"]["instance_id"]
+            value = cat[q["item_id"]].attributes.get(attribute)
+            ranked = row["ranked"]
+            same.append(np.mean([cat[i].attributes.get(attribute) == value for i in ranked[:top]]))
+            where = [n for n, i in enumerate(ranked, 1) if cat[i].instance_id == want]
+            ranks.append(where[0] if where else len(ranked) + 1)
+            hit.append(bool(where) and where[0] <= top)
+        print(f"| {path} | {len(ranks)} | {100 * np.mean(same):.1f} | {100 * np.mean(hit):.1f} | "
+              f"{np.median(ranks):.0f} |")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -85,9 +114,17 @@ def main(argv=None) -> int:
     s.add_argument("--products", type=int, default=6)
     t = sub.add_parser("table")
     t.add_argument("reports", type=Path, nargs="+")
+    n = sub.add_parser("neighbours")
+    n.add_argument("catalog", type=Path)
+    n.add_argument("queries", type=Path)
+    n.add_argument("rankings", type=Path, nargs="+")
+    n.add_argument("--attribute", default="articleType")
+    n.add_argument("--top", type=int, default=20)
     a = p.parse_args(argv)
     if a.cmd == "sheet":
         sheet(a.views_dir, a.out, a.products)
+    elif a.cmd == "neighbours":
+        neighbours(a.catalog, a.queries, a.rankings, a.attribute, a.top)
     else:
         table(a.reports)
     return 0
