@@ -9,7 +9,11 @@
     python benchmarks/same_product.py neighbours CATALOG QUERIES RANKINGS... [--attribute articleType] [--top 20]
         what fills each run's top 20: the share of the top `top` hits with the query product's `attribute` value
         (how much the ranking is a category ranking), the share of queries whose product is in the top `top`,
-        and the median rank of the product among the hits (misses counted as beyond the list).
+        and the median rank of the product among the hits (misses counted as beyond the list);
+    python benchmarks/same_product.py vectors RUN INDEX CATALOG QUERIES [--weights 0.5,1,1.5]
+        Recall@1/5/10/20/50 (exact search over the catalogue's gallery split, float32) of a global_embed run's
+        vectors: its learned vector, the pooled features its embedding layer reads ("shared"), and the learned
+        vector mixed with the trunk vector at each weight w (score e.e' + w^2 v.v', what `visual_weight` w searches).
 """
 
 from __future__ import annotations
@@ -105,6 +109,44 @@ def neighbours(catalog: Path, queries: Path, rankings: list[Path], attribute: st
               f"{np.median(ranks):.0f} |")
 
 
+def vectors(run: Path, index: Path, catalog: Path, queries: Path, weights: list[float]) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+    import numpy as np
+    import torch
+
+    from vestis.bench.adapter import BenchRun
+    from vestis.models.layers import gap, l2n
+
+    torch.set_num_threads(1)
+    br = BenchRun.load(run, index, catalog_path=catalog, mode="same_item")
+    model, cat = br.model.eval(), br.catalog
+    gallery = [it.id for it in cat if cat.split_of(it.id) == "gallery"]
+    qs = [json.loads(line) for line in queries.read_text().splitlines() if line.strip()]
+
+    def embed(ids):
+        out = {"learned": [], "shared": [], "visual": []}
+        for i in range(0, len(ids), 512):
+            maps = {k: v.float() for k, v in br.engine.item_maps(ids[i:i + 512]).items()}
+            with torch.inference_mode():
+                out["learned"].append(model(maps)[0].numpy())
+                out["shared"].append(l2n(gap(model.shared(maps["s32"]))).numpy())
+                out["visual"].append(model.embed(maps, "visual").numpy())
+        return {k: np.concatenate(v) for k, v in out.items()}
+
+    g, q = embed(gallery), embed([x["item_id"] for x in qs])
+    inst = np.array([cat[i].instance_id for i in gallery])
+    want = np.array([x["target"]["instance_id"] for x in qs])
+    rows = [("learned vector", q["learned"] @ g["learned"].T), ("pooled shared features", q["shared"] @ g["shared"].T)]
+    rows += [(f"learned + trunk, w {w:g}", q["learned"] @ g["learned"].T + w * w * (q["visual"] @ g["visual"].T))
+             for w in weights]
+    print(f"{run} on {queries} ({len(qs)} queries, {len(gallery)} gallery images)")
+    print("| vectors | " + " | ".join(f"R@{k}" for k in KS) + " |")
+    print("| --- |" + " ---: |" * len(KS))
+    for name, scores in rows:
+        hit = inst[np.argsort(-scores, axis=1)[:, :50]] == want[:, None]
+        print(f"| {name} | " + " | ".join(f"{100 * hit[:, :int(k)].any(1).mean():.1f}" for k in KS) + " |")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -120,9 +162,15 @@ def main(argv=None) -> int:
     n.add_argument("rankings", type=Path, nargs="+")
     n.add_argument("--attribute", default="articleType")
     n.add_argument("--top", type=int, default=20)
+    v = sub.add_parser("vectors")
+    for name in ("run", "index", "catalog", "queries"):
+        v.add_argument(name, type=Path)
+    v.add_argument("--weights", default="0.5,0.75,1,1.5")
     a = p.parse_args(argv)
     if a.cmd == "sheet":
         sheet(a.views_dir, a.out, a.products)
+    elif a.cmd == "vectors":
+        vectors(a.run, a.index, a.catalog, a.queries, [float(w) for w in a.weights.split(",") if w])
     elif a.cmd == "neighbours":
         neighbours(a.catalog, a.queries, a.rankings, a.attribute, a.top)
     else:

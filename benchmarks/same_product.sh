@@ -95,7 +95,7 @@ for set in ${SETS:-synth real}; do
     done
     if [ "${BENCH:-1}" != 0 ] && [ -f "$VD/oc_is$TAG/run/run.json" ]; then
       $V bench search --run "$VD/oc_is$TAG/run" --index "$VD/oc_is$TAG/index-augmented" \
-        --queries "$VD/queries-augmented.jsonl" --items 200000 --mode same_item --kinds auto,flat --milvus-items 0 \
+        --queries "$VD/queries-augmented.jsonl" --items 200000 --mode same_item --kinds auto --ef-search 64,128 --milvus-items 0 \
         --threads 1 --json "$VD/oc_is$TAG/bench-search.json" | tee "$VD/oc_is$TAG/bench-search.md"
     fi
   fi

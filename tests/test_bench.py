@@ -157,6 +157,8 @@ def test_bench_command_lines_of_the_readme_parse():
     for line in ["bench extract --catalog data", "bench query --run r --index i --queries q --repeats 3",
                  "bench search --run r --index i --queries q --n 300 --repeats 3 --sweep",
                  "bench search --run r --index i --queries q --items 8767 --kinds auto,flat --milvus-items 0",
+                 "bench search --run r --index i --queries q --items 200000 --mode same_item --kinds auto "
+                 "--ef-search 64,128 --milvus-items 0 --threads 1",
                  "bench serve --run r --index i --repeats 3", "bench serve --run r --index i --n 2000 --concurrency 8"]:
         p.parse_args(line.split())
 
