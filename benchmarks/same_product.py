@@ -6,6 +6,14 @@
         query views, then one train product's views for comparison;
     python benchmarks/same_product.py table REPORT_DIR...
         the Recall@1/5/10/20/50 and category-level rows of `vestis eval` reports, as README table rows.
+    python benchmarks/same_product.py neighbours CATALOG QUERIES RANKINGS... [--attribute articleType] [--top 20]
+        what fills each run's top 20: the share of the top `top` hits with the query product's `attribute` value
+        (how much the ranking is a category ranking), the share of queries whose product is in the top `top`,
+        and the median rank of the product among the hits (misses counted as beyond the list);
+    python benchmarks/same_product.py vectors RUN INDEX CATALOG QUERIES [--weights 0.5,1,1.5]
+        Recall@1/5/10/20/50 (exact search over the catalogue's gallery split, float32) of a global_embed run's
+        vectors: its learned vector, the pooled features its embedding layer reads ("shared"), and the learned
+        vector mixed with the trunk vector at each weight w (score e.e' + w^2 v.v', what `visual_weight` w searches).
 """
 
 from __future__ import annotations
@@ -76,6 +84,69 @@ def table(reports: list[Path]) -> None:
                   + " | ".join(" / ".join(f"{100 * x['top_k'][k]:.1f}" for k in ("1", "3", "5")) for x in cells) + " |")
 
 
+def neighbours(catalog: Path, queries: Path, rankings: list[Path], attribute: str = "articleType", top: int = 20) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+    import numpy as np
+
+    from vestis.catalog import Catalog
+
+    cat = Catalog.load(catalog)
+    qs = {q["query_id"]: q for q in map(json.loads, filter(str.strip, queries.read_text().splitlines()))}
+    print(f"| rankings | queries | same {attribute} in the top {top} | product in the top {top} | median rank |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for path in rankings:
+        same, hit, ranks = [], [], []
+        for row in map(json.loads, path.read_text().splitlines()):
+            q = qs[row["query_id"]]
+            want = q["target"]["instance_id"]
+            value = cat[q["item_id"]].attributes.get(attribute)
+            ranked = row["ranked"]
+            same.append(np.mean([cat[i].attributes.get(attribute) == value for i in ranked[:top]]))
+            where = [n for n, i in enumerate(ranked, 1) if cat[i].instance_id == want]
+            ranks.append(where[0] if where else len(ranked) + 1)
+            hit.append(bool(where) and where[0] <= top)
+        print(f"| {path} | {len(ranks)} | {100 * np.mean(same):.1f} | {100 * np.mean(hit):.1f} | "
+              f"{np.median(ranks):.0f} |")
+
+
+def vectors(run: Path, index: Path, catalog: Path, queries: Path, weights: list[float]) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+    import numpy as np
+    import torch
+
+    from vestis.bench.adapter import BenchRun
+    from vestis.models.layers import gap, l2n
+
+    torch.set_num_threads(1)
+    br = BenchRun.load(run, index, catalog_path=catalog, mode="same_item")
+    model, cat = br.model.eval(), br.catalog
+    gallery = [it.id for it in cat if cat.split_of(it.id) == "gallery"]
+    qs = [json.loads(line) for line in queries.read_text().splitlines() if line.strip()]
+
+    def embed(ids):
+        out = {"learned": [], "shared": [], "visual": []}
+        for i in range(0, len(ids), 512):
+            maps = {k: v.float() for k, v in br.engine.item_maps(ids[i:i + 512]).items()}
+            with torch.inference_mode():
+                out["learned"].append(model(maps)[0].numpy())
+                out["shared"].append(l2n(gap(model.shared(maps["s32"]))).numpy())
+                out["visual"].append(model.embed(maps, "visual").numpy())
+        return {k: np.concatenate(v) for k, v in out.items()}
+
+    g, q = embed(gallery), embed([x["item_id"] for x in qs])
+    inst = np.array([cat[i].instance_id for i in gallery])
+    want = np.array([x["target"]["instance_id"] for x in qs])
+    rows = [("learned vector", q["learned"] @ g["learned"].T), ("pooled shared features", q["shared"] @ g["shared"].T)]
+    rows += [(f"learned + trunk, w {w:g}", q["learned"] @ g["learned"].T + w * w * (q["visual"] @ g["visual"].T))
+             for w in weights]
+    print(f"{run} on {queries} ({len(qs)} queries, {len(gallery)} gallery images)")
+    print("| vectors | " + " | ".join(f"R@{k}" for k in KS) + " |")
+    print("| --- |" + " ---: |" * len(KS))
+    for name, scores in rows:
+        hit = inst[np.argsort(-scores, axis=1)[:, :50]] == want[:, None]
+        print(f"| {name} | " + " | ".join(f"{100 * hit[:, :int(k)].any(1).mean():.1f}" for k in KS) + " |")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -85,9 +156,23 @@ def main(argv=None) -> int:
     s.add_argument("--products", type=int, default=6)
     t = sub.add_parser("table")
     t.add_argument("reports", type=Path, nargs="+")
+    n = sub.add_parser("neighbours")
+    n.add_argument("catalog", type=Path)
+    n.add_argument("queries", type=Path)
+    n.add_argument("rankings", type=Path, nargs="+")
+    n.add_argument("--attribute", default="articleType")
+    n.add_argument("--top", type=int, default=20)
+    v = sub.add_parser("vectors")
+    for name in ("run", "index", "catalog", "queries"):
+        v.add_argument(name, type=Path)
+    v.add_argument("--weights", default="0.5,0.75,1,1.5")
     a = p.parse_args(argv)
     if a.cmd == "sheet":
         sheet(a.views_dir, a.out, a.products)
+    elif a.cmd == "vectors":
+        vectors(a.run, a.index, a.catalog, a.queries, [float(w) for w in a.weights.split(",") if w])
+    elif a.cmd == "neighbours":
+        neighbours(a.catalog, a.queries, a.rankings, a.attribute, a.top)
     else:
         table(a.reports)
     return 0

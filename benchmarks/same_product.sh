@@ -18,13 +18,16 @@
 # '{"squared": true, "margin": 0.3, "sim_weight": 0.1}'); VIEWS / QUERY_VIEWS: views per train / query product
 # (4 / 2); PACKSHOT_VIEWS / PACKSHOT_PRODUCTS: views of the 60x80 photo for that many train products without an
 # images_hr copy (`vestis views --packshot-views/--packshot-products`; default none); BENCH=0 skips the query-time benchmark; N / SEED: the synthetic catalogue (6000 / 1).
+# VALIDATION: train products held out of training as a validation slice (default 150; `vestis views
+# --validation-products`): the real rows train on validation.jsonl's train split and are measured on its queries
+# (report-validation, for choosing settings) as well as on the query split; 0 trains on every train product.
 set -euo pipefail
 DATA=${DATA:-../shared/datasets/fashion-product-images-small}
 OUT=${OUT:-runs/bench/same_product}
 LEVELS=${LEVELS:-s8,s16,s32}
 V=${VESTIS:-.venv/bin/vestis}
 N=${N:-6000}; SEED=${SEED:-1}
-VIEWS=${VIEWS:-4}; QUERY_VIEWS=${QUERY_VIEWS:-2}
+VIEWS=${VIEWS:-4}; QUERY_VIEWS=${QUERY_VIEWS:-2}; VALIDATION=${VALIDATION:-150}
 TAG=${TAG:-}
 mkdir -p "$OUT"
 
@@ -69,25 +72,30 @@ for set in ${SETS:-synth real}; do
     $V compare $(for r in $ROWS; do echo "$OUT/synth/${r//+/_}$TAG/report-synth"; done) --out "$OUT/synth/comparison$TAG"
   else
     VD="$OUT/views-v$VIEWS-q$QUERY_VIEWS${PACKSHOT_VIEWS:+-p$PACKSHOT_VIEWS-$PACKSHOT_PRODUCTS}"
-    [ -f "$VD/cross-resolution.jsonl" ] || $V views --catalog "$DATA" --out "$VD" --views "$VIEWS" --query-views "$QUERY_VIEWS" \
+    KINDS="augmented cross-resolution"; TRAIN="$VD/augmented.jsonl"
+    if [ "$VALIDATION" != 0 ]; then KINDS="validation $KINDS"; TRAIN="$VD/validation.jsonl"; fi
+    { [ -f "$VD/cross-resolution.jsonl" ] && { [ "$VALIDATION" = 0 ] || [ -f "$VD/validation.jsonl" ]; }; } || \
+      $V views --catalog "$DATA" --out "$VD" --views "$VIEWS" --query-views "$QUERY_VIEWS" --validation-products "$VALIDATION" \
       ${PACKSHOT_VIEWS:+--packshot-views "$PACKSHOT_VIEWS" --packshot-products "$PACKSHOT_PRODUCTS"}
-    for kind in augmented cross-resolution; do
+    for kind in $KINDS; do
       [ -f "$VD/queries-$kind.jsonl" ] || $V queries --catalog "$VD/$kind.jsonl" --protocol same_item --seed 0 --out "$VD/queries-$kind.jsonl"
       $V extract "$VD/$kind.jsonl" --levels "$LEVELS"
     done
     for r in $ROWS; do
       dir="$VD/${r//+/_}$TAG"
-      row "$r" "$VD/augmented.jsonl" "$dir"
+      row "$r" "$TRAIN" "$dir"
+      [ "$VALIDATION" = 0 ] || measure "$r" "$VD/validation.jsonl" "$VD/queries-validation.jsonl" "$dir" validation \
+        "augmented views of single photos (validation slice of the train products)"
       measure "$r" "$VD/augmented.jsonl" "$VD/queries-augmented.jsonl" "$dir" augmented "augmented views of single photos"
       measure "$r" "$VD/cross-resolution.jsonl" "$VD/queries-cross-resolution.jsonl" "$dir" cross-resolution \
         "cross-resolution (images_hr photo as it is; single photos)"
     done
-    for kind in augmented cross-resolution; do
+    for kind in $KINDS; do
       $V compare $(for r in $ROWS; do echo "$VD/${r//+/_}$TAG/report-$kind"; done) --out "$VD/comparison-$kind$TAG"
     done
     if [ "${BENCH:-1}" != 0 ] && [ -f "$VD/oc_is$TAG/run/run.json" ]; then
       $V bench search --run "$VD/oc_is$TAG/run" --index "$VD/oc_is$TAG/index-augmented" \
-        --queries "$VD/queries-augmented.jsonl" --items 200000 --mode same_item --kinds auto,flat --milvus-items 0 \
+        --queries "$VD/queries-augmented.jsonl" --items 200000 --mode same_item --kinds auto --ef-search 64,128 --milvus-items 0 \
         --threads 1 --json "$VD/oc_is$TAG/bench-search.json" | tee "$VD/oc_is$TAG/bench-search.md"
     fi
   fi

@@ -11,7 +11,7 @@ from vestis.cli import main
 from vestis.errors import CatalogError, VestisError
 from vestis.eval.queries import same_item_queries
 from vestis.vision.augment import shopper_view
-from vestis.vision.augmented_views import view_seed, write_augmented_views
+from vestis.vision.augmented_views import validation_catalogue, view_seed, write_augmented_views
 
 HEADER = "id,gender,masterCategory,subCategory,articleType,baseColour,season,year,usage,productDisplayName\n"
 TYPES = [("Apparel", "Topwear", "Tshirts"), ("Footwear", "Shoes", "Casual Shoes"), ("Accessories", "Watches", "Watches")]
@@ -87,6 +87,32 @@ def test_catalogue_layout(fake_fpi, tmp_path):
     assert c == {"queries": 4, "instances": 2, "no_gallery_view": 0, "no_instance_id": 0}
     assert {q["target"]["instance_id"] for q in qs} == set(ids["query"])
     assert same_item_queries(xres)[1]["queries"] == 2
+
+
+def test_validation_slice_holds_out_train_products(fake_fpi, tmp_path):
+    """validation.jsonl: train products held out as queries (their first views) against their own 60x80 photo in
+    the gallery; the query split never appears, the other train products still train."""
+    root, ids = fake_fpi
+    counts = write_augmented_views(Catalog.load(root), tmp_path / "out", views=3, query_views=2,
+                                   validation_products=1, progress=False)
+    assert counts["validation products (held out of train)"] == 1
+    val = Catalog.load(tmp_path / "out" / "validation.jsonl")
+    aug = Catalog.load(tmp_path / "out" / "augmented.jsonl")
+    (held,) = {it.instance_id for it in val.split("query")}
+    assert held in ids["train"][:3]
+    assert sorted(it.id for it in val.split("query")) == [f"{held}~v1", f"{held}~v2"]
+    assert f"{held}~v3" not in val
+    assert sorted(it.id for it in val.split("gallery")) == sorted(ids["gallery"] + ids["query"] + [held])
+    assert sorted(it.id for it in val.split("train")) == sorted(
+        it.id for it in aug.split("train") if it.instance_id != held)
+    assert not any("~q" in i for i in val.ids())
+    qs, c = same_item_queries(val)
+    assert c["queries"] == 2 and c["no_gallery_view"] == 0
+    # seeded: the same choice again, another with another seed among the 3 products eventually
+    assert validation_catalogue(aug, 1).ids() == val.ids()
+    assert len({validation_catalogue(aug, 1, seed=s).split("query").ids()[0].split("~")[0] for s in range(8)}) > 1
+    with pytest.raises(VestisError, match="validation products"):
+        validation_catalogue(aug, 3)
 
 
 def test_views_are_seeded_and_stable(fake_fpi, tmp_path):

@@ -120,6 +120,11 @@ def test_time_calls_passes_and_percentiles():
     assert seen == ["a"] + ["a", "slow", "b"] * 2  # warm-up first, untimed
     assert t.seconds.shape == (2, 3) and t.results == ["A", "SLOW", "B"]
     assert t.seconds[:, 1].min() >= 0.002 and t.ms(100) >= 2.0
+    # sleeping costs wall time, not CPU time; a busy loop costs both
+    assert t.cpu_seconds.shape == (2, 3) and t.cpu_seconds[:, 1].max() < 0.0015
+    busy = time_calls(lambda x: sum(range(200_000)), [1, 2], repeats=1, warmup=0)
+    assert busy.cpu_ms(50) > 0.1 * busy.ms(50) and busy.cpu_ms(50) <= busy.ms(50) * 1.05 + 0.05
+    assert np.isnan(Timings(np.ones((1, 1))).cpu_ms(50))
     with pytest.raises(VestisError, match="repeats"):
         time_calls(call, ["a"], repeats=0)
 
@@ -152,6 +157,8 @@ def test_bench_command_lines_of_the_readme_parse():
     for line in ["bench extract --catalog data", "bench query --run r --index i --queries q --repeats 3",
                  "bench search --run r --index i --queries q --n 300 --repeats 3 --sweep",
                  "bench search --run r --index i --queries q --items 8767 --kinds auto,flat --milvus-items 0",
+                 "bench search --run r --index i --queries q --items 200000 --mode same_item --kinds auto "
+                 "--ef-search 64,128 --milvus-items 0 --threads 1",
                  "bench serve --run r --index i --repeats 3", "bench serve --run r --index i --n 2000 --concurrency 8"]:
         p.parse_args(line.split())
 

@@ -130,6 +130,26 @@ def test_bench_search_reports_rows_and_verdict(pipeline, bench_queries, capsys):
     assert rep["items"] == 400 and [r["kind"] for r in rep["rows"]] == ["auto", "flat", "hnsw"]
     flat = rep["rows"][1]
     assert flat["recall_ties"] == 1.0 and flat["items"] == 400
+    # CPU time beside wall time, and the index search alone (no query vector) below the whole query
+    assert all(0 < r["cpu_p50_ms"] and 0 < r["search_p50_ms"] for r in rep["rows"])
+    assert rep["embed_query_cpu_p50_ms"] > 0 and "CPU p50 ms | search alone p50 ms" in out
+    assert [r["default"] for r in rep["rows"]] == [True, False, False]
+
+
+def test_bench_search_ef_search_rows_on_the_auto_graph(pipeline, bench_queries, capsys):
+    from vestis.bench.search import default_configs
+
+    cfgs = default_configs(0, ("auto", "flat"), ef_search=(64, 128))
+    assert cfgs[0].searches == [{}, {"ef_search": 64}, {"ef_search": 128}] and cfgs[1].searches == [{}]
+    root, cat, run, idx, cache = pipeline
+    args = ["bench", "search", "--run", str(run), "--index", str(idx), "--queries", str(bench_queries), "--n", "3",
+            "--repeats", "1", "--items", "400", "--milvus-items", "0", "--kinds", "auto", "--cache", str(cache)]
+    # 400 items: auto builds flat, which has no graph to search more or less widely: no extra rows
+    assert main(args + ["--ef-search", "64", "--json", str(root / "ef.json")]) == 0
+    assert [r["built"] for r in json.loads((root / "ef.json").read_text())["rows"]] == ["flat"]
+    capsys.readouterr()
+    assert main(args + ["--ef-search", "64,x"]) == 2
+    assert "--ef-search takes positive integers" in capsys.readouterr().err
 
 
 def test_bench_search_filtered_rows_and_memory(pipeline, bench_queries, capsys):

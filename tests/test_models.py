@@ -112,6 +112,41 @@ def test_global_embed_gradients_and_retrieval():
         create_model("global_embed", SCHEMA, CH).fit(_data(50), progress=False)
 
 
+def test_global_embed_embed_skips_the_classification_path():
+    """The searched vector is the forward pass's embedding, computed without the relaxation module and classifier
+    (a query's time: README, same-product query time); so a relaxation module that fails must not touch it."""
+    m = create_model("global_embed", SCHEMA, CH, {"width": 8, "dim": 4, "category_attribute": "colour"}).eval()
+    x = _t(_data(6))
+    with torch.no_grad():
+        want = m(x)[0]
+    calls = []
+    m.relaxation.register_forward_hook(lambda *a: calls.append(1))
+    got = m.embed(x)
+    (probe,) = m.plan(x, Request("same_item", [{}] * 6))
+    assert torch.allclose(got, want, atol=1e-6) and np.allclose(probe.vectors, want.numpy(), atol=1e-6)
+    assert calls == []
+    m.attribute_probabilities(x)  # the classifier still runs where it is asked for
+    assert calls
+
+
+def test_global_embed_visual_weight_mixes_the_trunk_vector():
+    """visual_weight w: main = l2n([e, w v]), so main.main' = (e.e' + w^2 v.v') / (1 + w^2) for the learned vector e
+    and the "visual" vector v; w = 0 is the paper's vector alone."""
+    d = _t(_data(8))
+    torch.manual_seed(0)
+    plain = create_model("global_embed", SCHEMA, CH, {"width": 8, "dim": 4, "category_attribute": "colour"}).eval()
+    torch.manual_seed(0)
+    mixed = create_model("global_embed", SCHEMA, CH, {"width": 8, "dim": 4, "category_attribute": "colour",
+                                                      "visual_weight": 1.5}).eval()
+    e, v, m = plain.embed(d), plain.embed(d, "visual"), mixed.embed(d)
+    assert plain.dim == 4 and mixed.dim == 4 + CH["s32"] == m.shape[1] == mixed.spaces()["main"].dim
+    assert torch.allclose(m.norm(dim=1), torch.ones(8), atol=1e-5)
+    assert torch.allclose(m @ m.T, (e @ e.T + 2.25 * (v @ v.T)) / 3.25, atol=1e-5)
+    assert torch.allclose(mixed(d)[0], e, atol=1e-6)  # training sees the learned vector alone
+    with pytest.raises(VestisError, match="visual_weight"):
+        create_model("global_embed", SCHEMA, CH, {"visual_weight": -1})
+
+
 def test_global_embed_loss_options_known_answers():
     """Park et al.'s eq. 1 as options: squared distances, margin, the weight on the similarity term, and the
     Table 1 rows (OC, OC+OS, OC+IS); the defaults are today's (unsquared, 0.2, 1:1, OC+IS)."""

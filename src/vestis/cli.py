@@ -75,7 +75,8 @@ def cmd_views(args) -> int:
     source = _load_catalog(args)
     counts = write_augmented_views(source, args.out, views=args.views, query_views=args.query_views, seed=args.seed,
                                    hr_dir=args.hr_dir, crop=args.crop, packshot_views=args.packshot_views,
-                                   packshot_products=args.packshot_products)
+                                   packshot_products=args.packshot_products,
+                                   validation_products=args.validation_products)
     print(f"wrote augmented views of single photos (not a multi-view dataset) to {args.out}: augmented.jsonl, "
           f"cross-resolution.jsonl (+ schema.json, views/)")
     for k, v in counts.items():
@@ -156,8 +157,22 @@ def cmd_bench_search(args) -> int:
     print(bench_search(args.run, args.index, args.queries, n=args.items, n_queries=args.n, sweep=args.sweep,
                        gallery=args.gallery, repeats=args.repeats, milvus_n=args.milvus_items, threads=args.threads,
                        cache_dir=args.cache, json_out=args.json, kinds=args.kinds.split(","), mode=args.mode,
-                       filters=_bench_filters(args.filters), milvus_uri=args.milvus_uri))
+                       filters=_bench_filters(args.filters), milvus_uri=args.milvus_uri,
+                       ef_search=_int_list("--ef-search", args.ef_search)))
     return 0
+
+
+def _int_list(option: str, text: str | None) -> list[int]:
+    """A comma-separated list of positive integers (e.g. --ef-search 64,128); empty when not given."""
+    if not text:
+        return []
+    try:
+        values = [int(e) for e in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise VestisError(f"{option} takes positive integers separated by commas, e.g. 64,128; got {text!r}")
+    return values
 
 
 def _bench_filters(text: str | None) -> dict | None:
@@ -625,6 +640,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                                  "products without images_hr (default 0)")
     s.add_argument("--packshot-products", type=int, default=None, help="for this many of them (a seeded choice; "
                                                                        "default all)")
+    s.add_argument("--validation-products", type=int, default=0, help="also validation.jsonl: this many train "
+                   "products held out (a seeded choice), their views as queries, for tuning off the query split")
     s.set_defaults(func=cmd_views)
 
     s = sub.add_parser("ingest", help="validate a catalogue and print a summary")
@@ -709,6 +726,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--threads", type=_positive, default=None, help="FAISS threads for index builds (default: all cores)")
     b.add_argument("--json", type=Path, default=None, help="also write the report as JSON here")
     b.add_argument("--kinds", default="auto,flat,hnsw,ivfpq", help="without --sweep: the FAISS kinds to measure")
+    b.add_argument("--ef-search", default=None, metavar="E1,E2",
+                   help="also search the auto index's HNSW graph with these efSearch values (one row each)")
     b.add_argument("--mode", default="manipulate",
                    help="manipulate (default), same_item (the plain item vector: same-product search) or "
                         "attribute:<name>: time that attribute's own space (AG-MLAN, attribute_baseline); the query "

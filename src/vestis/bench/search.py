@@ -74,8 +74,11 @@ class Config:
 DEFAULT_KINDS = (AUTO, "flat", "hnsw", "ivfpq")
 
 
-def default_configs(milvus_n: int = 20_000, kinds: Sequence[str] = DEFAULT_KINDS) -> list[Config]:
-    out = [Config("faiss", kind) for kind in kinds]
+def default_configs(milvus_n: int = 20_000, kinds: Sequence[str] = DEFAULT_KINDS,
+                    ef_search: Sequence[int] = ()) -> list[Config]:
+    """ef_search: also search the `auto` index's graph (where it is HNSW) with these efSearch values (extra rows)."""
+    out = [Config("faiss", kind, searches=[{}] + ([{"ef_search": int(e)} for e in ef_search] if kind == AUTO else []))
+           for kind in kinds]
     if milvus_n:
         out.append(Config("milvus", "hnsw", items=milvus_n))
     return out
@@ -137,11 +140,12 @@ class _RawFaiss:
         return L[0].tolist()
 
 
-def _time_queries(search: Callable, embed_query: Callable, queries: list, k: int, repeats: int) -> tuple[float, float, list]:
-    """Median over `repeats` passes of per-pass p50 / p99 (ms) of embed_query + search, and the ids found."""
+def _time_queries(search: Callable, embed_query: Callable, queries: list, k: int, repeats: int) -> tuple[float, float, list, float]:
+    """Median over `repeats` passes of per-pass p50 / p99 (ms) of embed_query + search, the ids found, and the
+    median of per-pass p50 CPU time (ms)."""
     with torch.inference_mode():
         t = time_calls(lambda q: search(embed_query(*q), k), queries, repeats)
-    return t.ms(50), t.ms(99), t.results
+    return t.ms(50), t.ms(99), t.results, t.cpu_ms(50)
 
 
 def rss_mb() -> float:
@@ -193,11 +197,14 @@ def bench_search(run_dir: Path, index_dir: Path, queries_file: Path, n: int = GO
                  k: int = 30, sweep: bool = False, gallery: str = "augmented", repeats: int = 3,
                  milvus_n: int = 20_000, threads: int | None = None, seed: int = 0, cache_dir: Path | None = None,
                  json_out: Path | None = None, kinds: Sequence[str] = DEFAULT_KINDS, mode: str = "manipulate",
-                 filters: dict[str, dict] | None = None, milvus_uri: str | None = None, log=print) -> str:
+                 filters: dict[str, dict] | None = None, milvus_uri: str | None = None, ef_search: Sequence[int] = (),
+                 log=print) -> str:
     """The benchmark (module docstring). filters: {name: {attribute: value or values}}, each also measured on every
     vestis index as its own row (new gallery items carry the catalogue attributes of the real item they were made
     from; recall against the exact top k among the matching items). milvus_uri: the Milvus rows on this server
-    instead of Milvus Lite. Every row records the process's resident memory growth over its index build."""
+    instead of Milvus Lite. Every row records the process's resident memory growth over its index build, the CPU
+    time per query (p50) beside the wall time, and the index search alone on the precomputed query vectors.
+    ef_search: more rows, the `auto` index searched with these efSearch values (`default_configs`)."""
     from vestis.bench.gallery import augmented_gallery, cached_gallery, gallery_sources
     from vestis.eval.queries import read_queries
 
@@ -241,9 +248,10 @@ def bench_search(run_dir: Path, index_dir: Path, queries_file: Path, n: int = GO
             qvec = np.concatenate([run.embed_query(m, man) for m, man in queries])
         scores = exact_scores(vectors, qvec, run.metric)
         # the manipulation alone (no index), to tell the model's share of a row's latency from the index's
-        q50, q99, _ = _time_queries(lambda q, kk: [], run.embed_query, queries, k, repeats)
-        log(f"[bench] embed_query alone: p50 {q50:.2f} ms, p99 {q99:.2f} ms")
-        configs = sweep_configs(milvus_n) if sweep else default_configs(milvus_n, kinds)
+        q50, q99, _, qcpu = _time_queries(lambda q, kk: [], run.embed_query, queries, k, repeats)
+        log(f"[bench] embed_query alone: p50 {q50:.2f} ms (CPU {qcpu:.2f} ms), p99 {q99:.2f} ms")
+        configs = sweep_configs(milvus_n) if sweep else default_configs(milvus_n, kinds, ef_search)
+        qvec_rows = [(qvec[i:i + 1], {}) for i in range(len(qvec))]  # the query vectors, for the search alone
         if milvus_uri:
             for cfg in configs:
                 if cfg.backend == "milvus":
@@ -268,26 +276,34 @@ def bench_search(run_dir: Path, index_dir: Path, queries_file: Path, n: int = GO
                 for name, f in (filters or {}).items() if sub_attrs is not None else ():
                     runs.append((name, {"filters": f}, matching(sub_attrs, f)))
                 for params in cfg.searches:
+                    if "ef_search" in params and built_kind != "hnsw":  # `auto` chose an index without a graph
+                        continue
                     for fname, fargs, mask in runs:
                         # exact scores among the matching items, made one filter at a time (n_queries x items each)
                         fscores = sub_scores if mask is None else np.where(mask[None, :], sub_scores, -np.inf)
                         share = [] if mask is None else [float(mask.mean())]
-                        p50, p99, found = _time_queries(lambda q, kk: search(q, kk, **params, **fargs), run.embed_query,
-                                                        queries[:nq], k, passes)
+                        p50, p99, found, cpu50 = _time_queries(lambda q, kk: search(q, kk, **params, **fargs),
+                                                               run.embed_query, queries[:nq], k, passes)
+                        # the index search alone, on the same query vectors (row minus this: the query vector)
+                        s50, _, _, scpu50 = _time_queries(lambda q, kk: search(q, kk, **params, **fargs),
+                                                          lambda v, _m: v, qvec_rows[:nq], k, passes)
                         recall = recall_at_k(found, fscores[:nq], k)
                         row = {"backend": cfg.backend if cfg.backend != "milvus" or not milvus_uri else "milvus-server",
                                "kind": cfg.kind, "built": built_kind,
                                "options": {**shown, **{a: b for a, b in cfg.build.items() if a != "uri"}, **params},
                                "items": size, "queries": nq,
                                "build_s": round(build_s, 1), "p50_ms": round(p50, 3), "p99_ms": round(p99, 3),
+                               "cpu_p50_ms": round(cpu50, 3), "search_p50_ms": round(s50, 3),
+                               "search_cpu_p50_ms": round(scpu50, 3),
                                "recall": round(recall.plain, 4), "recall_ties": round(recall.with_ties, 4),
                                "rss_index_mb": round(rss_index), "filter": fname,
                                "filter_share": round(share[0], 4) if share else None,
-                               "default": cfg.kind == AUTO and cfg.backend == "faiss" and fname is None}
+                               "default": cfg.kind == AUTO and cfg.backend == "faiss" and fname is None and not params}
                         rows.append(row)
                         log(f"[bench] {row['backend']} {cfg.kind} {row['options']}"
                             f"{f' filter {fname} ({share[0]:.3f} of the items)' if fname else ''}: build {build_s:.0f} s "
-                            f"(+{rss_index:.0f} MiB resident), p50 {p50:.2f} ms, p99 {p99:.2f} ms, recall@{k} "
+                            f"(+{rss_index:.0f} MiB resident), p50 {p50:.2f} ms (CPU {cpu50:.2f} ms; search alone {s50:.2f} ms), "
+                            f"p99 {p99:.2f} ms, recall@{k} "
                             f"{row['recall']:.4f} (ties {row['recall_ties']:.4f})")
                         del fscores
                 del runs
@@ -304,7 +320,7 @@ def bench_search(run_dir: Path, index_dir: Path, queries_file: Path, n: int = GO
     report = {"run_id": run.run_id, "model": model.name, "mode": mode, "space": run.space_name, "dim": int(vectors.shape[1]), "metric": run.metric,
               "k": k, "items": n, "gallery": gallery, "gallery_description": what, "queries": len(queries),
               "repeats": repeats, "threads_build": threads, "rows": rows, "embed_query_p50_ms": q50,
-              "embed_query_p99_ms": q99, "encoding_p50_ms": e50,
+              "embed_query_p99_ms": q99, "embed_query_cpu_p50_ms": qcpu, "encoding_p50_ms": e50,
               "encoding_p99_ms": e99, "filters": filters or {}, "max_rss_mb": round(_max_rss_mb()), "machine": m}
     text = format_report(report)
     if json_out:
@@ -317,6 +333,10 @@ def _max_rss_mb() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _ms(x) -> str:
+    return "-" if x is None else f"{x:.2f}"
 
 
 def _opts(o: dict) -> str:
@@ -359,8 +379,8 @@ def format_report(report: dict) -> str:
              f"machine: {format_machine(m, ('faiss-cpu', 'faiss-gpu', 'torch'))} at the end; "
              f"threads: torch 1, FAISS 1 per query, {report['threads_build']} for builds",
              "", f"| backend | kind | options | filter (share of items) | items | build s | index RSS MiB | p50 ms | "
-                 f"p99 ms | recall@{k} | recall@{k} ties |",
-             "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+                 f"CPU p50 ms | search alone p50 ms | p99 ms | recall@{k} | recall@{k} ties |",
+             "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in report["rows"]:
         kind = f"auto -> {r['built']} (default)" if r.get("default") else r["kind"]
         if r.get("kind") == AUTO and not r.get("default"):
@@ -368,7 +388,8 @@ def format_report(report: dict) -> str:
         filt = (f"{r['filter']} {json.dumps(report['filters'][r['filter']])} ({r['filter_share']:.3f})"
                 if r.get("filter") else "-")
         lines.append(f"| {r['backend']} | {kind} | {_opts(r['options'])} | {filt} | {r['items']} | {r['build_s']:.1f} | "
-                     f"{r.get('rss_index_mb', '-')} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['recall']:.4f} | "
+                     f"{r.get('rss_index_mb', '-')} | {r['p50_ms']:.2f} | {_ms(r.get('cpu_p50_ms'))} | "
+                     f"{_ms(r.get('search_p50_ms'))} | {r['p99_ms']:.2f} | {r['recall']:.4f} | "
                      f"{r['recall_ties']:.4f} |")
     if "max_rss_mb" in report:
         lines += ["", f"Peak resident memory of the benchmark process: {report['max_rss_mb']} MiB (gallery, exact scores, "
@@ -376,7 +397,9 @@ def format_report(report: dict) -> str:
                       f"process over one index build (a Milvus server's memory is its own process's)."]
     if "embed_query_p50_ms" in report:
         what = "The manipulation alone (`embed_query`" if mode == "manipulate" else "The query vector alone (the plan"
-        lines += ["", f"{what}, no index): p50 {report['embed_query_p50_ms']:.2f} ms, "
+        cpu = report.get("embed_query_cpu_p50_ms")
+        lines += ["", f"{what}, no index): p50 {report['embed_query_p50_ms']:.2f} ms"
+                      f"{f' (CPU {cpu:.2f} ms)' if cpu is not None else ''}, "
                       f"p99 {report['embed_query_p99_ms']:.2f} ms - part of every row above."]
     lines += ["", goal_verdict(report), "",
               f"Image encoding (decode + letterbox + trunk, one image): p50 {report['encoding_p50_ms']:.1f} ms, "

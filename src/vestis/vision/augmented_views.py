@@ -68,12 +68,46 @@ def hr_folder(source: Catalog, hr_dir: str | Path | None = None) -> Path:
     return folder
 
 
+def validation_catalogue(augmented: Catalog, products: int, query_views: int = 2, seed: int = 0) -> Catalog:
+    """A validation slice of the TRAIN products, for choosing settings without looking at the query split.
+
+    `products` train products with augmented views (`<id>~v<k>`; views of a 60 x 80 photo, `~p<k>`, do not count),
+    a seeded choice, leave training: their 60 x 80 photo joins the gallery and their first `query_views` views become
+    the queries (the rest are dropped). The query split of `augmented` is dropped; every other row keeps its split.
+    Train on this catalogue's train split and measure on its queries; the query split is then measured once per
+    choice, with the same run."""
+    train = [it for it in augmented if augmented.split_of(it.id) == "train"]
+    with_views = sorted({it.instance_id for it in train if it.id == f"{it.instance_id}~v1"})
+    if not 0 < products < len(with_views):
+        raise VestisError(f"validation products must be in 1..{len(with_views) - 1} (the train products with views), "
+                          f"got {products}")
+    if query_views < 1:
+        raise VestisError(f"query_views must be >= 1, got {query_views}")
+    held = {with_views[i] for i in np.random.default_rng(seed).permutation(len(with_views))[:products]}
+    queries = {f"{p}~v{k}" for p in held for k in range(1, query_views + 1)}
+    out: list[Item] = []
+    for it in augmented:
+        split = augmented.split_of(it.id)
+        if split == "query":
+            continue
+        if split == "train" and it.instance_id in held:
+            if it.id == it.instance_id:
+                out.append(replace(it, split="gallery"))
+            elif it.id in queries:
+                out.append(replace(it, split="query"))
+            continue
+        out.append(replace(it, split=split))
+    return Catalog(out, augmented.schema, name="validation", source="augmented views (validation slice of train)")
+
+
 def write_augmented_views(source: Catalog, out: str | Path, views: int = 4, query_views: int = 2, seed: int = 0,
                           hr_dir: str | Path | None = None, crop: float = CROP, packshot_views: int = 0,
-                          packshot_products: int | None = None, progress: bool = True) -> dict:
+                          packshot_products: int | None = None, validation_products: int = 0,
+                          progress: bool = True) -> dict:
     """Write `out/augmented.jsonl`, `out/cross-resolution.jsonl`, `out/schema.json` and `out/views/*.jpg` (see the
     module docstring); returns the counts. Views already on disk are kept (a re-run with the same arguments
-    writes the same files), so an interrupted run resumes."""
+    writes the same files), so an interrupted run resumes. validation_products > 0 also writes
+    `out/validation.jsonl` (`validation_catalogue`: that many train products held out, `query_views` views each)."""
     if views < 1 or query_views < 1:
         raise VestisError(f"views and query_views must be >= 1, got {views} and {query_views}")
     if not 0 <= crop < 1:
@@ -147,6 +181,11 @@ def write_augmented_views(source: Catalog, out: str | Path, views: int = 4, quer
     for kind in KINDS:
         generic.write(Catalog(shared + queries[kind], source.schema, name=kind, source="augmented views"),
                       out / f"{kind}.jsonl")
+    if validation_products:
+        val = validation_catalogue(Catalog(shared + queries["augmented"], source.schema, name="augmented"),
+                                   validation_products, query_views, seed)
+        generic.write(val, out / "validation.jsonl")
+        counts["validation products (held out of train)"] = validation_products
     counts.update({"train views": views * counts["train products"]
                    + packshot_views * counts["train products with views of the 60x80 photo"],
                    "query views": query_views * counts["query products"], "views written now": made})
