@@ -239,3 +239,22 @@ def test_attribute_baseline_gallery_vectors_share_one_norm_and_keep_inner_produc
     for scoring in ("soft", "hard"):
         m.config["scoring"] = scoring
         assert torch.allclose(m.embed(_t(d)).norm(dim=1), torch.full((len(g),), m._norm_bound()), rtol=1e-4)
+
+
+def test_create_model_initialises_from_the_config_seed():
+    """One configuration gives the same initial weights whatever ran before it; another seed gives others."""
+    import torch
+
+    from vestis.catalog import AttributeSchema
+    from vestis.models import create_model
+
+    schema = AttributeSchema({"colour": ["red", "blue"], "sleeve": ["short", "long"]})
+    channels = {"s8": 8, "s16": 8, "s32": 8}
+
+    def weights(seed):
+        torch.rand(7)  # move the global RNG, as earlier work in a process would
+        m = create_model("attribute_baseline", schema, channels, {"hidden": 16, "seed": seed})
+        return torch.cat([p.detach().flatten() for p in m.parameters()])
+
+    assert torch.equal(weights(0), weights(0))
+    assert not torch.equal(weights(0), weights(1))

@@ -292,7 +292,11 @@ def create_model(name: str, schema: AttributeSchema, channels: Mapping[str, int]
 
     if name not in MODELS:
         raise VestisError(f"unknown model {name!r}; models: {', '.join(sorted(MODELS))}")
-    return MODELS[name](schema, channels, config)
+    cls = MODELS[name]
+    # the initial weights come from the config's seed, so one configuration trains to the same run twice
+    # (fit_loop seeds the batches; before this, the heads' initialisation drew from wherever torch's RNG stood)
+    torch.manual_seed(int({**getattr(cls, "default_config", {}), **(config or {})}.get("seed", 0)))
+    return cls(schema, channels, config)
 
 
 def declared_levels() -> tuple[str, ...]:
