@@ -2,7 +2,8 @@
 held-out validation slice, and score its attribute predictions on that slice.
 
     PYTHONPATH=src .venv/bin/python benchmarks/trunk_validation.py --catalog DATA [--trunk NAME]
-        [--resolution 160x128] [--levels s16,s32] [--flip] [--model attribute_baseline] [--share 0.2]
+        [--resolution 160x128] [--levels s16,s32] [--flip] [--s32-stages RUN/s32_stages.safetensors]
+        [--model attribute_baseline] [--share 0.2]
         [--out runs/bench/trunks/NAME.json]
 
 The slice is a stable pseudo-random share of the train items (crc32 of the id, the same rule and salt as
@@ -83,6 +84,9 @@ def main(argv=None) -> int:
     p.add_argument("--resolution", default="160x128")
     p.add_argument("--levels", default="s16,s32")
     p.add_argument("--flip", action="store_true")
+    p.add_argument("--s32-stages", type=Path, default=None,
+                   help="fine-tuned stride-32 stages (a --finetune-s32 run's s32_stages.safetensors): s32 re-encoded "
+                        "from the cached s16 maps with them")
     p.add_argument("--model", default="attribute_baseline",
                    help="a registered method to train, or 'ridge': a closed-form linear probe (ridge regression "
                         "onto one-hot values, arg-max) on the average-pooled s32 map, seconds instead of minutes")
@@ -91,7 +95,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
     h, w = (int(v) for v in args.resolution.lower().split("x"))
-    spec = TrunkSpec(name=args.trunk, resolution=(h, w), levels=args.levels, flip=args.flip)
+    spec = TrunkSpec(name=args.trunk, resolution=(h, w), levels=args.levels, flip=args.flip, s32_stages=args.s32_stages)
     cat = Catalog.load(args.catalog)
     cat = cat.with_attributes(default_attributes(cat))
     cat = cat.with_attributes([a for a in cat.schema.attributes if a not in id_like_attributes(cat)])

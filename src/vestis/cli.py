@@ -294,6 +294,9 @@ def cmd_train(args) -> int:
     finetune = None
     if args.finetune_trunk:
         finetune = {"epochs": args.finetune_epochs, "blocks": args.finetune_blocks, "lr": args.finetune_lr}
+    finetune_s32 = None
+    if args.finetune_s32:
+        finetune_s32 = {"epochs": args.finetune_s32_epochs, "lr": args.finetune_s32_lr}
     mix = None
     if args.mix is not None or args.mix_mapping is not None:
         from vestis.catalog import Catalog
@@ -311,7 +314,7 @@ def cmd_train(args) -> int:
         print(f"adding {args.shopper_views} shopper-photo view(s) of every training image (seed {args.views_seed}; "
               "made and encoded once, then reused from the cache)")
     info = train_run(args.model, cat, args.out, _trunk_spec(args), args.cache, config=config, finetune=finetune,
-                     mix=mix, shopper_views=args.shopper_views, views_seed=args.views_seed)
+                     mix=mix, shopper_views=args.shopper_views, views_seed=args.views_seed, finetune_s32=finetune_s32)
     secs = info.history.get("seconds", [0])[0]
     unread = len(train) - len(without_image) - info.history.get("train_items", len(train) - len(without_image))
     if unread > 0:
@@ -490,8 +493,10 @@ def cmd_eval(args) -> int:
         from vestis.eval.runners import VisualVectors
         from vestis.vision.trunk import TrunkSpec
 
+        from vestis.runs import trunk_record_in
+
         trunk = json.loads((space_run / "run.json").read_text()).get("trunk")
-        vectors = VisualVectors(cat, TrunkSpec.from_json(trunk), args.cache) if trunk else None
+        vectors = VisualVectors(cat, TrunkSpec.from_json(trunk_record_in(space_run, trunk)), args.cache) if trunk else None
     report = evaluate(args.queries, args.rankings, cat, gallery_ids=gallery,
                       gallery_fractions=() if args.no_curve else (0.1, 0.25, 0.5, 1.0), views=args.views,
                       item_vectors=vectors)
@@ -786,6 +791,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--finetune-epochs", type=int, default=2)
     s.add_argument("--finetune-blocks", type=int, default=2, help="trunk stages to unfreeze, counted from the end")
     s.add_argument("--finetune-lr", type=float, default=1e-4)
+    s.add_argument("--finetune-s32", action="store_true",
+                   help="first fine-tune the trunk's stride-32 stages (and head conv) on the cached stride-16 maps "
+                        "with the attribute loss, the epoch chosen on a 20%% validation slice of the train split "
+                        "(minutes on a CPU; see vestis.finetune_s32); the run carries them")
+    s.add_argument("--finetune-s32-epochs", type=int, default=4, metavar="N", help="epochs of --finetune-s32")
+    s.add_argument("--finetune-s32-lr", type=float, default=1e-4, help="learning rate of the stages (--finetune-s32)")
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("index", help="embed a catalogue with a trained run into a searchable index")

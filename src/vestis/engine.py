@@ -228,10 +228,11 @@ class Engine:
     def item_maps(self, item_ids: Sequence[str], encode_missing: bool = True) -> dict[str, torch.Tensor]:
         """Feature maps of catalogue items: from the cache, encoding any that are not cached (with
         encode_missing=False, those are an error instead)."""
-        from vestis.vision.cache import FeatureCache, content_hash
+        from vestis.vision.cache import content_hash
+        from vestis.vision.s32_stages import open_cache
 
         if self._cache is None:
-            self._cache = FeatureCache(self.cache_dir, self.spec)
+            self._cache = open_cache(self.cache_dir, self.spec)
         rows, todo = [], []
         for i, iid in enumerate(item_ids):
             item = self.catalog.by_id.get(iid)

@@ -5,6 +5,7 @@
     <run>/schema.json           the attribute schema it was trained on
     <run>/weights.safetensors   the head's weights
     <run>/trunk.safetensors     a fine-tuned trunk, where `vestis train --finetune-trunk` made one
+    <run>/s32_stages.safetensors  fine-tuned stride-32 stages, where `vestis train --finetune-s32` made them
 
 Every file is written atomically; `load_run` refuses a run whose files changed since it was saved (a flipped
 byte in the weights loads silently otherwise and changes every prediction).
@@ -98,11 +99,27 @@ def read_run_info(run_dir: Path) -> RunInfo:
         if not p.is_file():
             if info.trunk.get("in_run") and f == info.trunk.get("weights"):
                 raise RunError(f"{run_dir} was trained with a fine-tuned trunk, but {p} is missing")
+            if info.trunk.get("s32_stages_in_run") and f == info.trunk.get("s32_stages"):
+                raise RunError(f"{run_dir} was trained with fine-tuned stride-32 stages, but {p} is missing")
             raise RunError(f"{run_dir} is incomplete: {f} is missing")
         if _sha256(p) != digest:
             raise RunError(f"{p} changed since the run was saved (sha256 mismatch): the file is corrupt or was "
                            f"replaced; retrain or restore the run")
     return info
+
+
+def trunk_record_in(run_dir: Path, trunk: dict) -> dict:
+    """A run's trunk record with the files it carries (a fine-tuned trunk, fine-tuned stride-32 stages) resolved
+    inside `run_dir`, wherever the run now is."""
+    run_dir, trunk = Path(run_dir), dict(trunk)
+    for flag, field_, what in (("in_run", "weights", "a fine-tuned trunk"),
+                               ("s32_stages_in_run", "s32_stages", "fine-tuned stride-32 stages")):
+        if trunk.get(flag):
+            path = run_dir / trunk[field_]
+            if not path.is_file():
+                raise RunError(f"{run_dir} was trained with {what}, but {path} is missing")
+            trunk[field_] = str(path)
+    return trunk
 
 
 def load_run(run_dir: Path) -> tuple[SearchModel, RunInfo]:
@@ -111,11 +128,7 @@ def load_run(run_dir: Path) -> tuple[SearchModel, RunInfo]:
 
     run_dir = Path(run_dir)
     info = read_run_info(run_dir)
-    if info.trunk.get("in_run"):  # a fine-tuned trunk saved inside the run: resolve it wherever the run now is
-        weights = run_dir / info.trunk["weights"]
-        if not weights.is_file():
-            raise RunError(f"{run_dir} was trained with a fine-tuned trunk, but {weights} is missing")
-        info.trunk = {**info.trunk, "weights": str(weights)}
+    info.trunk = trunk_record_in(run_dir, info.trunk)
     schema = AttributeSchema.load(run_dir / SCHEMA_FILE)
     if schema.digest() != info.schema_digest:
         raise RunError(f"{run_dir}: schema.json does not match the schema the run was trained on")

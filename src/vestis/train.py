@@ -122,13 +122,16 @@ def _with_shopper_views(data: TrainData, part, spec: TrunkSpec, cache_dir, k: in
 
 def train_run(model_name: str, catalog, out, spec: TrunkSpec, cache_dir, config: dict | None = None,
               split: str = "train", progress: bool = True, finetune: dict | None = None,
-              mix=None, shopper_views: int = 0, views_seed: int = 0) -> RunInfo:
+              mix=None, shopper_views: int = 0, views_seed: int = 0, finetune_s32: dict | None = None) -> RunInfo:
     """Train `model_name` on the catalogue's `split` and save the run (weights, config, schema) to `out`.
     `finetune` (options of `vestis.finetune.finetune_trunk`) first fine-tunes the trunk on that split and
     trains the head on maps from the fine-tuned trunk, which the run then carries. `mix`: (second catalogue,
     LabelMapping): its `split` items join the training through the mapping (`mix_train_data`), balanced per
     batch; the run records both catalogues. `shopper_views` K > 0: K seeded shopper-photo views of every training
-    image join as a domain of their own (`vestis.vision.shopper_views`), with the image's labels and instance."""
+    image join as a domain of their own (`vestis.vision.shopper_views`), with the image's labels and instance.
+    `finetune_s32` (options of `vestis.finetune_s32.finetune_s32_stages`): first fine-tune the trunk's stride-32
+    stages on that split's cached s16 maps; the head then trains on s32 maps re-encoded by them, and the run
+    carries them (`s32_stages.safetensors`)."""
     part = catalog.split(split)
     if len(part) == 0:
         raise VestisError(f"the catalogue has no {split!r} items to train on")
@@ -141,6 +144,18 @@ def train_run(model_name: str, catalog, out, spec: TrunkSpec, cache_dir, config:
         spec = dataclasses.replace(spec, weights=weights)  # the same levels and resolution
         trunk_record = {**spec.to_json(), "weights": TRUNK_FILE, "in_run": True}
         extra_files = (TRUNK_FILE,)
+    s32_history = None
+    if finetune_s32 is not None:
+        from vestis.finetune_s32 import S32_FILE, finetune_s32_stages
+
+        if finetune is not None:
+            raise VestisError("--finetune-trunk and --finetune-s32 do not go together (the first fine-tunes the "
+                              "stride-32 stages from the images already)")
+        stages_file = Path(out) / S32_FILE
+        s32_history = finetune_s32_stages(part, spec, cache_dir, stages_file, progress=progress, **finetune_s32)
+        spec = dataclasses.replace(spec, s32_stages=stages_file)
+        trunk_record = {**spec.to_json(), "s32_stages": S32_FILE, "s32_stages_in_run": True}
+        extra_files = (S32_FILE,)
     feats = catalogue_features(part, spec, cache_dir, progress=progress)
     if len(feats) == 0:
         raise VestisError(f"none of the {len(part)} {split} items has features ({feats.describe()})")
@@ -170,6 +185,8 @@ def train_run(model_name: str, catalog, out, spec: TrunkSpec, cache_dir, config:
         history["shopper_views"] = views_record
     if finetune_history is not None:
         history["finetune_trunk"] = finetune_history
+    if s32_history is not None:
+        history["finetune_s32"] = s32_history
     name = catalog.name if mixed is None else f"{catalog.name} + {mixed['catalog']}"
     return save_run(model, out, trunk=trunk_record or spec.to_json(), history=history, catalog=name,
                     extra_files=extra_files)

@@ -93,6 +93,8 @@ def check_run_info(info, path: Path) -> None:
          "trunk.resolution", "[height, width] in pixels", res)
     need(t.get("weights") is None or isinstance(t.get("weights"), str), "trunk.weights", "a file name or null",
          t.get("weights"))
+    need(t.get("s32_stages") is None or isinstance(t.get("s32_stages"), str), "trunk.s32_stages",
+         "a file name or null", t.get("s32_stages"))
 
     import vestis.models  # noqa: F401  (registers the built-in methods)
     from vestis.models.base import MODELS

@@ -43,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vestis.vision.trunk import PREPROCESS_VERSION, TrunkSpec
+from vestis.vision.trunk import PREPROCESS_VERSION, TrunkSpec, file_sha256
 from vestis.fsutil import fsync_dir
 
 log = logging.getLogger(__name__)
@@ -499,6 +499,8 @@ class FeatureCache:
         info = {"key": s.key, "trunk": s.name, "weights": str(s.weights_path), "weights_sha256": s.weights_sha256,
                 "resolution": list(s.resolution), "preprocess_version": PREPROCESS_VERSION,
                 "levels": {lv: list(v) for lv, v in (self._shapes or {}).items()}, "dtype": "float16"}
+        if s.s32_stages is not None:  # s32 re-encoded from the frozen trunk's cached s16 maps (vision.s32_stages)
+            info["s32_stages"], info["s32_stages_sha256"] = str(s.s32_stages), file_sha256(s.s32_stages)
         tmp = p.with_name(f".spec.json.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(info, indent=1))
         os.replace(tmp, p)

@@ -311,6 +311,9 @@ def extract_catalog(catalog, spec: TrunkSpec, cache_dir: Path, batch_size: int =
         raise VestisError(f"batch size must be at least 1, got {batch_size}")
     if not isinstance(backend, BackendChoice) and backend not in BACKENDS:
         raise VestisError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
+    if spec.s32_stages is not None:
+        raise VestisError("a trunk with fine-tuned stride-32 stages is not extracted from the images: its maps are "
+                          "read from the frozen trunk's cache (catalogue_features)")
     t0 = time.perf_counter()
     items = list(catalog)
     if limit is not None:
@@ -448,7 +451,13 @@ def _encode_on_ray(todo: dict[str, Path], spec: TrunkSpec, choice: BackendChoice
 def catalogue_features(catalog, spec: TrunkSpec, cache_dir: Path, progress: bool = True,
                        extract_options: dict | None = None):
     """Encode whatever is not cached yet, then load this catalogue's feature maps (a FeatureSet, catalogue
-    order, every level of `spec`). extract_options: more `extract_catalog` arguments (e.g. engine="ray")."""
+    order, every level of `spec`). extract_options: more `extract_catalog` arguments (e.g. engine="ray").
+    A spec with fine-tuned stride-32 stages reads the frozen trunk's cached maps and re-encodes s32 from s16
+    (`vision.s32_stages`)."""
+    if spec.s32_stages is not None:
+        from vestis.vision.s32_stages import staged_features
+
+        return staged_features(catalog, spec, cache_dir, progress=progress, extract_options=extract_options)
     report = extract_catalog(catalog, spec, cache_dir=cache_dir, progress=progress, **(extract_options or {}))
     if report.encoded and progress:
         print(report.describe())

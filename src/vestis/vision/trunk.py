@@ -135,6 +135,10 @@ class TrunkSpec:
     # test-time horizontal flip: every map is the mean of the image's map and its mirror image's map mirrored
     # back (same shape, same cells); the key says so, so flipped features never mix with plain ones
     flip: bool = False
+    # fine-tuned stride-32 stages (`vestis train --finetune-s32`): a safetensors file of the tensors of the stages
+    # after the s16 level and the head conv (timm names), loaded over `weights`; the key carries its sha256, so
+    # maps of the fine-tuned stages never mix with the frozen trunk's (see vestis.vision.s32_stages)
+    s32_stages: Path | None = None
 
     def __post_init__(self):
         h, w = (int(v) for v in self.resolution)
@@ -144,6 +148,10 @@ class TrunkSpec:
         object.__setattr__(self, "levels", sort_levels(self.levels))
         if self.weights is not None:
             object.__setattr__(self, "weights", Path(self.weights))
+        if self.s32_stages is not None:
+            object.__setattr__(self, "s32_stages", Path(self.s32_stages))
+            if self.flip:  # a flip-averaged s16 map run through the stages is not the flip-averaged s32 map
+                raise VestisError("fine-tuned stride-32 stages and test-time flip do not go together")
 
     @property
     def weights_path(self) -> Path:
@@ -161,7 +169,8 @@ class TrunkSpec:
         name = re.sub(r"[^A-Za-z0-9_.-]+", "_", self.name)
         h, w = self.resolution
         return (f"{name}-w{self.weights_sha256[:12]}-{h}x{w}-p{PREPROCESS_VERSION}-{'_'.join(self.levels)}"
-                + ("-flip" if self.flip else ""))
+                + ("-flip" if self.flip else "")
+                + (f"-s32ft{file_sha256(self.s32_stages)[:12]}" if self.s32_stages is not None else ""))
 
     def feature_shapes(self, channels: dict[str, int]) -> dict[str, tuple[int, int, int]]:
         """{level: (C, H, W)} of this spec's maps, given the channels per level (`Trunk.channels`)."""
@@ -171,7 +180,8 @@ class TrunkSpec:
     def to_json(self) -> dict:
         """The record a run keeps of the trunk it was trained with (see `from_json`)."""
         return {"name": self.name, "weights": str(self.weights) if self.weights else None,
-                "resolution": list(self.resolution), "levels": list(self.levels), "flip": self.flip, "key": self.key}
+                "resolution": list(self.resolution), "levels": list(self.levels), "flip": self.flip,
+                **({"s32_stages": str(self.s32_stages)} if self.s32_stages else {}), "key": self.key}
 
     @classmethod
     def from_json(cls, d: dict) -> "TrunkSpec":
@@ -181,12 +191,13 @@ class TrunkSpec:
         try:
             spec = cls(name=d["name"], weights=Path(d["weights"]) if d.get("weights") else None,
                        resolution=tuple(d["resolution"]), levels=d.get("levels") or DEFAULT_LEVELS,
-                       flip=bool(d.get("flip", False)))
+                       flip=bool(d.get("flip", False)),
+                       s32_stages=Path(d["s32_stages"]) if d.get("s32_stages") else None)
         except (KeyError, TypeError, ValueError) as e:
             raise VestisError(f"the run's trunk record {d!r} is incomplete or malformed ({e})") from None
         if d.get("key") and spec.key != d["key"]:
             raise VestisError(f"the run was trained on trunk features {d['key']}, but the trunk now gives {spec.key} "
-                              "(weights file or preprocessing changed): retrain the run")
+                              "(weights file, fine-tuned stages or preprocessing changed): retrain the run")
         return spec
 
 
@@ -263,6 +274,70 @@ def load_weights(model: nn.Module, sd: dict[str, torch.Tensor], source: str = "w
     model.load_state_dict(sd, strict=True)
 
 
+# --- the stride-32 stages ---------------------------------------------------------------------------------
+def s32_stage_prefixes(model: nn.Module) -> tuple[str, ...]:
+    """State-dict prefixes of what turns the s16 map into the s32 map in a timm EfficientNet-style model: the
+    blocks after the deepest stride-16 block, the head conv and its batch-norm (+ activation). Found by running a
+    probe block by block, as `build_trunk` finds the s16 level."""
+    blocks = getattr(model, "blocks", None)
+    if blocks is None or not hasattr(model, "conv_head") or not hasattr(model, "bn2"):
+        raise VestisError("the stride-32 stages can be split off only from a timm EfficientNet-style trunk "
+                          "(blocks, conv_head, bn2)")
+    probe, training = 64, model.training
+    model.eval()  # in train mode the probe would move every batch-norm layer's running statistics
+    try:
+        with torch.inference_mode():
+            x = model.bn1(model.conv_stem(torch.zeros(1, 3, probe, probe)))
+            last16 = None
+            for i, b in enumerate(blocks):
+                x = b(x)
+                if tuple(x.shape[-2:]) == (probe // 16, probe // 16):
+                    last16 = i
+    finally:
+        model.train(training)
+    if last16 is None or last16 == len(blocks) - 1:
+        raise VestisError("the trunk has no stride-16 block followed by stride-32 blocks")
+    return tuple(f"blocks.{i}." for i in range(last16 + 1, len(blocks))) + ("conv_head.", "bn2.")
+
+
+class S32Stages(nn.Module):
+    """The s16 map -> the s32 map: the trunk's stride-32 blocks, head conv and its BN + activation (the modules of
+    `model`, shared, not copied). `state_dict_timm()` gives their tensors under the full model's names."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.prefixes = s32_stage_prefixes(model)
+        first = int(self.prefixes[0].split(".")[1])
+        self.blocks = nn.Sequential(*list(model.blocks)[first:])
+        self.conv_head, self.bn2 = model.conv_head, model.bn2
+        self._first = first
+
+    def forward(self, s16: torch.Tensor) -> torch.Tensor:
+        return self.bn2(self.conv_head(self.blocks(s16)))
+
+    def state_dict_timm(self) -> dict[str, torch.Tensor]:
+        out = {}
+        for k, v in self.state_dict().items():
+            if k.startswith("blocks."):
+                i, rest = k.split(".", 2)[1:]
+                k = f"blocks.{int(i) + self._first}.{rest}"
+            out[k] = v.detach().cpu().contiguous()
+        return out
+
+
+def load_s32_stages(model: nn.Module, sd: dict[str, torch.Tensor], source: str = "fine-tuned stages") -> None:
+    """Load fine-tuned stride-32 stages (timm names, exactly the tensors under `s32_stage_prefixes`) over a model."""
+    prefixes = s32_stage_prefixes(model)
+    target = {k: v for k, v in model.state_dict().items() if k.startswith(prefixes)}
+    missing, unexpected = sorted(set(target) - set(sd)), sorted(set(sd) - set(target))
+    bad = [k for k in target if k in sd and tuple(sd[k].shape) != tuple(target[k].shape)]
+    if missing or unexpected or bad:
+        raise WeightsError(f"{source} do not fit the trunk's stride-32 stages: {len(missing)} missing "
+                           f"{missing[:3]}, {len(unexpected)} unexpected {unexpected[:3]}, {len(bad)} of another shape "
+                           f"{bad[:3]}")
+    model.load_state_dict(sd, strict=False)
+
+
 # --- the module -------------------------------------------------------------------------------------------
 class Trunk(nn.Module):
     """timm backbone -> the spec's feature maps, a tuple in `levels` order. `logits(x)` gives the ImageNet
@@ -317,6 +392,8 @@ def build_trunk(spec: TrunkSpec | None = None) -> Trunk:
         raise VestisError(f"unknown trunk {spec.name!r}: {e}") from None
     load_weights(model, read_state_dict(spec.weights_path), source=f"weights file {spec.weights_path}")
     model.eval().requires_grad_(False)
+    if spec.s32_stages is not None:
+        load_s32_stages(model, read_state_dict(spec.s32_stages), source=f"fine-tuned stages {spec.s32_stages}")
     if not hasattr(model, "forward_intermediates"):
         raise VestisError(f"trunk {spec.name!r} does not expose intermediate feature maps (forward_intermediates)")
     # Find the deepest intermediate at each stride with a probe (generic over timm CNNs); s32 is the final map.
