@@ -337,3 +337,13 @@ def test_supervised_contrastive_known_answer():
     same = torch.tensor([[1.0, 0.0]] * 4)
     assert torch.allclose(supervised_contrastive(same, torch.tensor([0, 0, 1, 1]), t), torch.log(torch.tensor(3.0)))
     assert float(supervised_contrastive(z, torch.tensor([0, 1, 2, 3]), t)) == 0.0
+
+
+def test_similarity_attribute_defaults_to_the_colour():
+    assert _model().config["similarity_attribute"] == "colour"
+    no_colour = AttributeSchema({"category": ["top", "trousers", "shoes"]})
+    model = create_model("parts", no_colour, CHANNELS, SMALL)
+    assert model.config["similarity_attribute"] is None  # the label alone
+    data = TrainData(["a"], {}, np.zeros((1, 1), np.int64), -np.ones(1, np.int64), no_colour, [np.array([[0], [2]])])
+    labels, keys = model.garment_keys(data)
+    assert labels.tolist() == [[0, 2]] and keys.tolist() == [[0, 2]]
