@@ -21,8 +21,8 @@ over-fetching. A selective filter makes graph and IVF searches meet fewer matchi
 - a flat index keeps, per filter it has seen (at most ``SUBSET_CACHE`` filters, each matching at most half of
   the items), the matching rows copied into an `IndexFlat` of their own, and searches that instead of
   scanning every row behind the selector: the same inner products in the same row order, so the same
-  results, ~5x faster for one query (the diverse mode's label groups: 0.55 -> 0.09 ms for 2,268 of 35,068
-  part rows, 1.5 -> 0.36 ms for 13,119). Any change to the rows or their attributes drops them.
+  results, ~4-6x faster for one query (the diverse mode's label groups: 0.58 -> 0.09 ms for 2,268 of 35,068
+  part rows, 1.53 -> 0.36 ms for 13,119). Any change to the rows or their attributes drops them.
 
 So a filtered search returns min(k, number of matching items) results.
 
