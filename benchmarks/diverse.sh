@@ -11,14 +11,15 @@
 # data also FashionSearchNet w/o Loc.'s, GLOBAL= leaves it out), every rankings file scored by `vestis eval` and put side
 # by side by `vestis compare`; benchmarks/diverse.py also writes model.json (multi-label AP_all / mAP, attended
 # regions against the true boxes, query time) and a PNG per query. CONFIG: the parts model's options (JSON members);
-# the default is the reduced configuration the README's figures were measured with.
+# the default is the reduced configuration the README's figures were measured with. The search options were chosen
+# on the validation collages (split val) by benchmarks/diverse_validation.sh, run after this script's real part.
 set -euo pipefail
 DATA=${DATA:-../shared/datasets/fashion-product-images-small}
 OUT=${OUT:-runs/diverse}
 V=${VESTIS:-.venv/bin/vestis}
 PY=${PYTHON:-.venv/bin/python}
 LEVELS=s8,s16,s32   # the shared feature cache's levels
-N_COLLAGES=${N_COLLAGES:-3000}; N_EVAL=${N_EVAL:-200}; N_SINGLES=${N_SINGLES:-2000}; N_SYNTH=${N_SYNTH:-6000}
+N_COLLAGES=${N_COLLAGES:-3000}; N_EVAL=${N_EVAL:-200}; N_VAL=${N_VAL:-200}; N_SINGLES=${N_SINGLES:-2000}; N_SYNTH=${N_SYNTH:-6000}
 GLOBAL=${GLOBAL-1}
 CONFIG=${CONFIG-'"width": 64, "hidden": 128, "glimpse": 6, "codewords": 16, "dim": 128, "steps": 4, "lr": 0.003'}
 mkdir -p "$OUT"
@@ -45,7 +46,7 @@ score() {
 # real photos: collages, their features, a run trained on the training collages, the catalogue's gallery indexed
 C="$OUT/collages"
 [ -f "$C/catalog.jsonl" ] || $V synth --collages-from "$DATA" -n "$N_COLLAGES" --eval-collages "$N_EVAL" \
-  --singles "$N_SINGLES" --seed 0 --out "$C"
+  --val-collages "$N_VAL" --singles "$N_SINGLES" --seed 0 --out "$C"
 $V extract "$C" --levels $LEVELS
 echo "{\"label_attribute\": \"subCategory\", \"epochs\": 12${CONFIG:+, $CONFIG}}" > "$OUT/real-config.json"
 $V train --model parts --catalog "$C" --out "$OUT/real/run" --levels $LEVELS --config "$OUT/real-config.json"

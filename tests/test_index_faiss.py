@@ -45,7 +45,10 @@ def test_filter_is_applied_inside_the_search(kind, opts, monkeypatch):
     assert idx.search(q, 1, filters={"color": "blue"}).ids[0] == best
     got = idx.search(q, 10, filters={"color": "blue"}).ids[0]
     assert got == exact.search(q, 10, filters={"color": "blue"}).ids[0]
-    assert used and all(n == 300 for n in used)  # the bitmap selector held exactly the matching items
+    if kind == "flat":  # a flat index searches the filter's rows as their own IndexFlat: exactly the matching items
+        assert [len(labels) for _, labels in idx._subsets.values()] == [300]
+    else:
+        assert used and all(n == 300 for n in used)  # the bitmap selector held exactly the matching items
 
 
 @pytest.mark.parametrize("kind,opts", [("hnsw", {}), ("ivfpq", {"nlist": 32})])
@@ -150,3 +153,46 @@ def test_load_overrides_search_defaults(tmp_path):
     assert load_index(tmp_path / "ix", ef_search=200).options()["ef_search"] == 200
     with pytest.raises(UnsupportedIndexError, match="cannot change"):
         load_index(tmp_path / "ix", M=8)
+
+
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+def test_flat_filter_subsets_give_the_selector_scan_results(metric, monkeypatch):
+    """A flat index searches a seen filter's rows as their own IndexFlat (SUBSET_CACHE): the same ids and the
+    same scores, bit for bit, as the scan behind the selector, after adds, removals and relabels too."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((600, 24)).astype(np.float32)
+    x[50] = x[51]  # a tie
+    ids = [f"i{j}" for j in range(600)]
+    colours = ["red", "blue", "green", "grey"]
+    attrs = [{"colour": colours[j % 4], "size": "s" if j % 3 else "m"} for j in range(600)]
+    q = np.vstack([x[50], rng.standard_normal((4, 24))]).astype(np.float32)
+
+    def both(idx, filters, k=40):
+        got = idx.search(q, k, filters=filters)
+        monkeypatch.setattr(fi, "SUBSET_CACHE", 0)
+        saved, idx._subsets = idx._subsets, {}
+        ref = idx.search(q, k, filters=filters)
+        monkeypatch.setattr(fi, "SUBSET_CACHE", 32)
+        idx._subsets = saved
+        for a, b, c, d in zip(got.ids, ref.ids, got.scores, ref.scores):
+            assert a == b and np.array_equal(c, d)
+        return got
+
+    idx = create_index("faiss", "flat", 24, metric)
+    idx.add(ids, x, attrs)
+    for f in ({"colour": "red"}, {"colour": ["red", "blue"]}, {"colour": "green", "size": "m"}, {"size": "m"}):
+        both(idx, f)
+        both(idx, f)  # the second time from the cache
+    assert len(idx._subsets) == 4  # each at most half the items: all kept
+    assert idx.search(q, 40, filters={"size": "s"}).ids  # two thirds of the items: the selector scan, not kept
+    assert len(idx._subsets) == 4
+    red = both(idx, {"colour": "red"})
+    assert all(i in {f"i{j}" for j in range(0, 600, 4)} for i in red.ids[0])
+    # changes drop the subsets: an added red item, a removed one, a relabelled one are seen at once
+    idx.add(["new"], x[50:51] * 1.01, [{"colour": "red", "size": "s"}])
+    assert not idx._subsets
+    assert "new" in both(idx, {"colour": "red"}).ids[0][:3]
+    idx.remove(["new", "i4"])
+    assert "new" not in both(idx, {"colour": "red"}).ids[0] and "i4" not in idx.search(q, 600, filters={"colour": "red"}).ids[1]
+    idx.set_attributes(["i1"], [{"colour": "red"}])
+    assert "i1" in both(idx, {"colour": "red"}, k=200).ids[1]

@@ -56,9 +56,10 @@ def cmd_synth(args) -> int:
 
         n_eval = args.eval_collages if args.eval_collages is not None else max(1, args.n // 10)
         cat = make_collages(Catalog.load(args.collages_from), args.out, args.n, n_eval, seed=args.seed,
-                            singles=args.singles)
-        print(f"wrote {len(cat.split('train')) - args.singles} training and {len(cat.split('query'))} evaluation collages and "
-              f"{args.out / 'catalog.jsonl'} (+ schema.json)")
+                            singles=args.singles, n_val=args.val_collages)
+        n_val = len(cat.split("val")) if args.val_collages else 0
+        print(f"wrote {len(cat.split('train')) - args.singles} training, {n_val} validation and "
+              f"{len(cat.split('query'))} evaluation collages and {args.out / 'catalog.jsonl'} (+ schema.json)")
         return 0
     cat = generate(n=args.n, seed=args.seed, out=args.out, workers=args.workers,
                    contact_sheet=args.contact_sheet, image_size=args.size)
@@ -624,6 +625,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "a watch, by subCategory) with each garment's labels and box, plus evaluation collages of "
                         "its query-split photos")
     s.add_argument("--eval-collages", type=int, default=None, help="evaluation collages (default n / 10)")
+    s.add_argument("--val-collages", type=int, default=0,
+                   help="with --collages-from: validation collages (split val) for choosing options, cut from a "
+                        "held-out tenth of each role's train-split photos that no training collage or single uses "
+                        "(default 0: none held out)")
     s.add_argument("--singles", type=int, default=0,
                    help="with --collages-from: also this many train-split photos as single-product items")
     s.set_defaults(func=cmd_synth)

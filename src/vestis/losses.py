@@ -94,3 +94,19 @@ def batch_hard_triplet(embeddings: torch.Tensor, groups: torch.Tensor, margin: f
     hardest_pos = (d * pos_mask).max(1).values
     hardest_neg = d.masked_fill(same, float("inf")).min(1).values
     return F.relu(hardest_pos - hardest_neg + margin)[has_pos].mean()
+
+
+def supervised_contrastive(embeddings: torch.Tensor, groups: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Khosla et al.'s supervised contrastive loss (SupCon, "L_out"): for each anchor with a positive, the mean over
+    its positives p of -log(exp(z.z_p / t) / sum over the other samples a of exp(z.z_a / t)); embeddings unit length.
+    Unlike a batch-hard triplet from a random start it has no collapsed minimum (every vector the same scores
+    log(n - 1), not 0). Anchors without a positive are skipped."""
+    sim = embeddings @ embeddings.T / temperature
+    eye = torch.eye(len(groups), dtype=torch.bool, device=embeddings.device)
+    logp = sim.masked_fill(eye, float("-inf")).log_softmax(1)
+    pos = (groups[:, None] == groups[None, :]) & ~eye
+    has = pos.any(1)
+    if not has.any():
+        return embeddings.sum() * 0
+    per = -(logp.masked_fill(~pos, 0).sum(1)[has] / pos.sum(1)[has])
+    return per.mean()

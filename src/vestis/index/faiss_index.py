@@ -18,6 +18,11 @@ over-fetching. A selective filter makes graph and IVF searches meet fewer matchi
   measured on 200k x 128-d with a random attribute, the HNSW walk's recall@30 fell to 0.89-0.94 at
   s <= 0.2 while the exact scan costs ~1 ms + 8 ms * s; IVF-PQ kept 0.93-0.99 down to s = 0.01;
 - any query that comes back with fewer than min(k, matching) results is re-run exactly.
+- a flat index keeps, per filter it has seen (at most ``SUBSET_CACHE`` filters, each matching at most half of
+  the items), the matching rows copied into an `IndexFlat` of their own, and searches that instead of
+  scanning every row behind the selector: the same inner products in the same row order, so the same
+  results, ~4-6x faster for one query (the diverse mode's label groups: 0.58 -> 0.09 ms for 2,268 of 35,068
+  part rows, 1.53 -> 0.36 ms for 13,119). Any change to the rows or their attributes drops them.
 
 So a filtered search returns min(k, number of matching items) results.
 
@@ -243,6 +248,13 @@ class _Items:
         return t
 
 
+SUBSET_CACHE = 32  # filters whose matching rows a flat index keeps as their own IndexFlat
+
+
+def _filter_key(filt: Mapping[str, tuple[str, ...]]) -> tuple:
+    return tuple(sorted((a, tuple(sorted(v))) for a, v in filt.items()))
+
+
 def _selector(mask: np.ndarray):
     """IDSelectorBitmap over labels 0..len(mask)-1; returns (selector, buffer to keep alive)."""
     bits = np.packbits(mask, bitorder="little")
@@ -262,7 +274,8 @@ class FaissIndex(VectorIndex):
         self._threads = self._opts["threads"] or cpu_count()
         self._items = _Items()
         self._tombstones = 0  # hnsw: dead labels still stored in the graph
-        self._pos_labels: np.ndarray | None = None  # hnsw: storage position -> label (cache)
+        self._pos_labels: np.ndarray | None = None  # hnsw, flat subsets: storage position -> label (cache)
+        self._subsets: dict[tuple, tuple] = {}  # flat: filter key -> (IndexFlat of its rows, their labels)
         self._lock = threading.RLock()
         self._index = None
         self._refine = None
@@ -385,6 +398,7 @@ class FaissIndex(VectorIndex):
             if self._refine is not None:
                 self._refine.add_with_ids(x, labels)
             self._pos_labels = None
+            self._subsets.clear()
             self._maybe_compact()
 
     def set_attributes(self, ids, attributes) -> None:
@@ -398,6 +412,7 @@ class FaissIndex(VectorIndex):
                 for k in a:
                     self._declare_attribute(k)
             self._items.relabel([self._items.label_of[i] for i in ids], attrs)
+            self._subsets.clear()
 
     def remove(self, ids, missing: str = "error") -> int:
         if missing not in ("error", "ignore"):
@@ -415,11 +430,13 @@ class FaissIndex(VectorIndex):
 
     def _drop_labels(self, labels: list[int]) -> None:
         self._items.kill(labels)
+        self._subsets.clear()
         if self.kind == "hnsw":
             self._tombstones += len(labels)
             return
         sel = faiss.IDSelectorBatch(np.asarray(labels, dtype=np.int64))
         self._index.remove_ids(sel)
+        self._pos_labels = None
         if self._refine is not None:
             self._refine.remove_ids(sel)
 
@@ -477,7 +494,7 @@ class FaissIndex(VectorIndex):
             exact = bool(params.get("exact", False)) or self.kind == "flat" or (
                 filt is not None and n_match <= self._opts["exact_filter_fraction"] * len(self))
             if exact:
-                D, L = self._search_exact(q, k, mask)
+                D, L = self._search_exact(q, k, mask, _filter_key(filt) if filt is not None else None)
             else:
                 share = n_match / len(self) if filt is not None else 1.0
                 D, L = self._search_approx(q, k, mask, params, share)
@@ -488,8 +505,13 @@ class FaissIndex(VectorIndex):
                     D[short], L[short] = D2, L2
             return self._result(D, L)
 
-    def _search_exact(self, q, k, mask):
-        """Exhaustive search over the matching items (a FAISS search with the bitmap selector)."""
+    def _search_exact(self, q, k, mask, key: tuple | None = None):
+        """Exhaustive search over the matching items (a FAISS search with the bitmap selector; a flat index's
+        filter `key` seen before: a search of its matching rows' own IndexFlat)."""
+        sub = self._subset(key, mask) if key is not None and self.kind == "flat" else None
+        if sub is not None:
+            D, P = sub[0].search(q, k)
+            return D, np.where(P >= 0, sub[1][np.maximum(P, 0)], -1)
         if self.kind == "flat" or (self.kind == "ivfpq" and self._refine is not None):
             target = self._index if self.kind == "flat" else self._refine
             if mask is None:
@@ -506,6 +528,19 @@ class FaissIndex(VectorIndex):
             return D, L
         # ivfpq without raw vectors: scan every list
         return self._search_approx(q, k, mask, {"nprobe": self._index.nlist, "refine_factor": 0})
+
+    def _subset(self, key: tuple, mask: np.ndarray):
+        """The (IndexFlat, labels) of the rows `mask` keeps, in storage order, cached under `key`; None when they
+        are more than half the index or the cache is full."""
+        sub = self._subsets.get(key)
+        if sub is None and len(self._subsets) < SUBSET_CACHE and 0 < mask.sum() <= len(self) // 2:
+            pos_labels = self._position_labels()
+            rows = np.flatnonzero(mask[pos_labels])
+            flat = faiss.downcast_index(self._index.index)
+            index = self._flat()
+            index.add(flat.reconstruct_batch(rows))
+            sub = self._subsets[key] = (index, pos_labels[rows])
+        return sub
 
     def _search_approx(self, q, k, mask, params, share: float = 1.0):
         """HNSW / IVF search with the selector. With a filter matching a share s of the items,
