@@ -122,10 +122,12 @@ class AttributeBaseline(SearchModel):
         return float((sq + self.config["visual_weight"] ** 2) ** 0.5)
 
     @torch.no_grad()
-    def embed_query(self, maps: Maps, manipulations=None) -> torch.Tensor:
+    def embed_query(self, maps: Maps, manipulations=None, probabilities=None) -> torch.Tensor:
+        """`probabilities`: these maps' `attribute_probabilities`, where the caller has them (not computed again)."""
         n = next(iter(maps.values())).shape[0]
         manipulations = self.check_manipulations(manipulations, n)
-        probs = self.predict_attributes(maps)
+        probs = [probabilities[a] for a in self.schema.attributes] if probabilities is not None \
+            else self.predict_attributes(maps)
         parts = []
         for a, (attr, p) in enumerate(zip(self.schema.attributes, probs)):
             target = p.argmax(-1)
@@ -156,6 +158,9 @@ class AttributeBaseline(SearchModel):
             self.schema.check_attribute(attr)
             with torch.inference_mode():
                 return [Probe(attribute_space(attr), self.value_probabilities(maps, attr).numpy(), group=attr)]
+        if request.mode == "manipulate" and request.probabilities is not None:
+            with torch.inference_mode():
+                return [Probe("main", self.embed_query(maps, request.manipulations, request.probabilities).numpy())]
         return super().plan(maps, request)
 
     def explain(self, maps: Maps, threshold: float = 0.2) -> list[Explanation]:
