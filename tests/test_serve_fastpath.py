@@ -161,6 +161,36 @@ def test_engine_search_reuses_probabilities_exactly(engine):
         assert [(h.id, h.score, h.matches) for h in slow] == [(h.id, h.score, h.matches) for h in fast]
 
 
+def test_embed_query_matches_torch_one_hot(engine):
+    """attribute_baseline's query vector (one-hot targets built in numpy) against the torch one-hot it replaced."""
+    import torch.nn.functional as F
+
+    model = engine.model
+    ids = sorted(engine.spaces["main"].ids())[:6]
+    maps = engine.item_maps(ids)
+    colours = model.schema.values("colour")
+    manips = [{"colour": colours[i % len(colours)]} if i % 3 else {} for i in range(len(ids))]
+    with torch.inference_mode():
+        got = model.embed_query(maps, manips)
+        probs = model.predict_attributes(maps)
+        parts = []
+        for attr, p in zip(model.schema.attributes, probs):
+            target = p.argmax(-1)
+            for i, m in enumerate(manips):
+                if attr in m:
+                    target[i] = model.schema.index(attr, m[attr])
+            parts.append(F.one_hot(target, p.shape[-1]).float())
+        want = torch.cat([*parts, model._visual(maps), torch.zeros(len(ids), 1)], dim=-1)
+    assert torch.equal(got, want)
+    ties = {a: torch.full((1, p.shape[-1]), 1.0 / p.shape[-1]) for a, p in zip(model.schema.attributes, probs)}
+    with torch.inference_mode():  # equal maxima: the first one, as torch's argmax
+        v = model.embed_query({k: t[:1] for k, t in maps.items()}, [{}], ties)
+    off = 0
+    for p in probs:
+        assert v[0, off] == 1.0 and v[0, off:off + p.shape[-1]].sum() == 1.0
+        off += p.shape[-1]
+
+
 def _describe_torch(schema, probs, top=3):
     """The implementation `Engine._describe` replaced (torch ops per attribute and row)."""
     out = []

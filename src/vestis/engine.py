@@ -244,7 +244,7 @@ class Engine:
             kept = self._hashes.get(item.image)
             if kept is None or kept[0] != key:
                 kept = self._hashes[item.image] = (key, content_hash(item.image))
-            got = self._cache.get(kept[1])
+            got = self._cache.get(kept[1], copy=False)  # converted to float32 below
             rows.append(got)
             if got is None:
                 todo.append(i)
@@ -257,6 +257,8 @@ class Engine:
             enc = self.encode_images([self.catalog[item_ids[i]].image for i in todo])
             for j, i in enumerate(todo):
                 rows[i] = {k: v[j].numpy() for k, v in enc.items()}
+        if len(rows) == 1:  # one query: one conversion, no stacking copy (the same values)
+            return {lv: torch.from_numpy(a[None].astype(np.float32)) for lv, a in rows[0].items()}
         return {lv: torch.from_numpy(np.stack([r[lv] for r in rows]).astype(np.float32)) for lv in rows[0]}
 
     def query_maps(self, image: Path | bytes | None = None, item_id: str | None = None, crop: bool = False,

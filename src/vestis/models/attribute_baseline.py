@@ -128,14 +128,18 @@ class AttributeBaseline(SearchModel):
         manipulations = self.check_manipulations(manipulations, n)
         probs = [probabilities[a] for a in self.schema.attributes] if probabilities is not None \
             else self.predict_attributes(maps)
-        parts = []
-        for a, (attr, p) in enumerate(zip(self.schema.attributes, probs)):
-            target = p.argmax(-1)
+        # the one-hot targets written into one numpy block (exact 0 / 1: a few array writes, not torch ops per
+        # attribute); argmax as torch's: the first of equal maxima
+        hot = np.zeros((n, sum(p.shape[-1] for p in probs)), np.float32)
+        rows, off = np.arange(n), 0
+        for attr, p in zip(self.schema.attributes, probs):
+            target = p.numpy().argmax(-1)
             for i, m in enumerate(manipulations):
                 if attr in m:
                     target[i] = self.schema.index(attr, m[attr])
-            parts.append(F.one_hot(target, p.shape[-1]).float())
-        return torch.cat([*parts, self._visual(maps), torch.zeros(n, 1)], dim=-1)
+            hot[rows, off + target] = 1.0
+            off += p.shape[-1]
+        return torch.cat([torch.from_numpy(hot), self._visual(maps), torch.zeros(n, 1)], dim=-1)
 
     # --- similarity with respect to one attribute (PROTOCOLS.md section 2) -------------------------
     def spaces(self) -> dict[str, Space]:
