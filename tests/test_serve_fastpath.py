@@ -117,7 +117,7 @@ def test_fast_path_unknown_value_and_upload_unchanged(client, engine):
 
 
 def test_fast_path_waits_for_a_busy_engine(client, engine):
-    """While another thread holds the engine, the fast path answers from the thread pool (the same answer)."""
+    """While another thread holds the engine, the fast path waits for it (and then gives the same answer)."""
     import threading
 
     svc = client.app.state.service

@@ -337,8 +337,7 @@ class _Replay(Exception):
 class SearchFastPath:
     """ASGI middleware for the hot route, POST /search with a JSON body: the same parsing (`parse_json`), the same
     validation (`SearchRequest`), the same `Service.search` and the same encoding (`FastJSONResponse`) as the
-    route, without FastAPI's routing and endpoint machinery, and on the event loop's own thread when the engine is
-    free (no hop to the thread pool and back; the search is CPU-bound and holds the engine lock anyway).
+    route, without FastAPI's routing, dependency and exception-handling layers.
 
     It answers only what succeeds: any other outcome (invalid JSON, a validation error, an unknown item, an error
     of the engine, another content type) is handed to the application with the body it read, which answers
@@ -376,13 +375,9 @@ class SearchFastPath:
         if not isinstance(fields, dict):
             raise _Replay()
         req = SearchRequest.model_validate(fields)
-        svc = self.service
-        if svc.lock.acquire(blocking=False):
-            try:
-                return svc.search(req, None)
-            finally:
-                svc.lock.release()
-        return await run_in_threadpool(svc.search, req, None)
+        # in the thread pool, as the route does: the event loop reads and writes other requests meanwhile (torch
+        # and FAISS release the GIL); run inline on the loop it cost as much CPU and served fewer answers a second
+        return await run_in_threadpool(self.service.search, req, None)
 
     @staticmethod
     def _replay(messages: list, receive):
@@ -400,7 +395,7 @@ class Service:
     def __init__(self, engine, *, max_upload_bytes: int, max_pixels: int, image_roots, allow_writes: bool = False):
         self.engine = engine
         self.allow_writes = allow_writes
-        self.lock = threading.RLock()  # re-entrant: the fast path (`SearchFastPath`) holds it around `search`
+        self.lock = threading.Lock()
         self.schema = engine.model.schema
         self.text = TextInterpreter(self.schema)
         self.max_upload_bytes, self.max_pixels = max_upload_bytes, max_pixels
