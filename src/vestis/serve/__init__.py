@@ -33,7 +33,6 @@ def serve(engine, host: str = "127.0.0.1", port: int = 8000, log_level: str = "w
     from vestis.errors import VestisError
     from vestis.images import return_large_buffers
     from vestis.serve.app import create_app
-    from vestis.serve.protocol import http_protocol
 
     return_large_buffers()  # large uploads' decoded pixels go back to the system once answered
 
@@ -65,7 +64,7 @@ def serve(engine, host: str = "127.0.0.1", port: int = 8000, log_level: str = "w
             print("vestis: warning: listening beyond this machine and answering any Host header; name the host names "
                   "clients use with --allowed-host (against DNS rebinding)", flush=True)
 
-    config = uvicorn.Config(app, log_level=log_level, http=http_protocol())  # one send per small answer
+    config = uvicorn.Config(app, log_level=log_level)
     if workers == 1:
         _one_thread()
         _warm(app)
