@@ -249,7 +249,7 @@ class Engine:
             kept = self._hashes.get(item.image)
             if kept is None or kept[0] != key:
                 kept = self._hashes[item.image] = (key, content_hash(item.image))
-            got = self._cache.get(kept[1])
+            got = self._cache.get(kept[1], copy=False)  # converted to float32 below
             rows.append(got)
             if got is None:
                 todo.append(i)
@@ -262,6 +262,8 @@ class Engine:
             enc = self.encode_images([self.catalog[item_ids[i]].image for i in todo])
             for j, i in enumerate(todo):
                 rows[i] = {k: v[j].numpy() for k, v in enc.items()}
+        if len(rows) == 1:  # one query: one conversion, no stacking copy (the same values)
+            return {lv: torch.from_numpy(a[None].astype(np.float32)) for lv, a in rows[0].items()}
         return {lv: torch.from_numpy(np.stack([r[lv] for r in rows]).astype(np.float32)) for lv in rows[0]}
 
     def query_maps(self, image: Path | bytes | None = None, item_id: str | None = None, crop: bool = False,
@@ -333,7 +335,7 @@ class Engine:
         filters = self.check_request(mode, manipulations, filters)
         exclude = list(exclude) if exclude is not None else [None] * n
         groups: list[list[Group]] = [[] for _ in range(n)]
-        probes = self.model.plan(maps, Request(mode, manipulations))
+        probes = self.model.plan(maps, Request(mode, manipulations, probabilities))
         on = labels and mode == "manipulate" and catalogue_ranking.SPACE in self.spaces
         notes: list[str | None] = [None] * n
         if on:
@@ -419,18 +421,19 @@ class Engine:
         flt = _merge_filters(filters, probe.filters)
         res = index.search(np.ascontiguousarray(probe.vectors, dtype=np.float32), min(fetch, max(len(index), 1)),
                            filters=flt or None)
+        by_id, per_part = self.catalog.by_id, space.members == "parts"
         for j, (q, (ids, scores)) in enumerate(zip(rows.tolist(), res)):
             hits, seen = [], set()
-            for vid, s in zip(ids, scores):
-                iid, part = (parent_id(vid), int(vid.rsplit("#", 1)[1])) if space.members == "parts" else (vid, None)
-                if iid == exclude[q] or iid in seen:  # a per-part space: the item's best part only
+            wanted, skip = manipulations[q].items(), exclude[q]
+            for vid, s in zip(ids, np.asarray(scores).tolist()):  # the scores as Python floats, exactly
+                iid, part = (parent_id(vid), int(vid.rsplit("#", 1)[1])) if per_part else (vid, None)
+                if iid == skip or iid in seen:  # a per-part space: the item's best part only
                     continue
                 seen.add(iid)
-                item = self.catalog.by_id.get(iid)
+                item = by_id.get(iid)
                 attrs = item.attributes if item else {}  # shared, read-only: a protocol-2 ranking holds every item
-                wanted = manipulations[q]
-                hits.append(Hit(iid, float(s), attrs, item.image if item else None,
-                                {a: attrs.get(a) == v for a, v in wanted.items()} if wanted else {}, part))
+                hits.append(Hit(iid, s, attrs, item.image if item else None,
+                                {a: attrs.get(a) == v for a, v in wanted} if wanted else {}, part))
                 if len(hits) == k:
                     break
             box = tuple(float(v) for v in probe.boxes[j]) if probe.boxes is not None else None
@@ -451,15 +454,24 @@ class Engine:
 
     def _describe(self, probs: Mapping[str, torch.Tensor], top: int = 3) -> list[dict]:
         schema, out = self.model.schema, []
+        # numpy views of the float32 values: a few C calls per row instead of a dozen tensor ops
+        rows = {a: p.float().numpy() for a, p in probs.items()}
+        names = {a: [*schema.values(a), None] for a in probs}
         for i in range(len(next(iter(probs.values())))):
             row = {}
-            for a, p in probs.items():
-                names = [*schema.values(a), None]
-                pi = p[i].float()
-                order = torch.argsort(pi, descending=True)[:top].tolist()
-                best = int(pi.argmax())
-                row[a] = {"value": names[best], "probability": round(float(pi[best]), 4),
-                          "top": [{"value": names[j], "probability": round(float(pi[j]), 4)} for j in order]}
+            for a, ps in rows.items():
+                pi, nm = ps[i], names[a]
+                # the `top` likeliest and the best; where values tie among them (or with the next one) the order is
+                # torch's own (its argsort orders ties differently for different lengths), so answers never change
+                order = np.argsort(-pi, kind="stable")[:max(top, 1) + 1].tolist()
+                if len(set(pi[order].tolist())) < len(order):
+                    t = probs[a][i].float()
+                    order, best = torch.argsort(t, descending=True)[:top].tolist(), int(t.argmax())
+                else:
+                    best = order[0]
+                pi = pi.tolist()
+                row[a] = {"value": nm[best], "probability": round(pi[best], 4),
+                          "top": [{"value": nm[j], "probability": round(pi[j], 4)} for j in order[:top]]}
             out.append(row)
         return out
 

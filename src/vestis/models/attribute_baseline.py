@@ -122,18 +122,24 @@ class AttributeBaseline(SearchModel):
         return float((sq + self.config["visual_weight"] ** 2) ** 0.5)
 
     @torch.no_grad()
-    def embed_query(self, maps: Maps, manipulations=None) -> torch.Tensor:
+    def embed_query(self, maps: Maps, manipulations=None, probabilities=None) -> torch.Tensor:
+        """`probabilities`: these maps' `attribute_probabilities`, where the caller has them (not computed again)."""
         n = next(iter(maps.values())).shape[0]
         manipulations = self.check_manipulations(manipulations, n)
-        probs = self.predict_attributes(maps)
-        parts = []
-        for a, (attr, p) in enumerate(zip(self.schema.attributes, probs)):
-            target = p.argmax(-1)
+        probs = [probabilities[a] for a in self.schema.attributes] if probabilities is not None \
+            else self.predict_attributes(maps)
+        # the one-hot targets written into one numpy block (exact 0 / 1: a few array writes, not torch ops per
+        # attribute); argmax as torch's: the first of equal maxima
+        hot = np.zeros((n, sum(p.shape[-1] for p in probs)), np.float32)
+        rows, off = np.arange(n), 0
+        for attr, p in zip(self.schema.attributes, probs):
+            target = p.numpy().argmax(-1)
             for i, m in enumerate(manipulations):
                 if attr in m:
                     target[i] = self.schema.index(attr, m[attr])
-            parts.append(F.one_hot(target, p.shape[-1]).float())
-        return torch.cat([*parts, self._visual(maps), torch.zeros(n, 1)], dim=-1)
+            hot[rows, off + target] = 1.0
+            off += p.shape[-1]
+        return torch.cat([torch.from_numpy(hot), self._visual(maps), torch.zeros(n, 1)], dim=-1)
 
     # --- similarity with respect to one attribute (PROTOCOLS.md section 2) -------------------------
     def spaces(self) -> dict[str, Space]:
@@ -156,6 +162,9 @@ class AttributeBaseline(SearchModel):
             self.schema.check_attribute(attr)
             with torch.inference_mode():
                 return [Probe(attribute_space(attr), self.value_probabilities(maps, attr).numpy(), group=attr)]
+        if request.mode == "manipulate" and request.probabilities is not None:
+            with torch.inference_mode():
+                return [Probe("main", self.embed_query(maps, request.manipulations, request.probabilities).numpy())]
         return super().plan(maps, request)
 
     def explain(self, maps: Maps, threshold: float = 0.2) -> list[Explanation]:

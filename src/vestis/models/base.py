@@ -78,6 +78,9 @@ class Request:
 
     mode: str = "manipulate"
     manipulations: Sequence[Mapping[str, str]] = ()
+    # the maps' `attribute_probabilities`, where the caller already has them: a model may read them instead of
+    # running its classifiers again (the same numbers; the engine computes them once per query for its answer)
+    probabilities: Mapping[str, torch.Tensor] | None = None
 
 
 @dataclass

@@ -268,9 +268,10 @@ class BodyTimeout:
             nonlocal body_done
             if body_done:  # after the body, receive() waits for a disconnect: no deadline
                 return await receive()
-            try:
-                msg = await asyncio.wait_for(receive(), self.timeout)
-            except asyncio.TimeoutError:
+            try:  # asyncio.timeout, not wait_for: wait_for wraps every receive() in a task of its own
+                async with asyncio.timeout(self.timeout):
+                    msg = await receive()
+            except TimeoutError:
                 raise BodyStalled() from None
             if msg["type"] != "http.request" or not msg.get("more_body", False):
                 body_done = True
@@ -327,6 +328,65 @@ class SecurityHeaders:
                 await send({"type": "http.response.body", "body": body})
 
         await self.app(scope, receive, send_with_headers)
+
+
+class _Replay(Exception):
+    """The fast path does not answer this request: the full application does (from the same body)."""
+
+
+class SearchFastPath:
+    """ASGI middleware for the hot route, POST /search with a JSON body: the same parsing (`parse_json`), the same
+    validation (`SearchRequest`), the same `Service.search` and the same encoding (`FastJSONResponse`) as the
+    route, without FastAPI's routing, dependency and exception-handling layers.
+
+    It answers only what succeeds: any other outcome (invalid JSON, a validation error, an unknown item, an error
+    of the engine, another content type) is handed to the application with the body it read, which answers
+    exactly as it would have (the search is read-only, so asking again changes nothing)."""
+
+    def __init__(self, app, service: "Service"):
+        self.app, self.service = app, service
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"] != "/search" or scope["method"] != "POST":
+            return await self.app(scope, receive, send)
+        ctype = b""
+        for k, v in scope.get("headers", ()):
+            if k == b"content-type":
+                ctype = v
+                break
+        if not ctype.startswith(b"application/json"):
+            return await self.app(scope, receive, send)
+        messages = []
+        while True:
+            msg = await receive()
+            messages.append(msg)
+            if msg["type"] != "http.request" or not msg.get("more_body", False):
+                break
+        try:
+            if msg["type"] != "http.request":
+                raise _Replay()
+            answer = await self._answer(b"".join(m.get("body", b"") for m in messages))
+        except Exception:  # noqa: BLE001 - whatever it was, the application answers it (or reports it) itself
+            return await self.app(scope, self._replay(messages, receive), send)
+        await FastJSONResponse(answer)(scope, receive, send)
+
+    async def _answer(self, body: bytes) -> dict:
+        fields = parse_json(body)
+        if not isinstance(fields, dict):
+            raise _Replay()
+        req = SearchRequest.model_validate(fields)
+        # in the thread pool, as the route does: the event loop reads and writes other requests meanwhile (torch
+        # and FAISS release the GIL); run inline on the loop it cost as much CPU and served fewer answers a second
+        return await run_in_threadpool(self.service.search, req, None)
+
+    @staticmethod
+    def _replay(messages: list, receive):
+        pending = list(messages)
+
+        async def replayed():
+            return pending.pop(0) if pending else await receive()
+
+        return replayed
 
 
 class Service:
@@ -505,9 +565,11 @@ class Service:
     def hit_json(self, h, rank: int, target: dict) -> dict:
         it = self.engine.catalog.by_id.get(h.id)
         row = self.item_json(it) if it else {"id": h.id, "attributes": dict(h.attributes)}
-        row.update(rank=rank, score=round(h.score, 6),
-                   matches={a: h.attributes.get(a) == t["value"] for a, t in target.items()})
-        row["n_matched"] = sum(row["matches"].values())
+        attrs = h.attributes
+        row["rank"] = rank
+        row["score"] = round(h.score, 6)
+        row["matches"] = matches = {a: attrs.get(a) == t["value"] for a, t in target.items()}
+        row["n_matched"] = sum(matches.values())
         if h.part is not None:
             row["part"] = h.part
         return row
@@ -600,6 +662,7 @@ def create_app(engine, *, max_upload_bytes: int = MAX_UPLOAD_BYTES, max_pixels: 
     app = FastAPIOffline(title=title, version="1", docs_url=DOCS_URL, static_url="/static-docs", redoc_url=None,
                          description="Attribute-aware search over a fashion catalogue: 'like this, but in navy blue'.")
     app.state.service = svc
+    app.add_middleware(SearchFastPath, service=svc)  # innermost: inside the body limits, host and header checks
     app.add_middleware(BodyLimit, limit=max_upload_bytes + 64 * 1024)
     app.add_middleware(BodyTimeout, timeout=body_timeout)
     if allowed_hosts:

@@ -289,8 +289,9 @@ class FeatureCache:
             off += n
         return out
 
-    def get(self, h: str) -> dict[str, np.ndarray] | None:
-        """The maps of one image ({level: float16 C x H x W}), or None if absent or corrupt (logged)."""
+    def get(self, h: str, copy: bool = True) -> dict[str, np.ndarray] | None:
+        """The maps of one image ({level: float16 C x H x W}), or None if absent or corrupt (logged); copy=False:
+        read-only arrays over the bytes read (for a caller that converts them anyway)."""
         if h in self._pending:
             return self._pending[h]
         for shard, row in self.index.get(h, ()):
@@ -300,7 +301,7 @@ class FeatureCache:
                 out = None
                 log.warning("feature cache: cannot read %s: %s", shard.path, e)
             if out is not None:
-                return {lv: a.copy() for lv, a in out.items()}
+                return {lv: a.copy() for lv, a in out.items()} if copy else out
             log.warning("feature cache: corrupt entry %s in %s (checksum mismatch)", h[:12], shard.path.name)
         return None
 
