@@ -114,13 +114,14 @@ class StagedCache:
         self.s32 = FeatureCache(cache_dir, s32_spec(spec))
         self._stages: S32Stages | None = None
 
-    def get(self, h: str) -> dict[str, np.ndarray] | None:
-        got = self.base.get(h)
+    def get(self, h: str, copy: bool = True) -> dict[str, np.ndarray] | None:
+        """`FeatureCache.get` for the staged spec (`copy` as there)."""
+        got = self.base.get(h, copy=copy)
         if got is None:
             return None
         out = {lv: got[lv] for lv in self.spec.levels if lv != "s32"}
         if "s32" in self.spec.levels:
-            tuned = self.s32.get(h)
+            tuned = self.s32.get(h, copy=copy)
             if tuned is None:
                 if self._stages is None:
                     self._stages = stages_of(self.spec)
