@@ -455,9 +455,10 @@ def catalogue_features(catalog, spec: TrunkSpec, cache_dir: Path, progress: bool
     A spec with fine-tuned stride-32 stages reads the frozen trunk's cached maps and re-encodes s32 from s16
     (`vision.s32_stages`)."""
     if spec.s32_stages is not None:
-        from vestis.vision.s32_stages import staged_features
+        from vestis.vision.s32_stages import base_spec, staged_features
 
-        return staged_features(catalog, spec, cache_dir, progress=progress, extract_options=extract_options)
+        frozen = catalogue_features(catalog, base_spec(spec), cache_dir, progress=progress, extract_options=extract_options)
+        return staged_features(catalog, spec, cache_dir, frozen, progress=progress)
     report = extract_catalog(catalog, spec, cache_dir=cache_dir, progress=progress, **(extract_options or {}))
     if report.encoded and progress:
         print(report.describe())

@@ -55,15 +55,12 @@ def encode_s32(stages: S32Stages, s16: np.ndarray, batch: int = BATCH) -> np.nda
     return np.concatenate(out) if out else np.empty((0,), np.float16)
 
 
-def staged_features(catalog, spec: TrunkSpec, cache_dir, progress: bool = True,
-                    extract_options: dict | None = None) -> FeatureSet:
-    """The catalogue's maps at `spec`'s levels, s32 from the fine-tuned stages (see the module docstring); the
-    s32 maps not cached yet are encoded from the cached s16 maps and stored."""
+def staged_features(catalog, spec: TrunkSpec, cache_dir, feats: FeatureSet, progress: bool = True) -> FeatureSet:
+    """The catalogue's maps at `spec`'s levels, s32 from the fine-tuned stages (see the module docstring), from
+    `feats`, the frozen trunk's maps at `base_spec(spec)` (`vision.extract.catalogue_features` reads them first);
+    the s32 maps not cached yet are encoded from the cached s16 maps and stored."""
     from tqdm import tqdm
 
-    from vestis.vision.extract import catalogue_features
-
-    feats = catalogue_features(catalog, base_spec(spec), cache_dir, progress=progress, extract_options=extract_options)
     feats.maps.pop("s32", None)  # the frozen trunk's: replaced below
     by_id = {it.id: it for it in catalog}
     items = [by_id[i] for i in feats.ids]
