@@ -15,6 +15,7 @@ from vestis.models.loop import pooled_features
 SCHEMA = AttributeSchema({"colour": ["red", "blue", "green"], "sleeve": ["short", "long"]})
 CH = {"s16": 8, "s32": 16}
 SMALL = {"hidden": 32, "dim": 16, "batch_size": 32, "pre_epochs": 4, "pre_lr": 0.05, "epochs": 8, "lr": 0.02}
+PAPER = {"normalize": False, "indicator_norm": "l1"}  # the paper's two settings (the defaults are the measured ones)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread
@@ -39,7 +40,7 @@ def _t(data, idx=slice(None)):
 @pytest.fixture(scope="module")
 def trained():
     torch.set_num_threads(1)
-    m = create_model("amnet", SCHEMA, CH, SMALL)
+    m = create_model("amnet", SCHEMA, CH, {**SMALL, **PAPER})
     hist = m.fit(_data(600), progress=False)
     return m, hist
 
@@ -124,7 +125,7 @@ def test_value_means_known_answer():
 
 def test_fit_initialises_memory_with_the_classifiers_mean_representations():
     d = _data(200)
-    m = create_model("amnet", SCHEMA, CH, {**SMALL, "pre_epochs": 2, "epochs": 0})
+    m = create_model("amnet", SCHEMA, CH, {**SMALL, "pre_epochs": 2, "epochs": 0, "normalize": False})
     m.fit(d, progress=False)
     r = m.embed(_t(d))  # normalize=False: the gallery vector is r itself
     for a, n_vals in enumerate([3, 2]):
@@ -384,7 +385,7 @@ def test_signed_indicator_with_probabilities_known_answers():
 
 
 def _same_weights(m, **config):
-    other = create_model("amnet", SCHEMA, CH, {**SMALL, **config}).eval()
+    other = create_model("amnet", SCHEMA, CH, {**SMALL, **PAPER, **config}).eval()
     other.load_state_dict(m.state_dict())
     return other
 
