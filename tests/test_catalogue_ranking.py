@@ -81,16 +81,51 @@ def test_photo_preferences_keep_only_the_named_attributes_of_a_photo():
     assert np.allclose(blocks @ logs, (blocks @ logs)[0])
 
 
+def test_set_hit_probabilities_known_answers():
+    # one set: its values share the set's whole mass, whatever the split inside (a hat photo called "Hat")
+    np.testing.assert_allclose(CR.set_hit_probabilities(np.array([0.999, 0.001, 0.0, 0.0]), [[0, 1]]), [1, 1, 0, 0],
+                               atol=1e-6)
+    # overlapping sets S1 = {0, 1}, S2 = {0, 2, 3}: value 0 counts half in each, so P(S1) = 0.45 + 0.02 = 0.47,
+    # P(S2) = 0.45 + 0.04 = 0.49; value 0 is in both (0.96), value 4 ("unspecified") is in none and keeps 0.04
+    t = np.array([0.9, 0.02, 0.02, 0.02, 0.04])
+    np.testing.assert_allclose(CR.set_hit_probabilities(t, [[0, 1], [0, 2, 3]]), [0.96, 0.47, 0.49, 0.49, 0.04],
+                               atol=1e-6)
+    # no sets: the prediction itself
+    np.testing.assert_allclose(CR.set_hit_probabilities(t, []), t)
+
+
+def test_photo_sets_apply_to_shoppers_photos_only():
+    pred = {"colour": np.array([[0.05, 0.9, 0.01, 0.04]] * 2), "sleeve": np.array([[0.1, 0.8, 0.1]] * 2)}
+    sets = {"colour": [["red", "blue"], ["green"]], "pattern": [["x"]]}  # an attribute the schema lacks is ignored
+    shopper, packshot = CR.targets(SCHEMA, pred, [{}, {}], None, photo_preferences=["colour"], shopper=[True, False],
+                                   photo_sets=sets)
+    np.testing.assert_allclose(shopper["colour"], [0.95, 0.95, 0.01, 0.04], atol=1e-6)
+    np.testing.assert_allclose(packshot["colour"], [0.05, 0.9, 0.01, 0.04], atol=1e-6)  # a packshot: per value
+    (req,) = CR.targets(SCHEMA, {a: p[:1] for a, p in pred.items()}, [{"colour": "green"}], None,
+                        photo_preferences=["colour"], shopper=[True], photo_sets=sets)
+    np.testing.assert_array_equal(req["colour"], [0, 0, 1, 0])  # a requested value wins over the sets
+    # ranked by the score: a red item and a blue item now tie on labels where red trailed by log(0.9 / 0.05)
+    blocks = CR.label_blocks(SCHEMA, [{"colour": "red"}, {"colour": "blue"}, {"colour": "green"}],
+                             {"colour": np.full((3, 4), 0.25), "sleeve": np.full((3, 3), 1 / 3)})
+    logs = np.concatenate([np.log(np.maximum(shopper[a], CR.PROB_FLOOR)) for a in SCHEMA.attributes])
+    s = blocks @ logs
+    assert s[0] == pytest.approx(s[1]) and s[1] > s[2] + 4
+
+
 def test_an_engine_on_a_mixed_run_prefers_only_the_mapped_attribute():
     from types import SimpleNamespace
 
     from vestis.engine import Engine
 
     model = SimpleNamespace(spaces=lambda: {})
-    mixed = SimpleNamespace(history={"mix": {"mapping": {"source_attribute": "category", "target_attribute": "colour"}}})
-    assert Engine(model, mixed, {}, Catalog([], SCHEMA), None, ".").photo_preferences == ["colour"]
+    mixed = SimpleNamespace(history={"mix": {"mapping": {"source_attribute": "category", "target_attribute": "colour",
+                                                          "map": {"warm": ["red"], "cool": ["blue", "green"]}}}})
+    engine = Engine(model, mixed, {}, Catalog([], SCHEMA), None, ".")
+    assert engine.photo_preferences == ["colour"]
+    assert engine.photo_sets == {"colour": [["red"], ["blue", "green"]]}
     plain = SimpleNamespace(history={"train_items": 10})
-    assert Engine(model, plain, {}, Catalog([], SCHEMA), None, ".").photo_preferences is None
+    engine = Engine(model, plain, {}, Catalog([], SCHEMA), None, ".")
+    assert engine.photo_preferences is None and engine.photo_sets is None
 
 
 def _manipulations(engine, n=12):

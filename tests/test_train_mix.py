@@ -197,8 +197,11 @@ def test_cli_mix_records_both_catalogues_and_c2s_pipeline(tiny_pipeline, train_t
     seen = []
     real_targets = catalogue_ranking.targets
 
+    sets_seen = []
+
     def spy(*args, **kwargs):
         seen.append(args[5] if len(args) > 5 else kwargs.get("shopper"))
+        sets_seen.append(args[6] if len(args) > 6 else kwargs.get("photo_sets"))
         return real_targets(*args, **kwargs)
 
     catalogue_ranking.targets = spy
@@ -214,4 +217,6 @@ def test_cli_mix_records_both_catalogues_and_c2s_pipeline(tiny_pipeline, train_t
     finally:
         catalogue_ranking.targets = real_targets
     assert seen == [[False], [True], None]
+    # the mapping's sets reach the ranking (a shopper's photo scores each value by its sets' probability)
+    assert sets_seen[0] == {"category": [list(v) for v in json.loads(mapping.read_text())["map"].values()]}
 

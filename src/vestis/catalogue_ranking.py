@@ -87,9 +87,31 @@ def _bounded(x: np.ndarray, bound: float) -> np.ndarray:
     return np.concatenate([x, np.sqrt(np.maximum(bound ** 2 - sq, 0))[:, None]], axis=1).astype(np.float32)
 
 
+def set_hit_probabilities(t: np.ndarray, sets: Sequence[Sequence[int]]) -> np.ndarray:
+    """A photo's target for an attribute it was trained on through a mapping with set-valued targets: value v
+    scores the probability that an item of value v is acceptable for the photo, sum over the sets S containing v
+    of P(S), where P(S) is the predicted mass of S's values, a value shared by n sets counted 1/n in each (so the
+    P(S) sum to the mass on the union). The run learnt only P(S) from photos (its loss is on the set's summed
+    probability), so how it splits a set's mass among the set's values is arbitrary: a hat photo predicted
+    "Hat" with 0.999 and "Caps" with 0.001 makes both values of the hat set equally welcome. Values in no set
+    keep their predicted mass. `t`: (values + 1,), "unspecified" last; `sets`: value indices."""
+    t = np.asarray(t, dtype=np.float32)
+    share = np.zeros(len(t), np.float32)
+    for s in sets:
+        share[list(s)] += 1.0
+    out = t.copy()
+    inside = share > 0
+    out[inside] = 0.0
+    for s in sets:
+        s = list(s)
+        out[s] += float((t[s] / share[s]).sum())
+    return out
+
+
 def targets(schema, predicted: Mapping[str, np.ndarray] | None, manipulations: Sequence[Mapping[str, str]],
             known: Sequence[Mapping[str, str] | None], photo_preferences: Collection[str] | None = None,
-            shopper: Sequence[bool] | None = None) -> list[dict[str, np.ndarray]]:
+            shopper: Sequence[bool] | None = None,
+            photo_sets: Mapping[str, Sequence[Sequence[str]]] | None = None) -> list[dict[str, np.ndarray]]:
     """Per query row, {attribute: t_a (values + 1,)}: the requested value for a manipulated attribute, the query's
     catalogue label (`known[i]`, for a catalogue item) for the others where it has one, else the model's
     prediction (uniform where the model predicts nothing for the attribute).
@@ -99,7 +121,10 @@ def targets(schema, predicted: Mapping[str, np.ndarray] | None, manipulations: S
     mapping (`vestis train --mix`) predicts the mapped attribute on photos and the others from packshots alone,
     and those out-of-domain guesses cost more than they give (README, "Consumer-to-shop"). None: every attribute.
     `shopper[i]`: whether row i is such a photo (a packshot on studio white is in the domain every head learnt);
-    None: every row without catalogue labels."""
+    None: every row without catalogue labels. `photo_sets`: {attribute: the mapping's sets of values}; for such a
+    photo, that attribute's prediction becomes `set_hit_probabilities` (None: the per-value prediction)."""
+    index_sets = {a: [[schema.values(a).index(v) for v in vs if v in schema.values(a)] for vs in sets]
+                  for a, sets in (photo_sets or {}).items() if a in schema.attributes}
     out = []
     for i, manip in enumerate(manipulations):
         row = {}
@@ -113,6 +138,8 @@ def targets(schema, predicted: Mapping[str, np.ndarray] | None, manipulations: S
             elif predicted is not None and a in predicted and (
                     not photo or photo_preferences is None or a in photo_preferences):
                 t = np.asarray(predicted[a][i], dtype=np.float32)
+                if photo and a in index_sets:
+                    t = set_hit_probabilities(t, index_sets[a])
             else:
                 t = np.full(len(values) + 1, 1.0 / (len(values) + 1), np.float32)
             row[a] = t

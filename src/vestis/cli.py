@@ -394,7 +394,9 @@ def cmd_search(args) -> int:
     if args.label_weight is not None:
         engine.label_weight = args.label_weight
     if args.photo_preferences == "all":
-        engine.photo_preferences = None
+        engine.photo_preferences = engine.photo_sets = None
+    elif args.photo_preferences == "values":
+        engine.photo_sets = None
     if args.queries:
         from vestis.eval.queries import read_queries
         from vestis.eval.rankings import write_rankings
@@ -841,10 +843,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--label-weight", type=float, default=None, metavar="W",
                    help="labels on: how much the run's similarity counts against label log-likelihoods (default "
                         "vestis.catalogue_ranking.LABEL_WEIGHT)")
-    s.add_argument("--photo-preferences", choices=["run", "all"], default="run",
+    s.add_argument("--photo-preferences", choices=["run", "values", "all"], default="run",
                    help="labels on, photo queries: which predicted attributes become preferences. run (default): "
-                        "those the run learnt from photos where it was trained with --mix (its mapped attribute), "
-                        "else all; all: every attribute")
+                        "those the run learnt from photos where it was trained with --mix (its mapped attribute, "
+                        "each value scored by the predicted probability of the mapped sets it is in), else all; "
+                        "values: the mapped attribute's per-value prediction; all: every attribute")
     s.add_argument("--photos", action="store_true",
                    help="with --queries: search catalogue-item queries by their image file, as shopper photos (their "
                         "own labels unseen)")

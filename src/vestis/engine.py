@@ -134,6 +134,10 @@ class Engine:
         # labels on, photo queries: prefer only what the run learnt from photos where it was trained on some
         mix = (getattr(info, "history", None) or {}).get("mix")
         self.photo_preferences = [mix["mapping"]["target_attribute"]] if mix and mix.get("mapping") else None
+        # ... and score the mapped attribute's values by the probability of their mapped sets (the run learnt only
+        # the sets from photos; `catalogue_ranking.set_hit_probabilities`); None: per-value predictions
+        self.photo_sets = ({mix["mapping"]["target_attribute"]: list(mix["mapping"]["map"].values())}
+                           if mix and mix.get("mapping") else None)
         self.index_dir: Path | None = None  # where `load` read the index (attribute updates write there)
 
     @classmethod
@@ -370,7 +374,8 @@ class Engine:
         (main,) = [p for p in probes if p.space == "main"]
         schema = self.model.schema
         probs = {a: p.numpy() for a, p in (probabilities or self._probabilities(maps)).items()}
-        rows = catalogue_ranking.targets(schema, probs, manipulations, query_labels, self.photo_preferences, shopper)
+        rows = catalogue_ranking.targets(schema, probs, manipulations, query_labels, self.photo_preferences, shopper,
+                                         self.photo_sets)
         scale = self.meta["spaces"][catalogue_ranking.SPACE]["labels"]
         q = catalogue_ranking.query_vectors(schema, rows, main.vectors, scale["main_metric"], scale, self.label_weight)
         by_request: dict[tuple, list[int]] = {}
