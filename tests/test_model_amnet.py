@@ -58,6 +58,16 @@ def test_shapes():
     assert m.indicator(torch.zeros(7, 2, dtype=torch.long), -torch.ones(7, 2, dtype=torch.long)).shape == (7, 5)
 
 
+def test_configured_levels_are_the_levels_read_in_their_order():
+    m = create_model("amnet", SCHEMA, {"s32": 16}, {"hidden": 32, "dim": 16, "levels": ["s32"]})
+    assert m.levels == ("s32",)  # a cache of s32 alone is enough
+    x = {"s32": _t(_data(3))["s32"]}
+    assert m.eval().embed(x).shape == (3, 16)
+    assert create_model("amnet", SCHEMA, CH, {"hidden": 32, "dim": 16}).levels == ("s32", "s16")  # concatenation order
+    with pytest.raises(VestisError, match="s16"):
+        create_model("amnet", SCHEMA, {"s32": 16}, {"hidden": 32, "dim": 16})
+
+
 def test_gradient_reaches_every_parameter():
     d = _data(64)
     m = create_model("amnet", SCHEMA, CH, {"hidden": 32, "dim": 16})

@@ -243,6 +243,19 @@ def test_shapes_and_unit_blocks():
         assert mm.embed(x).shape == (5, 16) and mm.explain(x)[0].regions[0].heatmap.shape == hw
 
 
+def test_a_single_level_configuration_needs_only_that_level():
+    # a cache extracted with s32 alone (e.g. `vestis extract --levels s32` at a larger input) serves level "s32"
+    d = _data(80)
+    only32 = TrainData(d.ids, {"s32": d.maps["s32"]}, d.labels, d.instances, SCHEMA)
+    m = create_model("fashionsearchnet", SCHEMA, {"s32": CH["s32"]}, {**SMALL, "level": "s32", "epochs": 1})
+    assert m.levels == ("s32",)
+    m.fit(only32, progress=False)
+    assert m.eval().embed(_t(only32, slice(0, 3))).shape == (3, 16)
+    assert create_model("fashionsearchnet", SCHEMA, {"s16": 8}, {**SMALL, "level": "s16"}).levels == ("s16",)
+    with pytest.raises(VestisError, match=r"reads trunk level\(s\) \['s16'\]"):  # the default fuses both
+        create_model("fashionsearchnet", SCHEMA, {"s32": CH["s32"]}, SMALL)
+
+
 def test_gradients_reach_every_parameter():
     m = create_model("fashionsearchnet", SCHEMA, CH, SMALL)
     m.train()

@@ -300,13 +300,16 @@ class AMNet(SearchModel):
         "seed": 0, "threads": 1,
     }
 
+    @classmethod
+    def levels_for(cls, config):
+        return tuple(config["levels"])  # in the configured order: the pooled vectors are concatenated in it
+
     def __init__(self, schema, channels, config=None):
         for k, v in self.forced.items():
             if k in (config or {}) and config[k] != v:
                 raise VestisError(f"model {self.name} fixes {k}={v!r}; use model 'amnet' to set it")
         super().__init__(schema, channels, {**(config or {}), **self.forced})
         cfg = self.config
-        self.levels = list(cfg["levels"])
         for lv in self.levels:
             if lv not in self.channels:
                 raise VestisError(f"model {self.name}: level {lv!r} not in the trunk maps {sorted(self.channels)}")

@@ -160,10 +160,17 @@ class SearchModel(nn.Module):
             raise VestisError(f"model {self.name}: unknown config key(s) {sorted(unknown)}; "
                               f"valid: {sorted(self.default_config)}")
         self.config = {**self.default_config, **(config or {})}
+        self.levels = tuple(self.levels_for(self.config))
         missing = [lv for lv in self.levels if lv not in self.channels]
         if missing:
             raise VestisError(f"model {self.name} reads trunk level(s) {missing}, which the features lack "
                               f"(they have {sorted(self.channels)}); re-extract with those levels")
+
+    @classmethod
+    def levels_for(cls, config: Mapping) -> tuple[str, ...]:
+        """The trunk levels a model of this configuration reads (a subset of the class's `levels`, which the
+        feature cache extracts for every method): a run on a cache of those levels alone is accepted."""
+        return cls.levels
 
     # --- training -----------------------------------------------------------------------------
     def fit(self, data: TrainData, progress: bool = True) -> dict:

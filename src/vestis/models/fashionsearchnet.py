@@ -138,7 +138,14 @@ class FashionSearchNet(SearchModel):
         "seed": 0,
     }
 
+    @classmethod
+    def levels_for(cls, config):
+        return {"s16": ("s16",), "s32": ("s32",)}.get(config["level"], cls.levels)
+
     def __init__(self, schema, channels, config=None):
+        level = {**self.default_config, **(config or {})}["level"]
+        if level not in LEVELS:  # before the base class reads the levels of the configuration
+            raise VestisError(f"model {self.name}: level must be one of {', '.join(LEVELS)}, got {level!r}")
         super().__init__(schema, channels, config)
         c = self.config
         if c["level"] not in LEVELS:
@@ -256,7 +263,7 @@ class FashionSearchNet(SearchModel):
     def fit(self, data: TrainData, progress: bool = True) -> dict:
         c = self.config
         labels = torch.from_numpy(data.labels.astype(np.int64))
-        levels = ("s16",) if c["level"] == "s16" else ("s32",) if c["level"] == "s32" else ("s16", "s32")
+        levels = self.levels
         history: dict = {}
         # items held out of stages 1-2 for L_G (whose weights must fit representations of unseen images)
         held = holdout_mask(data.ids, c["global_holdout"] if c["global_epochs"] > 0 else 0.0)
@@ -344,7 +351,7 @@ class FashionSearchNet(SearchModel):
         out = []
         for i in range(0, len(data), EMBED_BATCH):
             idx = np.arange(i, min(i + EMBED_BATCH, len(data)))
-            out.append(self.representations(batch_maps(data, idx, ("s16", "s32"))))
+            out.append(self.representations(batch_maps(data, idx, self.levels)))
         return torch.cat(out)
 
     @torch.no_grad()
