@@ -223,3 +223,19 @@ def test_filter_subsets_stay_within_their_row_budget(monkeypatch):
     again = [idx.search(q, 10, filters={"c": v}) for v in values[:4]]  # v1 rebuilt
     for a, b in zip(first, again):
         assert a.ids == b.ids and all(np.array_equal(s, t) for s, t in zip(a.scores, b.scores))
+
+
+def test_set_search_threads_bounds_batched_searches(monkeypatch):
+    """A server process searches a batch of queries on one thread (`set_search_threads(1)`), not on every core."""
+    rng = np.random.default_rng(0)
+    idx = create_index("faiss", "flat", 8, "ip", threads=2)
+    idx.add([f"i{j}" for j in range(50)], rng.standard_normal((50, 8)).astype(np.float32))
+    asked = []
+    monkeypatch.setattr(fi.faiss, "omp_set_num_threads", asked.append)
+    q = rng.standard_normal((4, 8)).astype(np.float32)
+    before = idx.search(q, 5)
+    idx.set_search_threads(1)
+    after = idx.search(q, 5)
+    assert asked == [2, 1] and before.ids == after.ids
+    with pytest.raises(Exception, match="threads"):
+        idx.set_search_threads(0)

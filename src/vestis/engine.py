@@ -172,6 +172,11 @@ class Engine:
         engine.index_dir = index_dir
         return engine
 
+    def set_search_threads(self, n: int) -> None:
+        """Every index searches several queries (a batch) on at most `n` threads (a server process: 1)."""
+        for index in self.spaces.values():
+            index.set_search_threads(n)
+
     @staticmethod
     def _read_engine_json(index_dir: Path) -> str:
         try:

@@ -314,6 +314,12 @@ class FaissIndex(VectorIndex):
             o["exact_filter_fraction"] = fraction("exact_filter_fraction", o["exact_filter_fraction"])
         return o
 
+    def set_search_threads(self, n: int) -> None:
+        with self._lock:
+            n = positive_int("threads", n)
+            self._threads = n
+            self._opts["single_query_threads"] = min(self._opts["single_query_threads"], n)
+
     def _flat(self):
         return faiss.IndexFlatIP(self.dim) if self.metric == "ip" else faiss.IndexFlatL2(self.dim)
 
