@@ -236,3 +236,25 @@ def test_served_concurrent_answers_equal_one_at_a_time(tiny_pipeline, engine):
         assert n_err == 2 and all(e.startswith("404") for e in errs) and (lat > 0).all() and wall > 0
     finally:
         bench._stop(server)
+
+
+def test_search_many_reports_each_failure_to_its_own_request(service, engine, monkeypatch):
+    """An unexpected error in one request's own part (here: before the engine) fails that request only."""
+    from vestis.serve.app import SearchRequest
+
+    items = sorted(engine.spaces["main"].ids())[:3]
+    reqs = [SearchRequest(item_id=i, k=4) for i in items]
+    want = [service.search(r, None) for r in reqs]
+    real = type(service)._prepare
+
+    def prepare(self, req, image):
+        if req.item_id == items[1]:
+            raise RuntimeError("boom")
+        return real(self, req, image)
+
+    monkeypatch.setattr(type(service), "_prepare", prepare)
+    got = service.search_many(reqs)
+    assert isinstance(got[1], RuntimeError)
+    for g, w in ((got[0], want[0]), (got[2], want[2])):
+        g.pop("took_ms"), w.pop("took_ms")
+        assert g == w

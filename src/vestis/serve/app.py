@@ -18,7 +18,8 @@ uploads are bounded in bytes (checked on the Content-Length header and again whi
 on the image header before decoding); a body that stalls is answered 408. JSON is parsed strictly and inputs are
 echoed bounded (`vestis.errors.echo`); every answer carries nosniff, no-framing and a Content-Security-Policy of
 the app's own assets; `allowed_hosts` guards against DNS rebinding. The engine is used under one lock: torch, the
-feature cache and the index are shared, and two cores gain nothing from interleaving them.
+feature cache and the index are shared, and two cores gain nothing from interleaving them. Item-id searches that
+arrive while the engine is busy are answered together (`SearchBatcher`), each exactly as it would be alone.
 """
 
 from __future__ import annotations
@@ -605,7 +606,7 @@ class Service:
         for i, req in enumerate(reqs):
             try:
                 ready.append((i, req, *self._prepare(req, None)))
-            except (HTTPException, VestisError) as e:
+            except Exception as e:  # noqa: BLE001 - this request's own failure, reported to it alone
                 out[i] = e
         if ready:
             with self.lock:
@@ -617,7 +618,7 @@ class Service:
                     if isinstance(result, Exception):
                         raise result
                     out[i] = self._answer(req, None, manip, understood, item, result, t0)
-                except (HTTPException, VestisError) as e:
+                except Exception as e:  # noqa: BLE001 - as above
                     out[i] = e
         return out
 
