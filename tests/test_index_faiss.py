@@ -223,6 +223,12 @@ def test_filter_subsets_stay_within_their_row_budget(monkeypatch):
     again = [idx.search(q, 10, filters={"c": v}) for v in values[:4]]  # v1 rebuilt
     for a, b in zip(first, again):
         assert a.ids == b.ids and all(np.array_equal(s, t) for s, t in zip(a.scores, b.scores))
+    monkeypatch.setattr(fi, "SUBSET_ROWS", 4)
+    monkeypatch.setattr(fi, "SUBSET_BYTES", 100 * 4 * 8)  # 100 rows of 8 floats: two filters of 50
+    idx._subsets.clear()
+    for v in values[:5]:
+        idx.search(q, 10, filters={"c": v})
+    assert list(idx._subsets) == [fi._filter_key({"c": (v,)}) for v in values[3:5]]
 
 
 def test_set_search_threads_bounds_batched_searches(monkeypatch):
