@@ -45,8 +45,8 @@ def test_filter_is_applied_inside_the_search(kind, opts, monkeypatch):
     assert idx.search(q, 1, filters={"color": "blue"}).ids[0] == best
     got = idx.search(q, 10, filters={"color": "blue"}).ids[0]
     assert got == exact.search(q, 10, filters={"color": "blue"}).ids[0]
-    if kind == "flat":  # a flat index searches the filter's rows as their own IndexFlat: exactly the matching items
-        assert [len(labels) for _, labels in idx._subsets.values()] == [300]
+    if kind in ("flat", "hnsw"):  # an exact search (HNSW: a selective filter) scans the filter's rows as their own
+        assert [len(labels) for _, labels in idx._subsets.values()] == [300]  # IndexFlat: exactly the matching items
     else:
         assert used and all(n == 300 for n in used)  # the bitmap selector held exactly the matching items
 
@@ -155,10 +155,12 @@ def test_load_overrides_search_defaults(tmp_path):
         load_index(tmp_path / "ix", M=8)
 
 
+@pytest.mark.parametrize("kind", ["flat", "hnsw"])
 @pytest.mark.parametrize("metric", ["ip", "l2"])
-def test_flat_filter_subsets_give_the_selector_scan_results(metric, monkeypatch):
-    """A flat index searches a seen filter's rows as their own IndexFlat (SUBSET_CACHE): the same ids and the
-    same scores, bit for bit, as the scan behind the selector, after adds, removals and relabels too."""
+def test_filter_subsets_give_the_selector_scan_results(metric, kind, monkeypatch):
+    """An exact search (flat; HNSW's exact scan of a selective filter) searches a seen filter's rows as their own
+    IndexFlat (SUBSET_ROWS): the same ids and the same scores, bit for bit, as the scan behind the selector, after
+    adds, removals and relabels too."""
     rng = np.random.default_rng(3)
     x = rng.standard_normal((600, 24)).astype(np.float32)
     x[50] = x[51]  # a tie
@@ -166,24 +168,28 @@ def test_flat_filter_subsets_give_the_selector_scan_results(metric, monkeypatch)
     colours = ["red", "blue", "green", "grey"]
     attrs = [{"colour": colours[j % 4], "size": "s" if j % 3 else "m"} for j in range(600)]
     q = np.vstack([x[50], rng.standard_normal((4, 24))]).astype(np.float32)
+    built = []
+    real_subset = fi.FaissIndex._subset
+    monkeypatch.setattr(fi.FaissIndex, "_subset", lambda self, key, mask: built.append(key) or real_subset(self, key, mask))
 
     def both(idx, filters, k=40):
         got = idx.search(q, k, filters=filters)
-        monkeypatch.setattr(fi, "SUBSET_CACHE", 0)
-        saved, idx._subsets = idx._subsets, {}
+        monkeypatch.setattr(fi, "SUBSET_ROWS", 0)
+        saved, idx._subsets = idx._subsets, fi.OrderedDict()
         ref = idx.search(q, k, filters=filters)
-        monkeypatch.setattr(fi, "SUBSET_CACHE", 32)
+        monkeypatch.setattr(fi, "SUBSET_ROWS", 4)
         idx._subsets = saved
         for a, b, c, d in zip(got.ids, ref.ids, got.scores, ref.scores):
             assert a == b and np.array_equal(c, d)
         return got
 
-    idx = create_index("faiss", "flat", 24, metric)
+    # HNSW: every filter below matches at most half the items, so exact_filter_fraction 0.6 takes the exact scan
+    idx = create_index("faiss", kind, 24, metric, **({"exact_filter_fraction": 0.6} if kind == "hnsw" else {}))
     idx.add(ids, x, attrs)
     for f in ({"colour": "red"}, {"colour": ["red", "blue"]}, {"colour": "green", "size": "m"}, {"size": "m"}):
         both(idx, f)
         both(idx, f)  # the second time from the cache
-    assert len(idx._subsets) == 4  # each at most half the items: all kept
+    assert len(idx._subsets) == 4 and built  # each at most half the items: all kept
     assert idx.search(q, 40, filters={"size": "s"}).ids  # two thirds of the items: the selector scan, not kept
     assert len(idx._subsets) == 4
     red = both(idx, {"colour": "red"})
@@ -196,3 +202,46 @@ def test_flat_filter_subsets_give_the_selector_scan_results(metric, monkeypatch)
     assert "new" not in both(idx, {"colour": "red"}).ids[0] and "i4" not in idx.search(q, 600, filters={"colour": "red"}).ids[1]
     idx.set_attributes(["i1"], [{"colour": "red"}])
     assert "i1" in both(idx, {"colour": "red"}, k=200).ids[1]
+
+
+def test_filter_subsets_stay_within_their_row_budget(monkeypatch):
+    """The subsets hold at most SUBSET_ROWS x the index's rows: the least recently used go first, and the answers
+    do not change when a subset is dropped and built again."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((400, 8)).astype(np.float32)
+    values = [f"v{j}" for j in range(8)]  # 50 rows each
+    idx = create_index("faiss", "flat", 8, "ip")
+    idx.add([f"i{j}" for j in range(400)], x, [{"c": values[j % 8]} for j in range(400)])
+    q = rng.standard_normal((2, 8)).astype(np.float32)
+    monkeypatch.setattr(fi, "SUBSET_ROWS", 0.5)  # 200 rows: four filters of 50
+    first = [idx.search(q, 10, filters={"c": v}) for v in values[:4]]
+    assert list(idx._subsets) == [fi._filter_key({"c": (v,)}) for v in values[:4]]
+    idx.search(q, 10, filters={"c": values[0]})  # used again: now the most recent
+    idx.search(q, 10, filters={"c": values[4]})  # a fifth: the least recently used (v1) goes
+    assert list(idx._subsets) == [fi._filter_key({"c": (v,)}) for v in (values[2], values[3], values[0], values[4])]
+    assert sum(len(labels) for _, labels in idx._subsets.values()) <= 200
+    again = [idx.search(q, 10, filters={"c": v}) for v in values[:4]]  # v1 rebuilt
+    for a, b in zip(first, again):
+        assert a.ids == b.ids and all(np.array_equal(s, t) for s, t in zip(a.scores, b.scores))
+    monkeypatch.setattr(fi, "SUBSET_ROWS", 4)
+    monkeypatch.setattr(fi, "SUBSET_BYTES", 100 * 4 * 8)  # 100 rows of 8 floats: two filters of 50
+    idx._subsets.clear()
+    for v in values[:5]:
+        idx.search(q, 10, filters={"c": v})
+    assert list(idx._subsets) == [fi._filter_key({"c": (v,)}) for v in values[3:5]]
+
+
+def test_set_search_threads_bounds_batched_searches(monkeypatch):
+    """A server process searches a batch of queries on one thread (`set_search_threads(1)`), not on every core."""
+    rng = np.random.default_rng(0)
+    idx = create_index("faiss", "flat", 8, "ip", threads=2)
+    idx.add([f"i{j}" for j in range(50)], rng.standard_normal((50, 8)).astype(np.float32))
+    asked = []
+    monkeypatch.setattr(fi.faiss, "omp_set_num_threads", asked.append)
+    q = rng.standard_normal((4, 8)).astype(np.float32)
+    before = idx.search(q, 5)
+    idx.set_search_threads(1)
+    after = idx.search(q, 5)
+    assert asked == [2, 1] and before.ids == after.ids
+    with pytest.raises(Exception, match="threads"):
+        idx.set_search_threads(0)

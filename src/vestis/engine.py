@@ -31,6 +31,10 @@ from vestis.runs import load_run
 from vestis.vision.trunk import TrunkSpec
 
 MAX_K = 1000  # for interactive search; query files may rank whole candidate sets
+# `search` and `search_batch` run the model's query side in blocks of exactly this many rows (padded with copies of
+# the first): MKL multiplies 1-3 rows with other kernels than 4 or more (the last bit of a product differs,
+# measured), so a fixed block is what makes a query's answer the same alone and batched with others
+QUERY_BLOCK = 8
 # modes a run may lack, and why
 MODE_NEEDS = {"manipulate": "it needs a model that applies manipulations (attribute_baseline, fashionsearchnet, amnet)",
               "diverse": "it needs a part-based model (parts)"}
@@ -171,6 +175,11 @@ class Engine:
         engine = cls(model, info, spaces, catalog, TrunkSpec.from_json(info.trunk), cache_dir or default_cache_dir(), meta)
         engine.index_dir = index_dir
         return engine
+
+    def set_search_threads(self, n: int) -> None:
+        """Every index searches several queries (a batch) on at most `n` threads (a server process: 1)."""
+        for index in self.spaces.values():
+            index.set_search_threads(n)
 
     @staticmethod
     def _read_engine_json(index_dir: Path) -> str:
@@ -321,7 +330,7 @@ class Engine:
                     exclude: Sequence[str | None] | None = None, labels: bool = True,
                     query_labels: Sequence[Mapping[str, str] | None] | None = None,
                     probabilities: Mapping[str, torch.Tensor] | None = None,
-                    shopper: Sequence[bool] | None = None) -> list[Result]:
+                    shopper: Sequence[bool] | None = None, block: int | None = None) -> list[Result]:
         """One Result per query row of `maps` (a batch): the model's plan, run probe by probe.
 
         labels=True (the product default) ranks `manipulate` queries with the catalogue's labels where the index
@@ -329,7 +338,8 @@ class Engine:
         (a catalogue item), used as its preferences. labels=False reads no label at all (the papers' protocol).
         `probabilities`: the model's attribute probabilities of these maps, where the caller already has them.
         `shopper[i]`: query i is a shopper's photo, whose preferences are limited to `photo_preferences` (default:
-        every query without catalogue labels)."""
+        every query without catalogue labels). `block`: run the model's query side in blocks of exactly this many
+        rows (padded), so that each row's answer is the same whatever other rows it came with (`QUERY_BLOCK`)."""
         n = len(next(iter(maps.values())))
         manipulations = [dict(m) for m in manipulations] if manipulations is not None else [{}] * n
         if len(manipulations) != n:
@@ -338,12 +348,29 @@ class Engine:
             raise EngineError(f"k must be a whole number of at least 1, got {k!r}")
         filters = self.check_request(mode, manipulations, filters)
         exclude = list(exclude) if exclude is not None else [None] * n
+        if block and n > block:  # one block of rows at a time (each row's answer is its own either way)
+            out = []
+            for s in range(0, n, block):
+                part = slice(s, s + block)
+                out += self.search_maps(
+                    {lv: m[part] for lv, m in maps.items()}, manipulations[part], k, filters, mode, exclude[part],
+                    labels, query_labels[part] if query_labels is not None else None,
+                    {a: p[part] for a, p in probabilities.items()} if probabilities is not None else None,
+                    shopper[part] if shopper is not None else None, block=block)
+            return out
         groups: list[list[Group]] = [[] for _ in range(n)]
-        probes = self.model.plan(maps, Request(mode, manipulations, probabilities))
+        if block and n < block:  # the model plans a full block; the padding rows' probes are dropped
+            probes = [t for t in (self._trim(p, n) for p in self.model.plan(
+                _pad(maps, block), Request(mode, manipulations + [{}] * (block - n),
+                                           _pad(probabilities, block) if probabilities is not None else None)))
+                      if t is not None]
+        else:
+            probes = self.model.plan(maps, Request(mode, manipulations, probabilities))
         on = labels and mode == "manipulate" and catalogue_ranking.SPACE in self.spaces
         notes: list[str | None] = [None] * n
         if on:
-            probes, notes = self._label_probes(maps, probes, manipulations, query_labels, probabilities, shopper)
+            probes, notes = self._label_probes(maps, probes, manipulations, query_labels, probabilities, shopper,
+                                               block)
         elif labels and any(self._catalogue_part_filter(p) for p in probes):
             on = True  # a part's group among the gallery items whose catalogue label is the part's, not predicted
             probes = [self._catalogue_part_filter(p) or p for p in probes]
@@ -368,12 +395,12 @@ class Engine:
         return [Result(g, labels="on" if on else "off", note=note) for g, note in zip(groups, notes)]
 
     def _label_probes(self, maps, probes: list[Probe], manipulations: list[dict], query_labels, probabilities=None,
-                      shopper=None):
+                      shopper=None, block=None):
         """The model's "main" probe turned into label-space probes, one per distinct set of requested values (their
         constraints are filters inside the index), and per row a note when no gallery item has the exact target."""
         (main,) = [p for p in probes if p.space == "main"]
         schema = self.model.schema
-        probs = {a: p.numpy() for a, p in (probabilities or self._probabilities(maps)).items()}
+        probs = {a: p.numpy() for a, p in (probabilities or self._probabilities(maps, block)).items()}
         rows = catalogue_ranking.targets(schema, probs, manipulations, query_labels, self.photo_preferences, shopper,
                                          self.photo_sets)
         scale = self.meta["spaces"][catalogue_ranking.SPACE]["labels"]
@@ -414,6 +441,19 @@ class Engine:
         flt = {**{a: v for a, v in flt.items() if a != PART_LABEL}, space.label_attribute: flt[PART_LABEL]}
         return Probe(probe.space, probe.vectors, flt, probe.group, probe.rows, probe.boxes, probe.scores)
 
+    @classmethod
+    def _trim(cls, probe: Probe, n: int) -> Probe | None:
+        """The probe without its rows for query rows n and after (a block's padding); None if nothing is left."""
+        rows = cls._probe_rows(probe)
+        keep = rows < n
+        if keep.all():
+            return probe
+        if not keep.any():
+            return None
+        return Probe(probe.space, probe.vectors[keep], probe.filters, probe.group, rows[keep],
+                     probe.boxes[keep] if probe.boxes is not None else None,
+                     probe.scores[keep] if probe.scores is not None else None)
+
     @staticmethod
     def _probe_rows(probe: Probe) -> np.ndarray:
         return np.arange(len(probe.vectors)) if probe.rows is None else np.asarray(probe.rows)
@@ -451,11 +491,17 @@ class Engine:
         None when the model has no attribute classifiers."""
         if not self.model.predicts_attributes:
             return None
-        return self._describe(self._probabilities(maps), top)
+        return self._describe(self._probabilities(maps, QUERY_BLOCK), top)  # as `search` describes a query
 
-    def _probabilities(self, maps) -> dict[str, torch.Tensor]:
+    def _probabilities(self, maps, block: int | None = None) -> dict[str, torch.Tensor]:
+        """The model's attribute probabilities; `block`: computed in blocks of exactly that many rows (padded)."""
         with torch.inference_mode():
-            return self.model.attribute_probabilities(maps)
+            if not block:
+                return self.model.attribute_probabilities(maps)
+            n = len(next(iter(maps.values())))
+            parts = [self.model.attribute_probabilities(_pad({lv: m[s:s + block] for lv, m in maps.items()}, block))
+                     for s in range(0, n, block)]
+            return {a: torch.cat([p[a] for p in parts])[:n] for a in parts[0]}
 
     def _describe(self, probs: Mapping[str, torch.Tensor], top: int = 3) -> list[dict]:
         schema, out = self.model.schema, []
@@ -497,10 +543,85 @@ class Engine:
         studio: list | None = [] if image is not None and self.photo_preferences is not None else None
         maps = self.query_maps(image=image, item_id=item_id, crop=crop and image is not None, boxes=boxes, studio=studio)
         known = [self.catalog[item_id].attributes] if item_id is not None and labels else None
-        probs = self._probabilities(maps) if self.model.predicts_attributes else None  # once: ranking and answer
+        # once: ranking and answer
+        probs = self._probabilities(maps, QUERY_BLOCK) if self.model.predicts_attributes else None
         result = self.search_maps(maps, [manipulations], k, filters, mode, exclude=[item_id], labels=labels,
                                   query_labels=known, probabilities=probs,
-                                  shopper=[not studio[0]] if studio else None)[0]
+                                  shopper=[not studio[0]] if studio else None, block=QUERY_BLOCK)[0]
         result.predicted = self._describe(probs)[0] if probs is not None else None
         result.crop = boxes[0] if boxes else None
         return result
+
+    def search_batch(self, queries: Sequence[Mapping]) -> list[Result | VestisError]:
+        """Several catalogue-item queries at once, as a server's concurrent requests arrive: one stack of feature
+        maps, the model's classifiers and plan once per block of `QUERY_BLOCK` rows, one index search per probe
+        (queries asking the same share it). Each query is a mapping of `search`'s arguments (`item_id`, and
+        optionally `manipulations`, `k`, `filters`, `mode`, `labels`); each answer is exactly `search`'s for that
+        query alone (the model runs in fixed blocks, and FAISS searches each query row on its own), or the
+        VestisError `search` raises for it."""
+        out: list = [None] * len(queries)
+        ready = []  # (position, item id, manipulations, k, filters, mode, labels)
+        maps_of = []
+        for i, q in enumerate(queries):
+            try:
+                item_id = q.get("item_id")
+                if not isinstance(item_id, str):
+                    raise EngineError("search_batch answers catalogue items: give each query an item_id")
+                k, mode, labels = q.get("k", 30), q.get("mode", "manipulate"), q.get("labels", True)
+                manipulations = dict(q.get("manipulations") or {})
+                if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
+                    raise EngineError(f"k must be a whole number between 1 and {MAX_K}, got {k!r}")
+                filters = self.check_request(mode, [manipulations], q.get("filters"))
+                maps_of.append(self.item_maps([item_id]))
+            except VestisError as e:
+                out[i] = e
+                continue
+            ready.append((i, item_id, manipulations, k, filters, mode, bool(labels)))
+        if not ready:
+            return out
+        maps = {lv: torch.cat([m[lv] for m in maps_of]) for lv in maps_of[0]}
+        probs = self._probabilities(maps, QUERY_BLOCK) if self.model.predicts_attributes else None
+        described = self._describe(probs) if probs is not None else None
+        together: dict[tuple, list[int]] = {}  # one search_maps call per (mode, k, filters, labels)
+        for j, (_, _, _, k, filters, mode, labels) in enumerate(ready):
+            key = (mode, k, labels, tuple(sorted((a, tuple(v)) for a, v in filters.items())))
+            together.setdefault(key, []).append(j)
+        for (mode, k, labels, _), rows in together.items():
+            filters = ready[rows[0]][4]
+            try:
+                results = self._search_rows(maps, probs, [ready[j] for j in rows], rows, k, filters, mode, labels)
+            except VestisError:  # one query at a time, so that one failing query fails alone
+                results = []
+                for j in rows:
+                    try:
+                        results += self._search_rows(maps, probs, [ready[j]], [j], k, filters, mode, labels)
+                    except VestisError as e:
+                        results.append(e)
+            for j, result in zip(rows, results):
+                if isinstance(result, Result):
+                    result.predicted = described[j] if described is not None else None
+                out[ready[j][0]] = result
+        return out
+
+    def _search_rows(self, maps, probs, queries: list, rows: list[int], k, filters, mode, labels) -> list[Result]:
+        """`search_maps` for rows `rows` of a batch's maps (`search_batch`)."""
+        n = len(next(iter(maps.values())))
+        if rows == list(range(n)):  # every row (the usual case): no copy of the maps
+            pick = slice(None)
+        else:
+            pick = torch.as_tensor(rows)
+        return self.search_maps(
+            {lv: m[pick] for lv, m in maps.items()}, [q[2] for q in queries], k, filters or None, mode,
+            exclude=[q[1] for q in queries], labels=labels,
+            query_labels=[self.catalog[q[1]].attributes for q in queries] if labels else None,
+            probabilities={a: p[pick] for a, p in probs.items()} if probs is not None else None, block=QUERY_BLOCK)
+
+
+def _pad(rows: Mapping[str, torch.Tensor], block: int) -> dict[str, torch.Tensor]:
+    """Each tensor's rows padded to a multiple of `block` with copies of its first row (real data: no model meets
+    an input it never saw)."""
+    out = {}
+    for name, t in rows.items():
+        extra = -len(t) % block
+        out[name] = torch.cat([t, t[:1].expand(extra, *t.shape[1:])]) if extra else t
+    return out

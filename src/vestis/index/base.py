@@ -170,6 +170,10 @@ class VectorIndex(ABC):
     def train(self, vectors: np.ndarray) -> None:
         """Train the index on sample vectors (IVF-PQ); a no-op for kinds that need no training."""
 
+    def set_search_threads(self, n: int) -> None:
+        """Search several queries on at most `n` threads of this process (a server process: 1); a no-op for
+        backends that search elsewhere."""
+
     @property
     def is_trained(self) -> bool:
         return True

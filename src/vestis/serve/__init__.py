@@ -66,7 +66,7 @@ def serve(engine, host: str = "127.0.0.1", port: int = 8000, log_level: str = "w
 
     config = uvicorn.Config(app, log_level=log_level)
     if workers == 1:
-        _one_thread()
+        _one_thread(engine)
         _warm(app)
         print(f"vestis: serving run {engine.info.run_id} ({engine.model.name}, {len(app.state.service.indexed)} items "
               f"indexed) at {_urls(bound_host, bound_port)}  (API docs: /docs; Ctrl+C stops)", flush=True)
@@ -83,7 +83,7 @@ def serve(engine, host: str = "127.0.0.1", port: int = 8000, log_level: str = "w
         if pid == 0:
             code = 0
             try:
-                _one_thread()
+                _one_thread(engine)
                 _warm(app)
                 uvicorn.Server(config).run(sockets=[sock])
             except BaseException:  # noqa: BLE001 - a worker never returns into the parent's code
@@ -104,11 +104,12 @@ def _warm(app) -> None:
         print(f"vestis: warning: a first search failed: {problem}", flush=True)
 
 
-def _one_thread() -> None:
-    """One torch and one FAISS thread in a server process."""
+def _one_thread(engine) -> None:
+    """One torch and one FAISS thread in a server process, for a batch of queries too."""
     import torch
 
     torch.set_num_threads(1)
+    engine.set_search_threads(1)
     try:
         import faiss
 

@@ -18,7 +18,8 @@ uploads are bounded in bytes (checked on the Content-Length header and again whi
 on the image header before decoding); a body that stalls is answered 408. JSON is parsed strictly and inputs are
 echoed bounded (`vestis.errors.echo`); every answer carries nosniff, no-framing and a Content-Security-Policy of
 the app's own assets; `allowed_hosts` guards against DNS rebinding. The engine is used under one lock: torch, the
-feature cache and the index are shared, and two cores gain nothing from interleaving them.
+feature cache and the index are shared, and two cores gain nothing from interleaving them. Item-id searches that
+arrive while the engine is busy are answered together (`SearchBatcher`), each exactly as it would be alone.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import ClientDisconnect
 
 from vestis.catalog.splits import SPLITS
+from vestis.engine import QUERY_BLOCK
 from vestis.errors import ECHO_LIMIT, UnknownAttributeError, UnknownValueError, VestisError, echo
 from vestis.serve.textquery import TextInterpreter, TextQueryError
 from vestis.images import ImageReadError
@@ -375,9 +377,9 @@ class SearchFastPath:
         if not isinstance(fields, dict):
             raise _Replay()
         req = SearchRequest.model_validate(fields)
-        # in the thread pool, as the route does: the event loop reads and writes other requests meanwhile (torch
-        # and FAISS release the GIL); run inline on the loop it cost as much CPU and served fewer answers a second
-        return await run_in_threadpool(self.service.search, req, None)
+        # off the event loop, as the route does: the loop reads and writes other requests meanwhile (torch and FAISS
+        # release the GIL); run inline on the loop it cost as much CPU and served fewer answers a second
+        return await self.service.search_async(req)
 
     @staticmethod
     def _replay(messages: list, receive):
@@ -387,6 +389,60 @@ class SearchFastPath:
             return pending.pop(0) if pending else await receive()
 
         return replayed
+
+
+class SearchBatcher:
+    """Concurrent item-id searches answered together. A request that arrives while a batch is being computed waits
+    for the next one, and every request that waited is answered by one `Service.search_many` call (at most
+    `max_batch`; one batch at a time, in a worker thread): one stack of feature maps, one pass of the model and one
+    index search per probe instead of one each. Nothing waits for company: a lone request starts at once. Each
+    answer is exactly the one-at-a-time answer (`Engine.search_batch`)."""
+
+    def __init__(self, service: "Service", max_batch: int):
+        self.service, self.max_batch = service, max_batch
+        self._pending: list[tuple] = []  # (request, future, its event loop)
+        self._lock = threading.Lock()
+        self._running = False
+        self.batches = self.searches = 0  # how many batches answered how many requests (tests, logs)
+
+    async def search(self, req: SearchRequest) -> dict:
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        with self._lock:
+            self._pending.append((req, future, loop))
+            start, self._running = not self._running, True
+        if start:
+            loop.run_in_executor(None, self._drain)
+        return await future
+
+    def _drain(self) -> None:
+        while True:
+            with self._lock:
+                batch = self._pending[:self.max_batch]
+                del self._pending[:self.max_batch]
+                if not batch:
+                    self._running = False
+                    return
+            try:
+                answers = self.service.search_many([req for req, _, _ in batch])
+            except BaseException as e:  # noqa: BLE001 - handed to every waiting request, which reports it
+                answers = [e] * len(batch)
+            self.batches += 1
+            self.searches += len(batch)
+            for (_, future, loop), answer in zip(batch, answers):
+                try:
+                    loop.call_soon_threadsafe(_settle, future, answer)
+                except RuntimeError:  # the loop has closed (shutdown): nobody waits
+                    pass
+
+
+def _settle(future: asyncio.Future, answer) -> None:
+    if future.cancelled():  # the client went away
+        return
+    if isinstance(answer, BaseException):
+        future.set_exception(answer)
+    else:
+        future.set_result(answer)
 
 
 class Service:
@@ -411,6 +467,14 @@ class Service:
         self._cache_lock = threading.Lock()
         self._item_rows: dict[str, tuple] = {}  # item id -> (the Item, its JSON): see item_json
         self._image_paths: dict[str, tuple] = {}  # item id -> (the Item, its checked image path): see image_path
+        self.batcher = SearchBatcher(self, QUERY_BLOCK)
+
+    async def search_async(self, req: SearchRequest, image: bytes | None = None) -> dict:
+        """`search` off the event loop: an item-id request through the batcher (answered with the requests that
+        arrive with it), an upload in the thread pool."""
+        if image is None and req.item_id is not None:
+            return await self.batcher.search(req)
+        return await run_in_threadpool(self.search, req, image)
 
     def warm_up(self) -> str | None:
         """Answer one search so the first user does not wait for the feature cache's index to load; returns
@@ -461,6 +525,11 @@ class Service:
     def item_json(self, it) -> dict:
         """An item's JSON (a fresh dict: callers add to it). Prepared once per item and kept (`_item_rows`), since
         every answer lists 30 of them; attribute updates clear the kept ones (`update_attributes`)."""
+        row = self._item_row(it)
+        return {**row, "attributes": dict(row["attributes"])}
+
+    def _item_row(self, it) -> dict:
+        """The kept JSON of an item, shared: read it, never change it (`item_json` gives a copy to change)."""
         row = self._item_rows.get(it.id)
         if row is None or row[0] is not it:  # (the catalogue replaces an item whose attributes change)
             iid = quote(it.id, safe="")
@@ -468,7 +537,7 @@ class Service:
                 "id": it.id, "attributes": dict(it.attributes), "split": self.engine.catalog.split_of(it.id),
                 "indexed": it.id in self.indexed, "image_url": f"/items/{iid}/image",
                 "explain_url": f"/items/{iid}/explain" if self.engine.model.explains else None})
-        return {**row[1], "attributes": dict(row[1]["attributes"])}
+        return row[1]
 
     # --- writes ----------------------------------------------------------------------------------
     def update_attributes(self, body) -> dict:
@@ -521,7 +590,41 @@ class Service:
         k, one query); this adds what is the API's own: the free-text request, the 404 for an unknown item, the
         upload limits, and the per-hit match flags against the target."""
         t0 = time.perf_counter()
-        eng = self.engine
+        manip, understood, item = self._prepare(req, image)
+        with self.lock:
+            result = self.engine.search(image=image, item_id=req.item_id, manipulations=manip, k=req.k,
+                                        filters=req.filters or None, mode=req.mode, labels=req.labels == "on",
+                                        crop=req.crop == "on" and image is not None)
+        return self._answer(req, image, manip, understood, item, result, t0)
+
+    def search_many(self, reqs: list[SearchRequest]) -> list:
+        """Several item-id requests answered together (`Engine.search_batch`: one model pass and one index search
+        per probe for all of them); per request its answer, exactly `search`'s, or the exception `search` raises."""
+        t0 = time.perf_counter()
+        out: list = [None] * len(reqs)
+        ready = []
+        for i, req in enumerate(reqs):
+            try:
+                ready.append((i, req, *self._prepare(req, None)))
+            except Exception as e:  # noqa: BLE001 - this request's own failure, reported to it alone
+                out[i] = e
+        if ready:
+            with self.lock:
+                results = self.engine.search_batch([
+                    {"item_id": req.item_id, "manipulations": manip, "k": req.k, "filters": req.filters or None,
+                     "mode": req.mode, "labels": req.labels == "on"} for _, req, manip, _, _ in ready])
+            for (i, req, manip, understood, item), result in zip(ready, results):
+                try:
+                    if isinstance(result, Exception):
+                        raise result
+                    out[i] = self._answer(req, None, manip, understood, item, result, t0)
+                except Exception as e:  # noqa: BLE001 - as above
+                    out[i] = e
+        return out
+
+    def _prepare(self, req: SearchRequest, image: bytes | None) -> tuple:
+        """What a search request asks before the engine runs: (manipulations with the text's, the text's reading,
+        the query item); the API's own errors (text against mode, an unknown item, an unreadable upload)."""
         manip = dict(req.manipulations)
         understood = None
         if req.text is not None and req.text.strip():
@@ -539,10 +642,11 @@ class Service:
             self.image_path(item)
         elif image is not None:
             self.check_image(image)
-        with self.lock:
-            result = eng.search(image=image, item_id=req.item_id, manipulations=manip, k=req.k,
-                                filters=req.filters or None, mode=req.mode, labels=req.labels == "on",
-                                crop=req.crop == "on" and image is not None)
+        return manip, understood, item
+
+    def _answer(self, req: SearchRequest, image, manip, understood, item, result, t0: float) -> dict:
+        """The JSON answer to a search request from the engine's `Result`."""
+        eng = self.engine
         target = self.target(item, result.predicted, manip, req.mode)
         geometry = None
         if any(g.box is not None for g in result.groups):  # trunk-input pixels -> the query photo's pixels
@@ -564,12 +668,11 @@ class Service:
 
     def hit_json(self, h, rank: int, target: dict) -> dict:
         it = self.engine.catalog.by_id.get(h.id)
-        row = self.item_json(it) if it else {"id": h.id, "attributes": dict(h.attributes)}
         attrs = h.attributes
-        row["rank"] = rank
-        row["score"] = round(h.score, 6)
-        row["matches"] = matches = {a: attrs.get(a) == t["value"] for a, t in target.items()}
-        row["n_matched"] = sum(matches.values())
+        matches = {a: attrs.get(a) == t["value"] for a, t in target.items()}
+        # the item's kept JSON shared, not copied: an answer is encoded, never changed
+        row = {**(self._item_row(it) if it else {"id": h.id, "attributes": dict(attrs)}),
+               "rank": rank, "score": round(h.score, 6), "matches": matches, "n_matched": sum(matches.values())}
         if h.part is not None:
             row["part"] = h.part
         return row
@@ -711,7 +814,9 @@ def create_app(engine, *, max_upload_bytes: int = MAX_UPLOAD_BYTES, max_pixels: 
     @app.get("/health")
     def health():
         return {"status": "ok", "run_id": engine.info.run_id, "model": engine.model.name,
-                "catalogue": engine.catalog.name, "items": len(engine.catalog), "indexed": len(svc.indexed)}
+                "catalogue": engine.catalog.name, "items": len(engine.catalog), "indexed": len(svc.indexed),
+                # item-id searches this process answered, and in how many batches (`SearchBatcher`)
+                "batched": {"searches": svc.batcher.searches, "batches": svc.batcher.batches}}
 
     @app.get("/schema")
     def schema():
@@ -836,7 +941,7 @@ def create_app(engine, *, max_upload_bytes: int = MAX_UPLOAD_BYTES, max_pixels: 
             return _error(422, _describe(e.errors()), errors=_errors_json(e.errors()))
         # plain JSON types only: skip FastAPI's jsonable_encoder (which costs more than the search itself) and
         # encode with orjson, several times faster than json.dumps on an answer of 30 items (same JSON values)
-        return FastJSONResponse(await run_in_threadpool(svc.search, req, image))
+        return FastJSONResponse(await svc.search_async(req, image))
 
     return app
 
