@@ -136,12 +136,11 @@ class Engine:
         self._present = None
         self.label_weight = catalogue_ranking.LABEL_WEIGHT
         # labels on, photo queries: prefer only what the run learnt from photos where it was trained on some
-        mix = (getattr(info, "history", None) or {}).get("mix")
-        self.photo_preferences = [mix["mapping"]["target_attribute"]] if mix and mix.get("mapping") else None
+        mapping = ((getattr(info, "history", None) or {}).get("mix") or {}).get("mapping")
+        self.photo_preferences = [mapping["target_attribute"]] if mapping else None
         # ... and score the mapped attribute's values by the probability of their mapped sets (the run learnt only
         # the sets from photos; `catalogue_ranking.set_hit_probabilities`); None: per-value predictions
-        self.photo_sets = ({mix["mapping"]["target_attribute"]: list(mix["mapping"]["map"].values())}
-                           if mix and mix.get("mapping") else None)
+        self.photo_sets = {mapping["target_attribute"]: list(mapping["map"].values())} if mapping else None
         self.index_dir: Path | None = None  # where `load` read the index (attribute updates write there)
 
     @classmethod

@@ -109,7 +109,7 @@ def _run_json(base: str, bodies: list[dict], concurrency: int) -> tuple[np.ndarr
                 lat[i] = time.perf_counter() - t
                 if not ok:
                     errors.append(msg)
-                    if not isinstance(msg, str) or not msg[:3].isdigit():  # the connection is broken: a new one
+                    if not msg[:3].isdigit():  # an exception, not an HTTP status: the connection is broken, a new one
                         writer.close()
                         reader, writer = await asyncio.open_connection(host, port)
         finally:

@@ -310,9 +310,6 @@ class AMNet(SearchModel):
                 raise VestisError(f"model {self.name} fixes {k}={v!r}; use model 'amnet' to set it")
         super().__init__(schema, channels, {**(config or {}), **self.forced})
         cfg = self.config
-        for lv in self.levels:
-            if lv not in self.channels:
-                raise VestisError(f"model {self.name}: level {lv!r} not in the trunk maps {sorted(self.channels)}")
         if cfg["pool"] not in POOLS:
             raise VestisError(f"model {self.name}: pool must be one of {POOLS}, got {cfg['pool']!r}")
         if cfg["indicator_norm"] not in NORMS:

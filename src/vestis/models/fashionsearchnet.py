@@ -143,9 +143,6 @@ class FashionSearchNet(SearchModel):
         return {"s16": ("s16",), "s32": ("s32",)}.get(config["level"], cls.levels)
 
     def __init__(self, schema, channels, config=None):
-        level = {**self.default_config, **(config or {})}["level"]
-        if level not in LEVELS:  # before the base class reads the levels of the configuration
-            raise VestisError(f"model {self.name}: level must be one of {', '.join(LEVELS)}, got {level!r}")
         super().__init__(schema, channels, config)
         c = self.config
         if c["level"] not in LEVELS:
