@@ -98,6 +98,24 @@ def test_search_batch_shares_one_model_pass_and_one_search_per_request(engine, m
     forward.clear()
     engine.search(**same[0])
     assert forward == [QUERY_BLOCK]  # alone: the same block (padded), so the same rounding
+    forward.clear()
+    photo = engine.catalog[same[0]["item_id"]].image.read_bytes()
+    engine.search(image=photo, manipulations=same[0]["manipulations"])
+    assert forward == [1]  # an uploaded photo is never batched: its one row, no padding
+
+
+def test_photo_search_answers_as_the_query_file_runner(engine):
+    """A photo searched alone (no block) ranks as the protocol runner ranks it within a batch of photos."""
+    from vestis.eval.runners import rank_queries
+
+    items = [it for it in engine.catalog if engine.catalog.split_of(it.id) == "query"][:4]
+    colour = engine.model.schema.values("colour")[1]
+    queries = [{"query_id": f"q{i}", "image": str(it.image), "manipulations": {"colour": colour}}
+               for i, it in enumerate(items)]
+    rows = rank_queries(engine, queries, k=10, progress=False, labels=True)
+    for q, row in zip(queries, rows):
+        alone = engine.search(image=q["image"], manipulations=q["manipulations"], k=10)
+        assert [h.id for h in alone.hits] == row["ranked"], q["query_id"]
 
 
 def test_query_block_rows_do_not_depend_on_their_neighbours():
