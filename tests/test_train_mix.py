@@ -220,3 +220,35 @@ def test_cli_mix_records_both_catalogues_and_c2s_pipeline(tiny_pipeline, train_t
     # the mapping's sets reach the ranking (a shopper's photo scores each value by its sets' probability)
     assert sets_seen[0] == {"category": [list(v) for v in json.loads(mapping.read_text())["map"].values()]}
 
+
+
+def test_attribute_baseline_input_dropout_only_while_training_and_old_runs_load():
+    """`input_dropout` drops pooled-feature channels while training (the head then sees other inputs) and never at
+    query time; it adds no weights, so a run saved without it loads into a model with it."""
+    torch.manual_seed(0)
+    plain = create_model("attribute_baseline", SCHEMA, {"s32": 64}, {"hidden": 16})
+    dropped = create_model("attribute_baseline", SCHEMA, {"s32": 64}, {"hidden": 16, "input_dropout": 0.5})
+    assert set(dropped.state_dict()) == set(plain.state_dict())
+    dropped.load_state_dict(plain.state_dict())
+    x = torch.rand(32, 64) + 0.5
+    plain.eval(), dropped.eval()
+    for a, b in zip(plain.logits_from_pooled(x), dropped.logits_from_pooled(x)):
+        assert torch.equal(a, b)  # at query time the same answer
+    plain.train(), dropped.train()
+    torch.manual_seed(1)
+    seen = []
+    dropped.input_drop.register_forward_hook(lambda m, i, o: seen.append(o.detach()))
+    dropped.logits_from_pooled(x)
+    share = float((seen[0] == 0).float().mean())
+    assert 0.4 < share < 0.6  # about half of the inputs dropped while training
+    assert torch.allclose(seen[0][seen[0] != 0], (2 * x)[seen[0] != 0])  # the rest scaled by 1 / (1 - p)
+
+
+def test_input_dropout_is_checked_as_a_share():
+    from vestis.models.config_check import ConfigError, check_config
+    from vestis.models.attribute_baseline import AttributeBaseline
+
+    for bad in (1.0, -0.1, "half"):
+        with pytest.raises(ConfigError, match="input_dropout"):
+            check_config("attribute_baseline", AttributeBaseline.default_config, {"input_dropout": bad})
+    check_config("attribute_baseline", AttributeBaseline.default_config, {"input_dropout": 0.2})

@@ -45,13 +45,18 @@ class AttributeBaseline(SearchModel):
     levels = ("s32",)
     supports_manipulation = True
     quick_config = {"epochs": 2, "hidden": 32, "batch_size": 32}
-    default_config = {"hidden": 512, "dropout": 0.3, "epochs": 15, "batch_size": 256, "lr": 2e-3,
-                      "weight_decay": 1e-4, "seed": 0, "visual_weight": 0.1, "visual_dim": 64, "scoring": "log"}
+    default_config = {"hidden": 512, "dropout": 0.3, "input_dropout": 0.0, "epochs": 15, "batch_size": 256,
+                      "lr": 2e-3, "weight_decay": 1e-4, "seed": 0, "visual_weight": 0.1, "visual_dim": 64,
+                      "scoring": "log"}
 
     def __init__(self, schema, channels, config=None):
         super().__init__(schema, channels, config)
         c = self.channels["s32"]
         h = self.config["hidden"]
+        # dropout on the pooled trunk feature itself, while training: a mixed run revisits its few thousand photos
+        # hundreds of times (balanced batches), and this keeps the head from learning them by heart. A module of its
+        # own, outside trunk_head, so that runs saved before it load unchanged (it has no weights)
+        self.input_drop = nn.Dropout(self.config["input_dropout"])
         self.trunk_head = nn.Sequential(nn.Linear(c, h), nn.BatchNorm1d(h), nn.ReLU(), nn.Dropout(self.config["dropout"])) if h else nn.Identity()
         self.n_states = [len(schema.values(a)) + 1 for a in schema.attributes]
         self.classifiers = AttributeClassifiers(h or c, self.n_states)
@@ -63,7 +68,7 @@ class AttributeBaseline(SearchModel):
         return self.logits_from_pooled(pool_maps(maps, ("s32",)))
 
     def logits_from_pooled(self, pooled: torch.Tensor) -> list[torch.Tensor]:
-        return self.classifiers(self.trunk_head(pooled))
+        return self.classifiers(self.trunk_head(self.input_drop(pooled)))
 
     def predict_attributes(self, maps: Maps) -> list[torch.Tensor]:
         """Per attribute, (N, values + 1) probabilities; the last column is "unspecified"."""

@@ -19,7 +19,7 @@ from vestis.errors import VestisError, echo
 SIZES = frozenset({"hidden", "dim", "width", "reduce", "visual_dim", "batch_size", "global_batch", "roi", "p", "k",
                    "threads"})
 # numbers that are shares or probabilities
-SHARES = frozenset({"dropout", "threshold", "global_holdout", "global_hard", "lam"})
+SHARES = frozenset({"dropout", "input_dropout", "threshold", "global_holdout", "global_hard", "lam"})
 
 
 class ConfigError(VestisError):
@@ -55,8 +55,8 @@ def check_config(model: str, defaults: Mapping, config: Mapping, where: str = "c
         elif isinstance(default, float):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 problem = "must be a finite number"
-            elif (key in SHARES or key.startswith("p_")) and not 0 <= value <= (0.999 if key == "dropout" else 1):
-                problem = "must lie between 0 and 1" + (" (below 1)" if key == "dropout" else "")
+            elif (key in SHARES or key.startswith("p_")) and not 0 <= value <= (0.999 if key.endswith("dropout") else 1):
+                problem = "must lie between 0 and 1" + (" (below 1)" if key.endswith("dropout") else "")
             elif key.endswith("lr") and value <= 0:
                 problem = "must be above 0"
             elif value < 0:
