@@ -222,33 +222,53 @@ def test_cli_mix_records_both_catalogues_and_c2s_pipeline(tiny_pipeline, train_t
 
 
 
-def test_attribute_baseline_input_dropout_only_while_training_and_old_runs_load():
-    """`input_dropout` drops pooled-feature channels while training (the head then sees other inputs) and never at
-    query time; it adds no weights, so a run saved without it loads into a model with it."""
+
+def test_mix_dropout_drops_only_the_second_domains_rows():
+    """`mix_dropout`: while training, the pooled features of rows from a second domain are dropped at rate p (the
+    rest scaled by 1 / (1 - p)); the first catalogue's rows pass unchanged; no domain row, no change."""
+    from vestis.models.attribute_baseline import drop_other_domains
+
     torch.manual_seed(0)
-    plain = create_model("attribute_baseline", SCHEMA, {"s32": 64}, {"hidden": 16})
-    dropped = create_model("attribute_baseline", SCHEMA, {"s32": 64}, {"hidden": 16, "input_dropout": 0.5})
-    assert set(dropped.state_dict()) == set(plain.state_dict())
-    dropped.load_state_dict(plain.state_dict())
-    x = torch.rand(32, 64) + 0.5
-    plain.eval(), dropped.eval()
-    for a, b in zip(plain.logits_from_pooled(x), dropped.logits_from_pooled(x)):
-        assert torch.equal(a, b)  # at query time the same answer
-    plain.train(), dropped.train()
-    torch.manual_seed(1)
-    seen = []
-    dropped.input_drop.register_forward_hook(lambda m, i, o: seen.append(o.detach()))
-    dropped.logits_from_pooled(x)
-    share = float((seen[0] == 0).float().mean())
-    assert 0.4 < share < 0.6  # about half of the inputs dropped while training
-    assert torch.allclose(seen[0][seen[0] != 0], (2 * x)[seen[0] != 0])  # the rest scaled by 1 / (1 - p)
+    x = torch.rand(400, 64) + 0.5
+    x0 = x.clone()
+    other = torch.zeros(400, dtype=torch.bool)
+    other[::2] = True
+    y = drop_other_domains(x, other, 0.5)
+    assert torch.equal(y[~other], x[~other])  # packshot rows untouched
+    dropped = y[other] == 0
+    assert 0.45 < float(dropped.float().mean()) < 0.55
+    assert torch.allclose(y[other][~dropped], 2 * x[other][~dropped])
+    assert torch.equal(drop_other_domains(x, torch.zeros(400, dtype=torch.bool), 0.5), x)
+    assert torch.equal(x, x0)  # the batch itself is not modified (it is a view of the cached features)
+    assert not torch.equal(drop_other_domains(x, other, 0.5), y)  # fresh draws each step
 
 
-def test_input_dropout_is_checked_as_a_share():
-    from vestis.models.config_check import ConfigError, check_config
+@pytest.mark.parametrize("mixed", [False, True])
+def test_mix_dropout_reaches_training_only_in_a_mixed_run(mixed, monkeypatch):
+    """The option acts through `fit` on a mixed run's second-domain rows, and not at all on a run of one catalogue."""
+    import vestis.models.attribute_baseline as ab
+
+    calls = []
+    real = ab.drop_other_domains
+    monkeypatch.setattr(ab, "drop_other_domains", lambda x, other, p: calls.append((int(other.sum()), p)) or real(x, other, p))
+    rng = np.random.default_rng(0)
+    n = 64
+    maps = {"s32": rng.random((n, 16, 2, 2), dtype=np.float32)}
+    labels = rng.integers(0, 2, (n, 2))
+    data = TrainData(ids=[f"i{i}" for i in range(n)], maps=maps, labels=labels, instances=np.full(n, -1),
+                     schema=SCHEMA, domains=np.repeat([0, 1], n // 2) if mixed else None)
+    model = create_model("attribute_baseline", SCHEMA, {"s32": 16},
+                         {"hidden": 8, "epochs": 1, "batch_size": 16, "mix_dropout": 0.5})
+    model.fit(data, progress=False)
+    assert bool(calls) == mixed
+    assert all(k > 0 and p == 0.5 for k, p in calls)
+
+
+def test_mix_dropout_is_checked_as_a_share():
     from vestis.models.attribute_baseline import AttributeBaseline
+    from vestis.models.config_check import ConfigError, check_config
 
     for bad in (1.0, -0.1, "half"):
-        with pytest.raises(ConfigError, match="input_dropout"):
-            check_config("attribute_baseline", AttributeBaseline.default_config, {"input_dropout": bad})
-    check_config("attribute_baseline", AttributeBaseline.default_config, {"input_dropout": 0.2})
+        with pytest.raises(ConfigError, match="mix_dropout"):
+            check_config("attribute_baseline", AttributeBaseline.default_config, {"mix_dropout": bad})
+    check_config("attribute_baseline", AttributeBaseline.default_config, {"mix_dropout": 0.5})

@@ -19,7 +19,7 @@ from vestis.errors import VestisError, echo
 SIZES = frozenset({"hidden", "dim", "width", "reduce", "visual_dim", "batch_size", "global_batch", "roi", "p", "k",
                    "threads"})
 # numbers that are shares or probabilities
-SHARES = frozenset({"dropout", "input_dropout", "threshold", "global_holdout", "global_hard", "lam"})
+SHARES = frozenset({"dropout", "mix_dropout", "threshold", "global_holdout", "global_hard", "lam"})
 
 
 class ConfigError(VestisError):
