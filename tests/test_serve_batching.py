@@ -189,7 +189,7 @@ def test_batcher_answers_waiting_requests_together(service, engine, monkeypatch)
 
 
 def test_batcher_keeps_batches_within_the_block(service, engine, monkeypatch):
-    from vestis.serve.app import SearchRequest
+    from vestis.serve.app import MAX_BATCH, SearchRequest
 
     item = sorted(engine.spaces["main"].ids())[0]
     calls = []
@@ -199,14 +199,33 @@ def test_batcher_keeps_batches_within_the_block(service, engine, monkeypatch):
     async def main():
         with service.lock:  # every request queues before the first batch can run
             tasks = [asyncio.ensure_future(service.search_async(SearchRequest(item_id=item, k=3)))
-                     for _ in range(2 * QUERY_BLOCK + 1)]
+                     for _ in range(2 * MAX_BATCH + 1)]
             await asyncio.sleep(0.1)
         return await asyncio.gather(*tasks)
 
     answers = asyncio.run(main())
-    assert max(calls) == QUERY_BLOCK and sum(calls) == 2 * QUERY_BLOCK + 1 and len(calls) <= 4
+    assert max(calls) == MAX_BATCH and sum(calls) == 2 * MAX_BATCH + 1 and len(calls) <= 4
     assert len({tuple(h["id"] for h in a["results"]) for a in answers}) == 1
-    assert service.batcher.searches >= 2 * QUERY_BLOCK + 1
+    assert service.batcher.searches >= 2 * MAX_BATCH + 1
+
+
+def test_searches_read_only_the_levels_the_model_reads(engine, monkeypatch):
+    """`search` and `search_batch` convert only `Engine.search_levels` of the cached maps (the model's levels and
+    s32), and answer exactly as with every level."""
+    queries = _queries(engine)[:12]
+    assert engine.search_levels == frozenset((*engine.model.levels, "s32"))
+    read = []
+    real = Engine.item_maps
+    monkeypatch.setattr(Engine, "item_maps", lambda self, ids, encode_missing=True, levels=None: read.append(
+        sorted(m := real(self, ids, encode_missing, levels))) or m)
+    narrow = [_key(engine.search(**q)) for q in queries]
+    batched = [_key(r) for r in engine.search_batch(queries)]
+    assert read and all(lv == sorted(engine.search_levels) for lv in read)
+    every = real(engine, [queries[0]["item_id"]])
+    assert set(every) > engine.search_levels  # the tiny pipeline caches more levels than the model reads
+    monkeypatch.setattr(engine, "search_levels", None)
+    assert narrow == batched == [_key(engine.search(**q)) for q in queries]
+    assert sorted(read[-1]) == sorted(every)
 
 
 def test_search_batch_refuses_a_query_without_item(engine):

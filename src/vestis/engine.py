@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 import stat
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,8 +33,11 @@ from vestis.vision.trunk import TrunkSpec
 MAX_K = 1000  # for interactive search; query files may rank whole candidate sets
 # `search` and `search_batch` run the model's query side in blocks of exactly this many rows (padded with copies of
 # the first): MKL multiplies 1-3 rows with other kernels than 4 or more (the last bit of a product differs,
-# measured), so a fixed block is what makes a query's answer the same alone and batched with others
-QUERY_BLOCK = 8
+# measured), so a fixed block is what makes a query's answer the same alone and batched with others. 4, the fewest
+# rows that take the kernel of larger blocks (a row's values in a block of 4 are those in a block of 8 or 16,
+# measured on this machine's MKL), so a lone query or a pair - what each of two server processes mostly sees - pads
+# to 4 rows, not 8 (the classifiers' and the plan's cost per batch: 0.38 against 0.53 ms for one query)
+QUERY_BLOCK = 4
 # modes a run may lack, and why
 MODE_NEEDS = {"manipulate": "it needs a model that applies manipulations (attribute_baseline, fashionsearchnet, amnet)",
               "diverse": "it needs a part-based model (parts)"}
@@ -142,6 +145,9 @@ class Engine:
         # the sets from photos; `catalogue_ranking.set_hit_probabilities`); None: per-value predictions
         self.photo_sets = {mapping["target_attribute"]: list(mapping["map"].values())} if mapping else None
         self.index_dir: Path | None = None  # where `load` read the index (attribute updates write there)
+        # the trunk levels a search reads: the model's, and s32 for the "visual" space every model has (None: all)
+        levels = getattr(model, "levels", None)
+        self.search_levels = frozenset((*levels, "s32")) if levels is not None else None
 
     @classmethod
     def load(cls, run_dir: Path, index_dir: Path, catalog: Catalog | None = None, cache_dir: Path | None = None) -> "Engine":
@@ -237,9 +243,11 @@ class Engine:
             self._encoder = make_backend(self.spec, self.cache_dir).backend
         return encode_images(self._encoder, self.spec.resolution, images, crop=crop, boxes=boxes, studio=studio)
 
-    def item_maps(self, item_ids: Sequence[str], encode_missing: bool = True) -> dict[str, torch.Tensor]:
+    def item_maps(self, item_ids: Sequence[str], encode_missing: bool = True,
+                  levels: Collection[str] | None = None) -> dict[str, torch.Tensor]:
         """Feature maps of catalogue items: from the cache, encoding any that are not cached (with
-        encode_missing=False, those are an error instead)."""
+        encode_missing=False, those are an error instead); `levels`: only these trunk levels (a search reads only
+        `search_levels`: no float32 copy of the others)."""
         from vestis.vision.cache import content_hash
         from vestis.vision.s32_stages import open_cache
 
@@ -274,9 +282,10 @@ class Engine:
             enc = self.encode_images([self.catalog[item_ids[i]].image for i in todo])
             for j, i in enumerate(todo):
                 rows[i] = {k: v[j].numpy() for k, v in enc.items()}
+        keep = [lv for lv in rows[0] if levels is None or lv in levels]
         if len(rows) == 1:  # one query: one conversion, no stacking copy (the same values)
-            return {lv: torch.from_numpy(a[None].astype(np.float32)) for lv, a in rows[0].items()}
-        return {lv: torch.from_numpy(np.stack([r[lv] for r in rows]).astype(np.float32)) for lv in rows[0]}
+            return {lv: torch.from_numpy(rows[0][lv][None].astype(np.float32)) for lv in keep}
+        return {lv: torch.from_numpy(np.stack([r[lv] for r in rows]).astype(np.float32)) for lv in keep}
 
     def query_maps(self, image: Path | bytes | None = None, item_id: str | None = None, crop: bool = False,
                    boxes: list | None = None, studio: list | None = None) -> dict[str, torch.Tensor]:
@@ -284,7 +293,9 @@ class Engine:
         to its foreground first, the box appended to `boxes`; `studio`: whether it is a packshot)."""
         if (image is None) == (item_id is None):
             raise EngineError("give exactly one query: an item id or an image")
-        return self.item_maps([item_id]) if item_id is not None else self.encode_images([image], crop, boxes, studio)
+        if item_id is not None:
+            return self.item_maps([item_id], levels=self.search_levels)
+        return self.encode_images([image], crop, boxes, studio)
 
     # --- requests ------------------------------------------------------------------------------
     def modes(self) -> list[str]:
@@ -574,7 +585,7 @@ class Engine:
                 if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
                     raise EngineError(f"k must be a whole number between 1 and {MAX_K}, got {k!r}")
                 filters = self.check_request(mode, [manipulations], q.get("filters"))
-                maps_of.append(self.item_maps([item_id]))
+                maps_of.append(self.item_maps([item_id], levels=self.search_levels))
             except VestisError as e:
                 out[i] = e
                 continue

@@ -50,7 +50,6 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import ClientDisconnect
 
 from vestis.catalog.splits import SPLITS
-from vestis.engine import QUERY_BLOCK
 from vestis.errors import ECHO_LIMIT, UnknownAttributeError, UnknownValueError, VestisError, echo
 from vestis.serve.textquery import TextInterpreter, TextQueryError
 from vestis.images import ImageReadError
@@ -58,6 +57,7 @@ from vestis.attribute_updates import UnknownItemsError
 from vestis.vision.preprocess import image_geometry, input_box_in_photo
 
 STATIC = Path(__file__).parent / "static"
+MAX_BATCH = 8  # at most this many item-id searches answered together (`SearchBatcher`; the model runs in blocks)
 MAX_UPLOAD_BYTES = 10 * 2**20
 MAX_PIXELS = 20_000_000
 MAX_K = 200
@@ -467,7 +467,7 @@ class Service:
         self._cache_lock = threading.Lock()
         self._item_rows: dict[str, tuple] = {}  # item id -> (the Item, its JSON): see item_json
         self._image_paths: dict[str, tuple] = {}  # item id -> (the Item, its checked image path): see image_path
-        self.batcher = SearchBatcher(self, QUERY_BLOCK)
+        self.batcher = SearchBatcher(self, MAX_BATCH)
 
     async def search_async(self, req: SearchRequest, image: bytes | None = None) -> dict:
         """`search` off the event loop: an item-id request through the batcher (answered with the requests that
@@ -653,29 +653,36 @@ class Service:
             geometry = image_geometry(item.image if item else image, eng.spec.resolution)
         groups = [{"label": g.label, "score": g.score,
                    "box": [round(v, 1) for v in input_box_in_photo(g.box, geometry)] if g.box is not None else None,
-                   "results": [self.hit_json(h, r, target) for r, h in enumerate(g.hits, 1)]} for g in result.groups]
+                   "results": self.hits_json(g.hits, target)} for g in result.groups]
         query = {"item": self.item_json(item) if item else None, "predicted": result.predicted,
                  "upload": None if item else {"bytes": len(image), "crop": result.crop},
                  "size": [geometry.src_w, geometry.src_h] if geometry else None}
         # one group (every flat mode): `results` is that group's list, the same rows (serialised twice, built once)
         results = groups[0]["results"] if len(groups) == 1 else \
-            [self.hit_json(h, r, target) for r, h in enumerate(result.hits, 1)]
+            self.hits_json(result.hits, target)
         return {"query": query, "mode": req.mode, "k": req.k, "manipulations": manip, "filters": req.filters,
                 "understood": understood.to_json() if understood else None, "target": target,
                 "results": results, "groups": groups,
                 "labels": result.labels, "note": result.note,
                 "took_ms": round((time.perf_counter() - t0) * 1000, 2)}
 
-    def hit_json(self, h, rank: int, target: dict) -> dict:
-        it = self.engine.catalog.by_id.get(h.id)
-        attrs = h.attributes
-        matches = {a: attrs.get(a) == t["value"] for a, t in target.items()}
-        # the item's kept JSON shared, not copied: an answer is encoded, never changed
-        row = {**(self._item_row(it) if it else {"id": h.id, "attributes": dict(attrs)}),
-               "rank": rank, "score": round(h.score, 6), "matches": matches, "n_matched": sum(matches.values())}
-        if h.part is not None:
-            row["part"] = h.part
-        return row
+    def hits_json(self, hits, target: dict) -> list[dict]:
+        """The answer's rows of `hits`, ranked from 1: each the item's kept JSON (shared, not copied: an answer is
+        encoded, never changed), its rank, score and match flags against `target`. The target's (attribute,
+        value) pairs are read once per list, not once per hit."""
+        by_id, item_row = self.engine.catalog.by_id, self._item_row
+        wanted = [(a, t["value"]) for a, t in target.items()]
+        out = []
+        for rank, h in enumerate(hits, 1):
+            it = by_id.get(h.id)
+            attrs = h.attributes
+            matches = {a: attrs.get(a) == v for a, v in wanted}
+            row = {**(item_row(it) if it else {"id": h.id, "attributes": dict(attrs)}),
+                   "rank": rank, "score": round(h.score, 6), "matches": matches, "n_matched": sum(matches.values())}
+            if h.part is not None:
+                row["part"] = h.part
+            out.append(row)
+        return out
 
     def target(self, item, predicted, manip, mode) -> dict:
         """The attribute vector results are compared with: the query's catalogue values (predicted ones where
