@@ -115,3 +115,27 @@ def test_encode_images_studio_flags_leave_the_maps_unchanged():
     encode_images(backend, (160, 128), bufs)
     assert studio == [True, False]
     np.testing.assert_array_equal(seen[0], seen[1])  # the same decode and letterbox as the fast path
+
+
+def test_nearest_distance_is_the_distance_to_the_closest_reference():
+    from vestis.vision.crop import _nearest_distance
+
+    refs = np.array([[0, 0, 0], [255, 255, 255], [200, 10, 10]], np.float32)
+    px = np.array([[[3, 4, 0], [250, 250, 250]], [[200, 10, 10], [100, 100, 100]]], np.float32)
+    want = np.array([[5.0, np.sqrt(75.0)], [0.0, np.sqrt(100.0 ** 2 + 2 * 90.0 ** 2)]])  # grey: nearest the red
+    np.testing.assert_allclose(_nearest_distance(px, refs), want, atol=1e-2)
+    rng = np.random.default_rng(0)  # against the plain (pixels, refs, 3) differences
+    a, r = rng.uniform(0, 255, (20, 30, 3)).astype(np.float32), rng.uniform(0, 255, (12, 3)).astype(np.float32)
+    brute = np.min(np.linalg.norm(a[:, :, None, :] - r[None, None], axis=-1), axis=-1)
+    np.testing.assert_allclose(_nearest_distance(a, r), brute, atol=0.05)
+
+
+def test_a_shared_thumbnail_gives_the_same_answers():
+    from vestis.vision.crop import studio_background, thumbnail
+
+    for seed in range(3):
+        img = _photo(box=(40, 30, 140, 120), seed=seed)
+        t = thumbnail(img)
+        assert foreground_box(img, thumb=t) == foreground_box(img)
+        assert crop_to_foreground(img, t)[1] == crop_to_foreground(img)[1]
+        assert studio_background(img, t) == studio_background(img)

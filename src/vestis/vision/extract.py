@@ -181,16 +181,17 @@ def encode_images(backend, resolution: tuple[int, int], images, crop: bool = Fal
             boxes.extend([None] * len(batch))
     else:  # the decoded photo itself is needed (its foreground, its border): the same decode + letterbox
         from vestis.images import load_rgb
-        from vestis.vision.crop import crop_to_foreground, studio_background
+        from vestis.vision.crop import crop_to_foreground, studio_background, thumbnail
         from vestis.vision.preprocess import letterbox
 
         h, w = resolution
         arrs = []
         for im in images:
             img = load_rgb(im, draft=(w, h))
+            thumb = thumbnail(img)  # once for both: part of every photo query's time
             if studio is not None:
-                studio.append(studio_background(img))
-            cut, box = crop_to_foreground(img) if crop else (img, None)
+                studio.append(studio_background(img, thumb))
+            cut, box = crop_to_foreground(img, thumb) if crop else (img, None)
             arrs.append(letterbox(cut, resolution)[0])
             if boxes is not None:
                 boxes.append(_in_original(img, box))
