@@ -376,7 +376,7 @@ def goal_verdict(report: dict) -> str:
     k = report["k"]
     default = [r for r in report["rows"] if r.get("default")]
     if not default:
-        return "The default index (`auto`) was not measured."
+        return "The default index (`auto`) was not measured." + _milvus_verdict(report)
     r = default[0]
     if r["items"] < GOAL_ITEMS:
         verdict = f"**not judged** ({r['items']} items; the goal is stated at {GOAL_ITEMS})"
@@ -391,12 +391,20 @@ def goal_verdict(report: dict) -> str:
         met = r["p50_ms"] < GOAL_P50_MS and r["recall_ties"] >= GOAL_RECALL and r["rss_index_mb"] <= GOAL_1M_RSS_MB
         text += (f" At {r['items']} items (goal: the same in <= {GOAL_1M_RSS_MB / 1024:g} GiB): **{'met' if met else 'not met'}**"
                  f", the index grew the process by {r['rss_index_mb']} MiB.")
+    return text + _milvus_verdict(report)
+
+
+def _milvus_verdict(report: dict) -> str:
+    """The 1M goal for a Milvus server (issue 15: p50 < 20 ms), judged with the recall goal beside it on the server's
+    first unfiltered row (its default search setting); "" below 1M items or without a server row."""
     server = [x for x in report["rows"] if x["backend"] == "milvus-server" and not x.get("filter")]
-    if server and server[0]["items"] >= GOAL_1M_ITEMS:
-        x = server[0]
-        text += (f" Milvus server at {x['items']} items (goal p50 < {GOAL_MILVUS_P50_MS:g} ms): "
-                 f"**{'met' if x['p50_ms'] < GOAL_MILVUS_P50_MS else 'not met'}**, p50 {x['p50_ms']:.2f} ms.")
-    return text
+    if not server or server[0]["items"] < GOAL_1M_ITEMS:
+        return ""
+    x, k = server[0], report["k"]
+    met = x["p50_ms"] < GOAL_MILVUS_P50_MS and x["recall_ties"] >= GOAL_RECALL
+    return (f" Milvus server at {x['items']} items (goal p50 < {GOAL_MILVUS_P50_MS:g} ms at recall@{k} >= {GOAL_RECALL}): "
+            f"**{'met' if met else 'not met'}**, p50 {x['p50_ms']:.2f} ms, recall@{k} {x['recall_ties']:.4f} "
+            f"({_opts(x['options'])}).")
 
 
 def format_report(report: dict) -> str:
