@@ -448,6 +448,11 @@ class MilvusIndex(VectorIndex):
             todo = [i for i in ids if i in present]
             for s in range(0, len(todo), 500):
                 self._c().delete(self._collection, filter=_ids_expression(todo[s: s + 500]))
+            if todo and not self.local:
+                # a 2.3 server's delete returns no timestamp, so a Session search would not wait for it: one Strong
+                # read waits until the query node has applied it (every later search sees it)
+                self._c().query(self._collection, filter=_ids_expression(todo[:1]), output_fields=[ID_FIELD], limit=1,
+                                consistency_level="Strong")
             return len(todo)
 
     # --- queries ----------------------------------------------------------------------------
