@@ -190,6 +190,24 @@ def test_goal_verdict():
     assert "machine: 2 cores, 1 GiB, x, no accelerator; Python 3.12.3, faiss-cpu 1.2; load average 0.50, 0.40, 0.30 at the end" in text
 
 
+def test_milvus_verdict_at_1m_without_faiss_rows():
+    """A Milvus-only report at 1M items (--kinds ''): the server's goal is judged on its first unfiltered row, p50
+    under 20 ms and recall@30 at least 0.95; below 1M it is not judged."""
+    def server(p50, recall, items=1_000_000):
+        rep = _report(p50, recall, items)
+        rep["rows"] = [{**rep["rows"][0], "backend": "milvus-server", "default": False, "options": {"ef_search": 256}},
+                       {**rep["rows"][0], "backend": "milvus-server", "default": False, "filter": "broad",
+                        "p50_ms": 900.0, "recall_ties": 0.5}]
+        return goal_verdict(rep)
+
+    assert server(10.9, 0.974).endswith("Milvus server at 1000000 items (goal p50 < 20 ms at recall@30 >= 0.95): "
+                                        "**met**, p50 10.90 ms, recall@30 0.9740 (ef_search 256).")
+    assert server(10.9, 0.974).startswith("The default index (`auto`) was not measured.")
+    assert "**not met**, p50 25.00 ms" in server(25.0, 0.99)
+    assert "**not met**" in server(10.9, 0.90)
+    assert "Milvus server" not in server(10.9, 0.974, items=200_000)
+
+
 def test_augmented_gallery_of_the_read_levels_only_is_the_same():
     """Augmenting only the levels `embed` reads (and the partner maps only where mixed in) leaves the vectors as they
     were with every level augmented."""

@@ -112,3 +112,9 @@ def test_ivf_sq8_on_lite_when_asked_for(lite_ok, tmp_path):
     with pytest.raises(UnsupportedIndexError, match="ef_search"):
         idx.search(Q, 5, ef_search=10)
     idx.close()
+
+
+def test_consistency_option_checked():
+    pytest.importorskip("pymilvus")
+    with pytest.raises(UnsupportedIndexError, match="consistency must be one of Strong, Session"):
+        create_index("milvus", "flat", 4, uri="http://127.0.0.1:1", consistency="sometimes")

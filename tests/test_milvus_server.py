@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 
+import numpy as np
 import pytest
 
 from vestis.cli import main
@@ -74,11 +75,122 @@ def test_bench_search_runs_its_milvus_rows_on_a_server(tiny_pipeline, milvus_ser
 
     colour = Catalog.load(cat).schema.values("colour")[0]
     out = tmp_path / "bench.json"
-    assert main(["bench", "search", "--run", str(run), "--index", str(idx), "--queries", str(q), "--n", "4",
-                 "--repeats", "1", "--items", "300", "--kinds", "flat", "--milvus-items", "300",
-                 "--milvus-uri", milvus_server.uri, "--filters", json.dumps({"narrow": {"colour": colour}}),
-                 "--json", str(out), "--cache", str(cache)]) == 0
+    args = ["bench", "search", "--run", str(run), "--index", str(idx), "--queries", str(q), "--n", "4",
+            "--repeats", "1", "--items", "300", "--milvus-items", "300", "--milvus-uri", milvus_server.uri,
+            "--filters", json.dumps({"narrow": {"colour": colour}}), "--json", str(out), "--cache", str(cache)]
+    assert main(args + ["--kinds", "flat"]) == 0
     capsys.readouterr()
     rows = [r for r in json.loads(out.read_text())["rows"] if r["backend"] == "milvus-server"]
     assert [(r["items"], r["queries"], r["filter"]) for r in rows] == [(300, 4, None), (300, 4, "narrow")]
     assert all(r["recall"] >= 0.9 for r in rows)
+    # the build is the insert plus the wait for the server's index, both recorded; searches at Session consistency
+    assert all(r["build_s"] == pytest.approx(r["insert_s"] + r["index_s"], abs=0.15) for r in rows)
+    assert all(r["options"]["consistency"] == "Session" for r in rows)
+
+
+def test_bench_search_milvus_rows_only_with_their_options_and_ef_rows(tiny_pipeline, milvus_server, tmp_path, capsys):
+    """--kinds '' skips the FAISS rows; --milvus-options builds the Milvus collection with them; --ef-search adds a
+    row per efSearch on it; --filter-settings first measures the filters with the first setting only."""
+    root, cat, run, idx, cache = tiny_pipeline
+    q = tmp_path / "q.jsonl"
+    assert main(["queries", "--catalog", str(cat), "--protocol", "manipulation", "--out", str(q),
+                 "--attributes", "category,colour", "--per-attribute", "2"]) == 0
+    from vestis.catalog import Catalog
+
+    colour = Catalog.load(cat).schema.values("colour")[0]
+    out = tmp_path / "bench.json"
+    args = ["bench", "search", "--run", str(run), "--index", str(idx), "--queries", str(q), "--n", "4",
+            "--repeats", "1", "--items", "300", "--milvus-items", "300", "--milvus-uri", milvus_server.uri,
+            "--kinds", "", "--milvus-options", json.dumps({"M": 8, "ef_construction": 40}), "--ef-search", "16,64",
+            "--filters", json.dumps({"narrow": {"colour": colour}}), "--filter-settings", "first",
+            "--json", str(out), "--cache", str(cache)]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["backend"], r["filter"], r["options"].get("ef_search")) for r in rows] == [
+        ("milvus-server", None, 256), ("milvus-server", "narrow", 256), ("milvus-server", None, 16),
+        ("milvus-server", None, 64)]
+    assert all(r["options"]["M"] == 8 and r["options"]["ef_construction"] == 40 for r in rows)
+    assert "insert +" in text and "index)" in text
+    capsys.readouterr()
+    assert main(args[:-2] + ["--milvus-options", '{"kind": "cube"}']) == 2
+    assert "--milvus-options kind must be flat, hnsw or ivfpq" in capsys.readouterr().err
+
+
+def _server_index(milvus_server, name: str, n: int, dim: int = 8, **opts):
+    from vestis.index import create_index
+
+    x = np.random.default_rng(3).standard_normal((n, dim)).astype(np.float32)
+    idx = create_index("milvus", "hnsw", dim, "ip", uri=milvus_server.uri,
+                       collection=f"vestis_{name}_{os.getpid()}", overwrite=True, **opts)
+    idx.add([f"i{j}" for j in range(n)], x)
+    return idx, x
+
+
+def test_searches_run_at_session_consistency_without_the_strong_wait(milvus_server, tmp_path):
+    """Searches default to Session consistency: they see this client's writes at once (the query's own vector is its
+    first hit right after the add), without a Strong search's wait for the server's time tick (about 200 ms on a 2.3
+    server, every search). A loaded index can ask for Strong again."""
+    import time
+
+    from vestis.index import load_index
+
+    idx, x = _server_index(milvus_server, "consistency", 200)
+    strong = None
+    try:
+        assert idx.options()["consistency"] == "Session"
+        assert idx.search(x[7], 5).ids[0][0] == "i7"
+        idx.save(tmp_path / "idx")
+        strong = load_index(tmp_path / "idx", consistency="Strong")
+        assert strong.options()["consistency"] == "Strong" and strong.search(x[7], 5).ids[0][0] == "i7"
+
+        def median_ms(index):
+            t = []
+            for i in range(9):
+                t0 = time.perf_counter()
+                index.search(x[i], 5)
+                t.append(time.perf_counter() - t0)
+            return 1000 * float(np.median(t))
+
+        session_ms, strong_ms = median_ms(idx), median_ms(strong)
+        assert session_ms < strong_ms / 2, (session_ms, strong_ms)
+    finally:
+        with contextlib.suppress(Exception):
+            idx._c().drop_collection(idx._collection)
+        idx.close()
+        if strong is not None:
+            strong.close()
+
+
+def test_a_session_search_right_after_a_remove_does_not_return_the_removed_items(milvus_server):
+    """A 2.3 server's delete gives the client no timestamp to wait for at Session consistency; `remove` waits for it
+    itself, so a search straight after it never sees a removed item (without that, most rounds here return them)."""
+    idx, x = _server_index(milvus_server, "remove_session", 50)
+    try:
+        for r in range(6):
+            gone = [f"i{j}" for j in range(8 * r, 8 * r + 8)]
+            assert idx.remove(gone) == 8
+            assert all(not set(row) & set(gone) for row in idx.search(x[8 * r: 8 * r + 8], 10).ids)
+    finally:
+        with contextlib.suppress(Exception):
+            idx._c().drop_collection(idx._collection)
+        idx.close()
+
+
+@pytest.mark.slow
+def test_wait_for_index_returns_once_every_segment_is_served_indexed(milvus_server):
+    """After `wait_for_index` the query node serves every segment of a freshly filled collection with its HNSW index
+    (Milvus builds it in the background after a flush: tens of seconds), and the answers are the exact ones."""
+    idx, x = _server_index(milvus_server, "wait_index", 3000)
+    try:
+        waited = idx.wait_for_index(timeout=600)
+        segments = idx._c().list_loaded_segments(idx._collection)
+        assert waited > 0 and segments and all(s.index_id for s in segments)
+        assert sum(s.num_rows for s in segments) == 3000
+        exact = np.argsort(-(x[:20] @ x.T), axis=1)[:, :10]
+        found = idx.search(x[:20], 10).ids
+        assert np.mean([len({f"i{j}" for j in e} & set(f)) / 10 for e, f in zip(exact, found)]) >= 0.95
+    finally:
+        with contextlib.suppress(Exception):
+            idx._c().drop_collection(idx._collection)
+        idx.close()

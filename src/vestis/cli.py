@@ -157,9 +157,10 @@ def cmd_bench_search(args) -> int:
 
     print(bench_search(args.run, args.index, args.queries, n=args.items, n_queries=args.n, sweep=args.sweep,
                        gallery=args.gallery, repeats=args.repeats, milvus_n=args.milvus_items, threads=args.threads,
-                       cache_dir=args.cache, json_out=args.json, kinds=args.kinds.split(","), mode=args.mode,
-                       filters=_bench_filters(args.filters), milvus_uri=args.milvus_uri,
-                       ef_search=_int_list("--ef-search", args.ef_search)))
+                       cache_dir=args.cache, json_out=args.json, kinds=[k for k in args.kinds.split(",") if k],
+                       mode=args.mode, filters=_bench_filters(args.filters), milvus_uri=args.milvus_uri,
+                       ef_search=_int_list("--ef-search", args.ef_search), nprobe=_int_list("--nprobe", args.nprobe),
+                       milvus_options=_milvus_options(args.milvus_options), filter_settings=args.filter_settings))
     return 0
 
 
@@ -187,6 +188,21 @@ def _bench_filters(text: str | None) -> dict | None:
     if not isinstance(f, dict) or not all(isinstance(v, dict) and v for v in f.values()):
         raise VestisError("--filters must map a name to a filter {attribute: value or [values]}")
     return f
+
+
+def _milvus_options(text: str | None) -> dict | None:
+    """--milvus-options JSON: the Milvus row's build options, e.g. {"M": 16} or {"kind": "ivfpq", "index_type": ...}."""
+    if not text:
+        return None
+    try:
+        o = json.loads(text)
+    except ValueError as e:
+        raise VestisError(f"--milvus-options must be a JSON object like '{{\"M\": 16, \"ef_construction\": 200}}': {e}") from None
+    if not isinstance(o, dict):
+        raise VestisError("--milvus-options must be a JSON object of index options")
+    if o.get("kind", "hnsw") not in ("flat", "hnsw", "ivfpq"):
+        raise VestisError(f"--milvus-options kind must be flat, hnsw or ivfpq, got {o['kind']!r}")
+    return o
 
 
 def cmd_bench_query(args) -> int:
@@ -737,9 +753,19 @@ def build_parser() -> argparse.ArgumentParser:
                         '"narrow": {"articleType": "Watches"}}\'')
     b.add_argument("--threads", type=_positive, default=None, help="FAISS threads for index builds (default: all cores)")
     b.add_argument("--json", type=Path, default=None, help="also write the report as JSON here")
-    b.add_argument("--kinds", default="auto,flat,hnsw,ivfpq", help="without --sweep: the FAISS kinds to measure")
+    b.add_argument("--kinds", default="auto,flat,hnsw,ivfpq",
+                   help="without --sweep: the FAISS kinds to measure ('' for none: the Milvus rows only)")
     b.add_argument("--ef-search", default=None, metavar="E1,E2",
-                   help="also search the auto index's HNSW graph with these efSearch values (one row each)")
+                   help="also search the auto index's HNSW graph (and a Milvus HNSW collection) with these efSearch "
+                        "values (one row each)")
+    b.add_argument("--milvus-options", default=None, metavar="JSON",
+                   help='the Milvus row\'s index options, e.g. \'{"M": 16, "ef_construction": 200}\' or '
+                        '\'{"kind": "ivfpq", "index_type": "IVF_FLAT", "nlist": 1024}\' (default: HNSW M 32, '
+                        'efConstruction 80, ef 256)')
+    b.add_argument("--nprobe", default=None, metavar="P1,P2",
+                   help="also search a Milvus IVF collection with these nprobe values (one row each)")
+    b.add_argument("--filter-settings", choices=["all", "first"], default="all",
+                   help="measure --filters with every search setting of an index (all) or its first only")
     b.add_argument("--mode", default="manipulate",
                    help="manipulate (default), same_item (the plain item vector: same-product search) or "
                         "attribute:<name>: time that attribute's own space (AG-MLAN, attribute_baseline); the query "
