@@ -30,11 +30,12 @@ The indicator h (section 3.2), `indicator`:
   encoding of later attribute-manipulation code such as ADDE), so one manipulation reads a difference of
   prototypes. Training takes the reference's labelled current value (-1 at it). At query time the current
   value is not given (the query may be any image), so `current` says what stands in for it:
-  "argmax" (default): -1 at the classification branches' most likely known value. When that IS the
-  requested value the +1 and -1 cancel, h = 0 and the query is not manipulated at all (tested);
-  "probabilities": -p(v) at every known value v, p the branches' probabilities over the attribute's known
-  values; then h(new) = 1 - p(new), so a confident "already blue" leaves little to do but never cancels
-  outright, and an unsure classifier spreads the subtraction instead of betting on one value.
+  "probabilities" (default since session 8): -p(v) at every known value v, p the branches' probabilities over
+  the attribute's known values; then h(new) = 1 - p(new), so a confident "already blue" leaves little to do but
+  never cancels outright, and an unsure classifier spreads the subtraction instead of betting on one value.
+  Measured with "sum": Top-30 69.6 % against 68.3 % for "argmax" (README, "The papers' settings");
+  "argmax": -1 at the classification branches' most likely known value. When that IS the requested value the
+  +1 and -1 cancel, h = 0 and the query is not manipulated at all (tested).
 Several attributes may be manipulated at once. `indicator_norm` sets the normalisation of eq. 1: "l1"
 (the paper's), h' = h / sum_i |h(i)| (for "binary", exactly the paper's h / sum h); under "signed" one
 manipulation then reads (M(new) - M(old)) / 2 and two a quarter of each difference; "l2" (h / ||h||) and
@@ -290,8 +291,9 @@ class AMNet(SearchModel):
         "memory": True, "lam": 0.2, "margin": 0.5, "squared": True, "indicator_norm": "none",
         "normalize": True, "cls_all": True, "init_identity": True, "init_gain": 0.0,
         # the indicator h and L_a's reduction over attributes: the paper's "binary" and "sum" (measured no
-        # worse than the old "signed" + "mean"; README); `current` applies to "signed" only
-        "indicator": "binary", "current": "argmax", "cls_reduction": "sum",
+        # worse than the old "signed" + "mean"; README); `current` applies to "signed" only (probabilities: what
+        # the issue asks of the signed form, and measured better than the arg-max)
+        "indicator": "binary", "current": "probabilities", "cls_reduction": "sum",
         # phase 1 (section 3.4): the multi-attribute classifier whose representations initialise M
         "pre_epochs": 25, "pre_lr": 0.1,
         # phase 2: joint training on <ref, pos, neg> triplets, SGD with momentum 0.9
