@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -64,9 +65,9 @@ def test_index_and_serve_against_a_milvus_server(tiny_pipeline, milvus_server, t
             idx.close()
 
 
-def test_bench_search_runs_its_milvus_rows_on_a_server(tiny_pipeline, milvus_server, tmp_path, capsys):
-    """`vestis bench search --milvus-uri`: the Milvus row (and its filtered rows) on the server, every query timed;
-    the flat collection is exact, so its recall is 1."""
+def _bench_search_args(tiny_pipeline, milvus_server, tmp_path) -> tuple[list[str], Path]:
+    """`vestis bench search` on the tiny pipeline's query file with 300 items on the server and a narrow colour
+    filter; the JSON report's path."""
     root, cat, run, idx, cache = tiny_pipeline
     q = tmp_path / "q.jsonl"
     assert main(["queries", "--catalog", str(cat), "--protocol", "manipulation", "--out", str(q),
@@ -75,9 +76,15 @@ def test_bench_search_runs_its_milvus_rows_on_a_server(tiny_pipeline, milvus_ser
 
     colour = Catalog.load(cat).schema.values("colour")[0]
     out = tmp_path / "bench.json"
-    args = ["bench", "search", "--run", str(run), "--index", str(idx), "--queries", str(q), "--n", "4",
-            "--repeats", "1", "--items", "300", "--milvus-items", "300", "--milvus-uri", milvus_server.uri,
-            "--filters", json.dumps({"narrow": {"colour": colour}}), "--json", str(out), "--cache", str(cache)]
+    return (["bench", "search", "--run", str(run), "--index", str(idx), "--queries", str(q), "--n", "4",
+             "--repeats", "1", "--items", "300", "--milvus-items", "300", "--milvus-uri", milvus_server.uri,
+             "--filters", json.dumps({"narrow": {"colour": colour}}), "--json", str(out), "--cache", str(cache)], out)
+
+
+def test_bench_search_runs_its_milvus_rows_on_a_server(tiny_pipeline, milvus_server, tmp_path, capsys):
+    """`vestis bench search --milvus-uri`: the Milvus row (and its filtered rows) on the server, every query timed;
+    the flat collection is exact, so its recall is 1."""
+    args, out = _bench_search_args(tiny_pipeline, milvus_server, tmp_path)
     assert main(args + ["--kinds", "flat"]) == 0
     capsys.readouterr()
     rows = [r for r in json.loads(out.read_text())["rows"] if r["backend"] == "milvus-server"]
@@ -91,19 +98,9 @@ def test_bench_search_runs_its_milvus_rows_on_a_server(tiny_pipeline, milvus_ser
 def test_bench_search_milvus_rows_only_with_their_options_and_ef_rows(tiny_pipeline, milvus_server, tmp_path, capsys):
     """--kinds '' skips the FAISS rows; --milvus-options builds the Milvus collection with them; --ef-search adds a
     row per efSearch on it; --filter-settings first measures the filters with the first setting only."""
-    root, cat, run, idx, cache = tiny_pipeline
-    q = tmp_path / "q.jsonl"
-    assert main(["queries", "--catalog", str(cat), "--protocol", "manipulation", "--out", str(q),
-                 "--attributes", "category,colour", "--per-attribute", "2"]) == 0
-    from vestis.catalog import Catalog
-
-    colour = Catalog.load(cat).schema.values("colour")[0]
-    out = tmp_path / "bench.json"
-    args = ["bench", "search", "--run", str(run), "--index", str(idx), "--queries", str(q), "--n", "4",
-            "--repeats", "1", "--items", "300", "--milvus-items", "300", "--milvus-uri", milvus_server.uri,
-            "--kinds", "", "--milvus-options", json.dumps({"M": 8, "ef_construction": 40}), "--ef-search", "16,64",
-            "--filters", json.dumps({"narrow": {"colour": colour}}), "--filter-settings", "first",
-            "--json", str(out), "--cache", str(cache)]
+    base, out = _bench_search_args(tiny_pipeline, milvus_server, tmp_path)
+    args = base + ["--kinds", "", "--milvus-options", json.dumps({"M": 8, "ef_construction": 40}),
+                   "--ef-search", "16,64", "--filter-settings", "first"]
     assert main(args) == 0
     text = capsys.readouterr().out
     rows = json.loads(out.read_text())["rows"]

@@ -177,27 +177,31 @@ def _int_list(option: str, text: str | None) -> list[int]:
     return values
 
 
-def _bench_filters(text: str | None) -> dict | None:
-    """--filters JSON: {name: {attribute: value or [values]}}."""
+def _json_option(text: str | None, option: str, example: str):
+    """A command-line option holding JSON (None when not given); bad JSON names the option and an example. The
+    callers check the value's shape."""
     if not text:
         return None
     try:
-        f = json.loads(text)
+        value = json.loads(text)
     except ValueError as e:
-        raise VestisError(f"--filters must be JSON like '{{\"broad\": {{\"gender\": \"Women\"}}}}': {e}") from None
-    if not isinstance(f, dict) or not all(isinstance(v, dict) and v for v in f.values()):
+        raise VestisError(f"{option} must be JSON like '{example}': {e}") from None
+    return value
+
+
+def _bench_filters(text: str | None) -> dict | None:
+    """--filters JSON: {name: {attribute: value or [values]}}."""
+    f = _json_option(text, "--filters", '{"broad": {"gender": "Women"}}')
+    if f is not None and (not isinstance(f, dict) or not all(isinstance(v, dict) and v for v in f.values())):
         raise VestisError("--filters must map a name to a filter {attribute: value or [values]}")
     return f
 
 
 def _milvus_options(text: str | None) -> dict | None:
     """--milvus-options JSON: the Milvus row's build options, e.g. {"M": 16} or {"kind": "ivfpq", "index_type": ...}."""
-    if not text:
+    o = _json_option(text, "--milvus-options", '{"M": 16, "ef_construction": 200}')
+    if o is None:
         return None
-    try:
-        o = json.loads(text)
-    except ValueError as e:
-        raise VestisError(f"--milvus-options must be a JSON object like '{{\"M\": 16, \"ef_construction\": 200}}': {e}") from None
     if not isinstance(o, dict):
         raise VestisError("--milvus-options must be a JSON object of index options")
     if o.get("kind", "hnsw") not in ("flat", "hnsw", "ivfpq"):

@@ -37,8 +37,8 @@ from vestis.models.loop import LoopConfig, TrainData, fit_loop, pooled_features
 
 def drop_other_domains(pooled: torch.Tensor, other: torch.Tensor, p: float) -> torch.Tensor:
     """Training only: dropout at rate p on the pooled features of the rows from a second domain (`other`, a bool
-    per row: a `--mix` catalogue's photos, `--shopper-views`). A mixed run revisits its few thousand photos hundreds of
-    times (balanced batches), and the head learnt them by heart; the first catalogue's rows are left as they are,
+    per row: a `--mix` catalogue's photos, `--shopper-views`). A mixed run revisits its few thousand photos about a
+    hundred times (balanced batches), and the head learnt them by heart; the first catalogue's rows are left as they are,
     since the same dropout on every row cost 4.5 points of packshot Top-30 (README, consumer-to-shop)."""
     if not bool(other.any()):
         return pooled

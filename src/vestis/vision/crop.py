@@ -25,7 +25,7 @@ MIN_SIDE = 8  # the thumbnail's shortest side, in pixels
 def thumbnail(img: Image.Image) -> np.ndarray:
     """(h, w, 3) uint8: the photo with its long side at THUMB pixels (each side at least MIN_SIDE), what both the
     studio test and the foreground box read; an upload's search makes it once. reducing_gap: a box-filter reduction
-    by a whole factor first, then the bilinear resize (within 3 levels of the plain resize, at half its time)."""
+    by a whole factor first, then the bilinear resize (cheaper than the plain resize on a large photo)."""
     w, h = img.size
     scale = THUMB / max(w, h)
     size = (max(MIN_SIDE, round(w * scale)), max(MIN_SIDE, round(h * scale)))
@@ -34,7 +34,7 @@ def thumbnail(img: Image.Image) -> np.ndarray:
 
 def _nearest_distance(pixels: np.ndarray, refs: np.ndarray) -> np.ndarray:
     """Each pixel's (..., 3) colour distance to its nearest reference colour (n, 3), by |p|^2 - 2 p.r + |r|^2: one
-    matrix product instead of a (..., n, 3) array of differences (a fifth of the time)."""
+    matrix product instead of a (..., n, 3) array of differences."""
     d2 = (pixels * pixels).sum(-1)[..., None] - 2 * pixels @ refs.T + (refs * refs).sum(-1)
     return np.sqrt(np.maximum(d2.min(-1), 0.0))
 
