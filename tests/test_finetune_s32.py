@@ -173,3 +173,52 @@ def test_the_cache_key_follows_the_stages_file(tmp_path):
     save_file({"conv_head.weight": sd["conv_head.weight"]}, str(f))
     with pytest.raises(VestisError, match="do not fit"):
         build_trunk(TrunkSpec(s32_stages=f))
+
+
+def test_a_run_can_reuse_another_runs_stages_without_fine_tuning_again(tuned_run, tmp_path):
+    """`vestis train --s32-stages FILE`: the head trains on the same re-encoded maps (the same cache entry) as the
+    fine-tuning run's, not the frozen trunk's; the run carries its own copy; a file that is not stages for this
+    trunk, or one combined with --finetune-s32, is refused before anything trains."""
+    from vestis.catalog import Catalog
+    from vestis.errors import VestisError
+    from vestis.train import train_run
+    from vestis.vision.trunk import TrunkSpec
+
+    out, cat, run, idx, cache = tuned_run
+    catalog = Catalog.load(cat).with_attributes(["category", "colour", "pattern"])
+    reused = tmp_path / "reused"
+    train_run("attribute_baseline", catalog, reused, TrunkSpec(), cache, config={"epochs": 2, "hidden": 64},
+              progress=False, s32_stages=run / "s32_stages.safetensors")
+    a, b = (json.loads((r / "run.json").read_text()) for r in (run, reused))
+    assert b["trunk"]["key"] == a["trunk"]["key"] and b["trunk"]["s32_stages_in_run"]
+    assert (reused / "s32_stages.safetensors").read_bytes() == (run / "s32_stages.safetensors").read_bytes()
+    assert b["history"]["finetune_s32"]["reused"] == str(run / "s32_stages.safetensors")
+    # the head trained on the fine-tuned maps of the shared cache entry, not the frozen trunk's
+    from vestis.runs import load_run
+    from vestis.vision.extract import catalogue_features
+
+    part = catalog.split("gallery")
+
+    def s32_maps(run_dir):
+        spec = TrunkSpec.from_json(load_run(run_dir)[1].trunk)
+        return torch.as_tensor(np.asarray(catalogue_features(part, spec, cache, progress=False).maps["s32"]),
+                               dtype=torch.float32)
+
+    tuned_maps, reused_maps = s32_maps(run), s32_maps(reused)
+    assert torch.equal(tuned_maps, reused_maps)
+    frozen = tmp_path / "frozen"
+    train_run("attribute_baseline", catalog, frozen, TrunkSpec(), cache, config={"epochs": 2, "hidden": 64},
+              progress=False)
+    assert (s32_maps(frozen) - reused_maps).abs().max() > 0.1
+
+    bad = tmp_path / "bad.safetensors"
+    save_file({"blocks.5.0.conv_pw.weight": torch.zeros(3, 3)}, str(bad))
+    with pytest.raises(VestisError, match="do not fit the trunk's stride-32 stages"):
+        train_run("attribute_baseline", catalog, tmp_path / "r1", TrunkSpec(), cache, progress=False, s32_stages=bad)
+    with pytest.raises(VestisError, match="no such file"):
+        train_run("attribute_baseline", catalog, tmp_path / "r2", TrunkSpec(), cache, progress=False,
+                  s32_stages=tmp_path / "missing.safetensors")
+    with pytest.raises(VestisError, match="does not go with"):
+        train_run("attribute_baseline", catalog, tmp_path / "r3", TrunkSpec(), cache, progress=False,
+                  s32_stages=run / "s32_stages.safetensors", finetune_s32={"epochs": 1})
+    assert not (tmp_path / "r1" / "run.json").exists() and not (tmp_path / "r3").exists()

@@ -335,7 +335,8 @@ def cmd_train(args) -> int:
         print(f"adding {args.shopper_views} shopper-photo view(s) of every training image (seed {args.views_seed}; "
               "made and encoded once, then reused from the cache)")
     info = train_run(args.model, cat, args.out, _trunk_spec(args), args.cache, config=config, finetune=finetune,
-                     mix=mix, shopper_views=args.shopper_views, views_seed=args.views_seed, finetune_s32=finetune_s32)
+                     mix=mix, shopper_views=args.shopper_views, views_seed=args.views_seed, finetune_s32=finetune_s32,
+                     s32_stages=args.s32_stages)
     secs = info.history.get("seconds", [0])[0]
     unread = len(train) - len(without_image) - info.history.get("train_items", len(train) - len(without_image))
     if unread > 0:
@@ -834,6 +835,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(minutes on a CPU; see vestis.finetune_s32); the run carries them")
     s.add_argument("--finetune-s32-epochs", type=int, default=4, metavar="N", help="epochs of --finetune-s32")
     s.add_argument("--finetune-s32-lr", type=float, default=1e-4, help="learning rate of the stages (--finetune-s32)")
+    s.add_argument("--s32-stages", type=Path, default=None, metavar="FILE",
+                   help="reuse the stride-32 stages an earlier --finetune-s32 run made (its s32_stages.safetensors) "
+                        "instead of fine-tuning again: the run carries a copy, and the re-encoded maps' cache is shared")
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("index", help="embed a catalogue with a trained run into a searchable index")

@@ -7,6 +7,7 @@ models; this module sits above them, beside the engine, and is what `vestis trai
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from vestis.models import TrainData, create_model
 from vestis.models.loop import NO_LOSS
 from vestis.runs import RunInfo, save_run
 from vestis.vision.extract import catalogue_features
-from vestis.vision.trunk import TrunkSpec
+from vestis.vision.trunk import TrunkSpec, WeightsError, file_sha256
 
 
 def train_data(catalog, features) -> TrainData:
@@ -120,9 +121,29 @@ def _with_shopper_views(data: TrainData, part, spec: TrunkSpec, cache_dir, k: in
     return join_train_data(data, rows, VIEWS_DOMAIN), record
 
 
+def _reused_s32_stages(source: Path, spec: TrunkSpec, out: Path) -> Path:
+    """Check that `source` holds stride-32 stages that fit `spec`'s trunk (refused before any training), and copy
+    it into the run as its stages file. Returns the copy."""
+    from vestis.finetune_s32 import S32_FILE
+    from vestis.vision.trunk import build_trunk
+
+    if not source.is_file():
+        raise VestisError(f"--s32-stages: no such file {source}")
+    try:
+        build_trunk(dataclasses.replace(spec, s32_stages=source, flip=False))  # loads and checks every tensor
+    except WeightsError as e:
+        raise VestisError(f"--s32-stages {source}: {e}") from None
+    out.mkdir(parents=True, exist_ok=True)
+    copy = out / S32_FILE
+    if copy.resolve() != source.resolve():
+        shutil.copyfile(source, copy)
+    return copy
+
+
 def train_run(model_name: str, catalog, out, spec: TrunkSpec, cache_dir, config: dict | None = None,
               split: str = "train", progress: bool = True, finetune: dict | None = None,
-              mix=None, shopper_views: int = 0, views_seed: int = 0, finetune_s32: dict | None = None) -> RunInfo:
+              mix=None, shopper_views: int = 0, views_seed: int = 0, finetune_s32: dict | None = None,
+              s32_stages=None) -> RunInfo:
     """Train `model_name` on the catalogue's `split` and save the run (weights, config, schema) to `out`.
     `finetune` (options of `vestis.finetune.finetune_trunk`) first fine-tunes the trunk on that split and
     trains the head on maps from the fine-tuned trunk, which the run then carries. `mix`: (second catalogue,
@@ -131,7 +152,8 @@ def train_run(model_name: str, catalog, out, spec: TrunkSpec, cache_dir, config:
     image join as a domain of their own (`vestis.vision.shopper_views`), with the image's labels and instance.
     `finetune_s32` (options of `vestis.finetune_s32.finetune_s32_stages`): first fine-tune the trunk's stride-32
     stages on that split's cached s16 maps; the head then trains on s32 maps re-encoded by them, and the run
-    carries them (`s32_stages.safetensors`)."""
+    carries them (`s32_stages.safetensors`). `s32_stages`: the stages file of an earlier `finetune_s32` run, reused
+    (copied into the run) instead of fine-tuning again, so several heads can share one fine-tuning and its cache."""
     part = catalog.split(split)
     if len(part) == 0:
         raise VestisError(f"the catalogue has no {split!r} items to train on")
@@ -144,8 +166,14 @@ def train_run(model_name: str, catalog, out, spec: TrunkSpec, cache_dir, config:
         spec = dataclasses.replace(spec, weights=weights)  # the same levels and resolution
         trunk_record = {**spec.to_json(), "weights": TRUNK_FILE, "in_run": True}
         extra_files = (TRUNK_FILE,)
-    s32_history = None
-    if finetune_s32 is not None:
+    s32_history, stages_file = None, None
+    if s32_stages is not None:
+        if finetune is not None or finetune_s32 is not None:
+            raise VestisError("--s32-stages reuses fine-tuned stages: it does not go with --finetune-trunk or "
+                              "--finetune-s32")
+        stages_file = _reused_s32_stages(Path(s32_stages), spec, Path(out))
+        s32_history = {"reused": str(s32_stages), "sha256": file_sha256(stages_file)}
+    elif finetune_s32 is not None:
         from vestis.finetune_s32 import S32_FILE, finetune_s32_stages
 
         if finetune is not None:
@@ -153,9 +181,10 @@ def train_run(model_name: str, catalog, out, spec: TrunkSpec, cache_dir, config:
                               "stride-32 stages from the images already)")
         stages_file = Path(out) / S32_FILE
         s32_history = finetune_s32_stages(part, spec, cache_dir, stages_file, progress=progress, **finetune_s32)
+    if stages_file is not None:
         spec = dataclasses.replace(spec, s32_stages=stages_file)
-        trunk_record = {**spec.to_json(), "s32_stages": S32_FILE, "s32_stages_in_run": True}
-        extra_files = (S32_FILE,)
+        trunk_record = {**spec.to_json(), "s32_stages": stages_file.name, "s32_stages_in_run": True}
+        extra_files = (stages_file.name,)
     feats = catalogue_features(part, spec, cache_dir, progress=progress)
     if len(feats) == 0:
         raise VestisError(f"none of the {len(part)} {split} items has features ({feats.describe()})")
