@@ -31,6 +31,15 @@ over-fetching. A selective filter makes graph and IVF searches meet fewer matchi
 
 So a filtered search returns min(k, number of matching items) results.
 
+Value graphs (HNSW, option ``value_graphs``: a list of attribute names; default none). A broad filter that walks the
+whole graph fails where the query's neighbourhood holds no matching item (a query asking for men's items filtered
+to women's: recall@30 0.845 at 1M). With ``value_graphs=["gender"]`` every value of gender gets an HNSW graph of
+its own items (`vestis.index.value_graphs`), and a filter above the exact-scan share whose attribute is one of
+them searches its values' graphs instead (several values: each graph, merged by score), with the bitmap selector
+only where the filter names further attributes or a graph holds stale entries. Each attribute costs about the
+index's memory and build time again (one more copy of every vector and a graph over it), so none is the default.
+The search option ``value_graphs=False`` walks the main graph as before (to compare).
+
 Kinds:
 
 - ``flat``: `IndexIDMap2(IndexFlatIP | IndexFlatL2)`; exact; removal is `remove_ids`.
