@@ -212,3 +212,16 @@ def test_value_graph_options():
         h.search(np.ones(8, np.float32), 1, filters={"gender": "Women"}, value_graphs="no")
     with pytest.raises(UnsupportedIndexError, match="unknown search option"):
         flat.search(np.ones(8, np.float32), 1, value_graphs=False)
+
+
+def test_an_attribute_no_item_has_yet_starts_as_one_unspecified_graph():
+    x, ids, attrs, q = _catalogue(n=400)
+    idx = create_index("faiss", "hnsw", x.shape[1], "ip", ef_search=400, threads=1, value_graphs=["season"],
+                       exact_filter_fraction=0.01)
+    idx.add(ids, x, attrs)
+    assert list(idx._graphs.graphs) == [("season", -1)] and idx._graphs.graphs[("season", -1)].entries == 400
+    idx.set_attributes(ids[:200], [{**a, "season": "Summer"} for a in attrs[:200]])  # the column appears
+    _check(idx)
+    _same_as_exact(idx, q, [{"season": "Summer"}, {"season": "unspecified"}, {"season": ["Summer", "unspecified"]},
+                            {"season": "Summer", "colour": "red"}])
+    assert len(idx.search(q, 400, filters={"season": "Summer"}).ids[0]) == 200
