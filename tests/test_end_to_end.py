@@ -3,6 +3,8 @@ synth -> train -> index -> queries -> search -> eval, plus the engine API and it
 
 import json
 
+import numpy as np
+
 import pytest
 import torch
 
@@ -253,3 +255,38 @@ def test_protocol2_through_the_command_line_with_triplets_batched(pipeline, engi
     with torch.inference_mode():
         v = engine.model.embed(maps, f"attr_{t['attribute']}").numpy()
     assert batched[0]["scores"] == pytest.approx([float(v[1] @ v[0]), float(v[2] @ v[0])], abs=1e-5)
+
+
+def test_index_builds_value_graphs_from_one_option(pipeline, bench_queries, capsys, tmp_path):
+    """`vestis index --options '{"value_graphs": [...]}'`: every HNSW space gets a graph per value (issue 15; a flat
+    `auto` space accepts the option and stays exact), saved with its manifest; `vestis bench search` takes the same
+    build option and measures the walk without the graphs beside it (--search-options)."""
+    from vestis.index import load_index, read_manifest
+
+    root, cat, run, idx, cache = pipeline
+    out = tmp_path / "vg-idx"
+    assert main(["index", "--run", str(run), "--catalog", str(cat), "--out", str(out), "--split", "gallery",
+                 "--kind", "hnsw", "--options", '{"value_graphs": ["category"]}', "--cache", str(cache)]) == 0
+    manifests = sorted(p.parent for p in out.rglob("manifest.json"))
+    with_graphs = [d for d in manifests if read_manifest(d).options["value_graphs"]]
+    assert len(manifests) > 1 and [d.name for d in with_graphs] == ["main"]  # index options go to the main space
+    for d in with_graphs:
+        assert read_manifest(d).options["value_graphs"] == ["category"]
+        index = load_index(d)
+        assert index._graphs.graphs and sum(g.entries for g in index._graphs.graphs.values()) == len(index)
+        values = sorted(index._items.codes["category"], key=lambda v: -(index._items.col("category")
+                                                                          == index._items.codes["category"][v]).sum())
+        q = np.random.default_rng(0).standard_normal((3, index.dim)).astype(np.float32)
+        f = {"category": values[:2]}
+        assert index.search(q, 10, filters=f).ids == index.search(q, 10, filters=f, exact=True).ids
+    capsys.readouterr()
+    args = ["bench", "search", "--run", str(run), "--index", str(idx), "--queries", str(bench_queries), "--n", "3",
+            "--repeats", "1", "--items", "400", "--milvus-items", "0", "--kinds", "hnsw", "--cache", str(cache),
+            "--filters", '{"broad": {"category": ["t-shirt", "shirt", "dress"]}}']
+    assert main(args + ["--index-options", '{"value_graphs": ["category"]}', "--json", str(root / "vg.json")]) == 0
+    rows = json.loads((root / "vg.json").read_text())["rows"]
+    assert [r["filter"] for r in rows] == [None, "broad"] and all(r["options"]["value_graphs"] == ["category"]
+                                                                 for r in rows)
+    capsys.readouterr()
+    assert main(args + ["--search-options", '{"value_graphs": false}']) == 2
+    assert "--search-options must be a JSON list" in capsys.readouterr().err

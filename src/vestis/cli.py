@@ -160,7 +160,9 @@ def cmd_bench_search(args) -> int:
                        cache_dir=args.cache, json_out=args.json, kinds=[k for k in args.kinds.split(",") if k],
                        mode=args.mode, filters=_bench_filters(args.filters), milvus_uri=args.milvus_uri,
                        ef_search=_int_list("--ef-search", args.ef_search), nprobe=_int_list("--nprobe", args.nprobe),
-                       milvus_options=_milvus_options(args.milvus_options), filter_settings=args.filter_settings))
+                       milvus_options=_milvus_options(args.milvus_options), filter_settings=args.filter_settings,
+                       index_options=_index_options(args.index_options),
+                       search_options=_search_options(args.search_options)))
     return 0
 
 
@@ -195,6 +197,24 @@ def _bench_filters(text: str | None) -> dict | None:
     if f is not None and (not isinstance(f, dict) or not all(isinstance(v, dict) and v for v in f.values())):
         raise VestisError("--filters must map a name to a filter {attribute: value or [values]}")
     return f
+
+
+def _index_options(text: str | None) -> dict | None:
+    """--index-options JSON: build options of the benchmark's FAISS indexes, e.g. {"value_graphs": ["gender"]}."""
+    o = _json_option(text, "--index-options", '{"value_graphs": ["gender"]}')
+    if o is not None and not isinstance(o, dict):
+        raise VestisError("--index-options must be a JSON object of index options")
+    return o
+
+
+def _search_options(text: str | None) -> list[dict]:
+    """--search-options JSON: a list of search settings, one row each, e.g. [{"value_graphs": false}]."""
+    o = _json_option(text, "--search-options", '[{"value_graphs": false}]')
+    if o is None:
+        return []
+    if not isinstance(o, list) or not all(isinstance(x, dict) for x in o):
+        raise VestisError("--search-options must be a JSON list of objects (search settings)")
+    return o
 
 
 def _milvus_options(text: str | None) -> dict | None:
@@ -767,6 +787,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help='the Milvus row\'s index options, e.g. \'{"M": 16, "ef_construction": 200}\' or '
                         '\'{"kind": "ivfpq", "index_type": "IVF_FLAT", "nlist": 1024}\' (default: HNSW M 32, '
                         'efConstruction 80, ef 256)')
+    b.add_argument("--index-options", default=None, metavar="JSON",
+                   help='build options of the FAISS indexes, e.g. \'{"value_graphs": ["gender"]}\'')
+    b.add_argument("--search-options", default=None, metavar="JSON",
+                   help='more search settings of the auto index, one row each, e.g. \'[{"value_graphs": false}]\'')
     b.add_argument("--nprobe", default=None, metavar="P1,P2",
                    help="also search a Milvus IVF collection with these nprobe values (one row each)")
     b.add_argument("--filter-settings", choices=["all", "first"], default="all",

@@ -76,12 +76,17 @@ DEFAULT_KINDS = (AUTO, "flat", "hnsw", "ivfpq")
 
 def default_configs(milvus_n: int = 20_000, kinds: Sequence[str] = DEFAULT_KINDS,
                     ef_search: Sequence[int] = (), milvus_options: dict | None = None,
-                    nprobe: Sequence[int] = ()) -> list[Config]:
+                    nprobe: Sequence[int] = (), index_options: dict | None = None,
+                    search_options: Sequence[dict] = ()) -> list[Config]:
     """ef_search: also search the `auto` index's graph (where it is HNSW) and a Milvus HNSW collection with these
     efSearch values (extra rows). milvus_options: the Milvus row's build options (`create_index` options; "kind"
     picks the vestis kind, default hnsw, e.g. {"kind": "ivfpq", "index_type": "IVF_FLAT", "nlist": 1024}); nprobe:
-    extra rows for a Milvus IVF collection."""
-    out = [Config("faiss", kind, searches=[{}] + ([{"ef_search": int(e)} for e in ef_search] if kind == AUTO else []))
+    extra rows for a Milvus IVF collection. index_options: build options of every FAISS index (e.g.
+    {"value_graphs": ["gender"]}); search_options: more search settings of the `auto` index, one row each (e.g.
+    [{"value_graphs": false}])."""
+    out = [Config("faiss", kind, dict(index_options or {}),
+                  searches=[{}] + ([{"ef_search": int(e)} for e in ef_search] + [dict(o) for o in search_options]
+                                   if kind == AUTO else []))
            for kind in kinds]
     if milvus_n:
         opts = dict(milvus_options or {})
@@ -201,7 +206,7 @@ def _build(cfg: Config, vectors: np.ndarray, metric: str, threads: int, work_dir
         return [int(i) for i in index.search(q, k, **params).ids[0] if i is not None and i != ""]
 
     shown = {a: b for a, b in index.options().items()
-             if a in ("M", "ef_construction", "ef_search", "nlist", "m", "nbits", "nprobe", "refine_factor", "index_type",
+             if a in ("M", "ef_construction", "ef_search", "value_graphs", "nlist", "m", "nbits", "nprobe", "refine_factor", "index_type",
                       "consistency")}
     return search, shown, index.kind, index.close, index_s
 
@@ -212,7 +217,7 @@ def bench_search(run_dir: Path, index_dir: Path, queries_file: Path, n: int = GO
                  json_out: Path | None = None, kinds: Sequence[str] = DEFAULT_KINDS, mode: str = "manipulate",
                  filters: dict[str, dict] | None = None, milvus_uri: str | None = None, ef_search: Sequence[int] = (),
                  milvus_options: dict | None = None, nprobe: Sequence[int] = (), filter_settings: str = "all",
-                 log=print) -> str:
+                 index_options: dict | None = None, search_options: Sequence[dict] = (), log=print) -> str:
     """The benchmark (module docstring). filters: {name: {attribute: value or values}}, each also measured on every
     vestis index as its own row (new gallery items carry the catalogue attributes of the real item they were made
     from; recall against the exact top k among the matching items). milvus_uri: the Milvus rows on this server
@@ -220,6 +225,8 @@ def bench_search(run_dir: Path, index_dir: Path, queries_file: Path, n: int = GO
     time per query (p50) beside the wall time, and the index search alone on the precomputed query vectors.
     ef_search: more rows, the `auto` index (and a Milvus HNSW collection) searched with these efSearch values;
     milvus_options / nprobe: the Milvus row's build options and its IVF nprobe rows (`default_configs`).
+    index_options / search_options: the FAISS indexes' build options and more search settings of the `auto` index
+    (`default_configs`).
     filter_settings: "all" measures each filter with every search setting of an index, "first" with its first
     (default) setting only. On a Milvus server the build time is the insert plus the wait for the server's own
     index build (`MilvusIndex.wait_for_index`), both recorded."""
@@ -270,7 +277,8 @@ def bench_search(run_dir: Path, index_dir: Path, queries_file: Path, n: int = GO
         # the manipulation alone (no index), to tell the model's share of a row's latency from the index's
         q50, q99, _, qcpu = _time_queries(lambda q, kk: [], run.embed_query, queries, k, repeats)
         log(f"[bench] embed_query alone: p50 {q50:.2f} ms (CPU {qcpu:.2f} ms), p99 {q99:.2f} ms")
-        configs = sweep_configs(milvus_n) if sweep else default_configs(milvus_n, kinds, ef_search, milvus_options, nprobe)
+        configs = sweep_configs(milvus_n) if sweep else default_configs(milvus_n, kinds, ef_search, milvus_options, nprobe,
+                                                                                     index_options, search_options)
         qvec_rows = [(qvec[i:i + 1], {}) for i in range(len(qvec))]  # the query vectors, for the search alone
         if milvus_uri:
             for cfg in configs:
@@ -297,7 +305,7 @@ def bench_search(run_dir: Path, index_dir: Path, queries_file: Path, n: int = GO
                 for name, f in (filters or {}).items() if sub_attrs is not None else ():
                     runs.append((name, {"filters": f}, matching(sub_attrs, f)))
                 for setting, params in enumerate(cfg.searches):
-                    if "ef_search" in params and built_kind != "hnsw":  # `auto` chose an index without a graph
+                    if ("ef_search" in params or "value_graphs" in params) and built_kind != "hnsw":  # `auto` chose an index without a graph
                         continue
                     for fname, fargs, mask in runs:
                         if fname is not None and setting and filter_settings == "first":
