@@ -147,6 +147,24 @@ def test_scalar_index_on_lite(lite_ok, tmp_path):
         create_index("milvus", "flat", 4, work_dir=str(tmp_path / "w2"), attributes=["color"], scalar_index="Trie")
 
 
+def test_manifest_fields_checked_against_the_collection(lite_ok, tmp_path):
+    """A manifest naming an attribute field the collection lacks, or a mapping that is no mapping, is a clear
+    CorruptIndexError when loading."""
+    import json
+
+    idx = tiny("flat", "ip", tmp_path, attributes=["color"])
+    idx.save(tmp_path / "ix")
+    idx.close()
+    path = tmp_path / "ix" / "manifest.json"
+    saved = json.loads(path.read_text())
+    assert saved["options"]["attribute_fields"] == {"color": "attr_0"}
+    for fields, match in (({"color": "attr_0", "size": "attr_9"}, "lacks the attribute field.*attr_9"),
+                          (["attr_0"], "must map attribute names"), ({"color": "attr 0"}, "must map attribute names")):
+        path.write_text(json.dumps({**saved, "options": {**saved["options"], "attribute_fields": fields}}))
+        with pytest.raises(CorruptIndexError, match=match):
+            load_index(tmp_path / "ix", work_dir=str(tmp_path / f"w-{len(str(fields))}"))
+
+
 def test_consistency_option_checked():
     pytest.importorskip("pymilvus")
     with pytest.raises(UnsupportedIndexError, match="consistency must be one of Strong, Session"):
