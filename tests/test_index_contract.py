@@ -123,6 +123,7 @@ class Maker:
         return idx
 
     def tiny(self, kind: str = "flat", metric: str = "ip", **kw):
+        kw.setdefault("attributes", ["color", "size"])  # declared: a Milvus collection gets a scalar field for each
         idx = self.create(kind, 4, metric, tiny=True, **kw)
         idx.add(IDS, VECS, ATTRS)
         return idx
@@ -226,8 +227,9 @@ def test_declared_attribute_without_items(make):
 
 
 def test_any_characters_in_ids_attribute_names_and_values(make):
-    """Quotes, backslashes and would-be expression injections are plain data."""
-    idx = make.create()
+    """Quotes, backslashes and would-be expression injections are plain data (on Milvus: "color" a declared
+    attribute, so a scalar field, 'we"ird' one seen on items only, so a JSON path)."""
+    idx = make.create(attributes=["color"])
     nasty = ['say "hi"', "it's", "back\\slash", '\\"', 'x" or attributes["color"] != "']
     ids = ['id"1', "id'2", "id\\3", 'id4"] or id != ["', "id5-ü"]
     idx.add(ids, VECS, [{"color": v, 'we"ird': v} for v in nasty])
@@ -300,7 +302,7 @@ def test_add_remove_upsert_at_scale(make_kind):
     x, _ = clustered_vectors(2000, 16, n_clusters=50, seed=3)
     ids = [f"item{i}" for i in range(2000)]
     attrs = [{"color": ["red", "blue"][i % 2]} for i in range(2000)]
-    idx = make.create(kind, 16)
+    idx = make.create(kind, 16, attributes=["color"])
     idx.add(ids[:1500], x[:1500], attrs[:1500])
     idx.add(ids[1500:], x[1500:], attrs[1500:])
     assert len(idx) == 2000
@@ -392,7 +394,7 @@ def test_save_load_round_trip(make_kind, metric, tmp_path):
     q, _ = clustered_vectors(30, 16, seed=9, centers=centres)
     ids = [f"id-{i}-ü\"'" for i in range(1500)]  # ids survive the files with any characters
     attrs = [{"color": ["red", "blue", "gr\"een"][i % 3], **({"size": "M"} if i % 4 else {})} for i in range(1500)]
-    idx = make.create(kind, 16, metric, run_id="run-7", schema_digest="abc123")
+    idx = make.create(kind, 16, metric, run_id="run-7", schema_digest="abc123", attributes=["color", "size"])
     idx.add(ids, x, attrs)
     idx.remove(ids[:40])
     idx.add(ids[50:60], x[:10], attrs[:10])  # upserts
@@ -456,6 +458,114 @@ def test_auto_kind(make):
         make.create("auto")
 
 
+# --- filters against a reference, and Milvus's scalar attribute fields ---------------------------------
+def _random_catalogue(n: int = 400, seed: int = 5):
+    """Random vectors (no ties) and labels with missing ones, quotes and an empty-string value."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, 8)).astype(np.float32)
+    values = {"gender": ["Women", "Men", "Unisex", None], "colour": ["navy", 'say "hi"', "", None, None],
+              "usage": ["Casual", "Formal", None]}
+    attrs = [{a: vs[rng.integers(len(vs))] for a, vs in values.items()} for _ in range(n)]
+    return [f"it{i}" for i in range(n)], x, attrs
+
+
+UNSPEC = "unspecified"
+RANDOM_FILTERS = [{"gender": "Women"}, {"gender": ["Men", "unspecified"]}, {"colour": ['say "hi"', ""]},
+                  {"colour": "unspecified", "usage": "Formal"}, {"gender": ["Women", "Unisex"], "usage": "Casual"},
+                  {"gender": "Girls"}, {"usage": "unspecified"}]
+
+
+def _reference(x, attrs, q, flt, k):
+    """The exact top k among the items passing `flt` (None / "unspecified" = no label), by inner product."""
+    ok = [all((UNSPEC if a.get(f) is None else a[f]) in ((v,) if isinstance(v, str) else tuple(v)) for f, v in flt.items())
+          for a in attrs]
+    cand = np.flatnonzero(ok)
+    order = cand[np.argsort(-(x[cand] @ q))][:k]
+    return [f"it{i}" for i in order]
+
+
+@pytest.mark.parametrize("declared", [True, False], ids=["declared", "seen"])
+def test_filters_match_an_exact_reference(make, declared):
+    """Every backend returns the exact filtered top 20 of a flat index on random data: declared attributes (Milvus:
+    scalar fields) and attributes only seen on items (Milvus: JSON paths) alike, missing labels included."""
+    ids, x, attrs = _random_catalogue()
+    idx = make.create("flat", 8, attributes=["gender", "colour", "usage"] if declared else None)
+    idx.add(ids, x, attrs)
+    if make.spec.backend == "milvus":
+        assert bool(idx.attribute_fields) is declared
+    for flt in RANDOM_FILTERS:
+        got = idx.search(x[:6], 20, filters=flt).ids
+        assert got == [_reference(x, attrs, q, flt, 20) for q in x[:6]], flt
+
+
+@pytest.fixture(params=[pytest.param(b, id=b.name) for b in BACKENDS if b.backend == "milvus"])
+def make_milvus(request, tmp_path):
+    m = Maker(request.param, tmp_path, request)
+    yield m
+    m.close()
+
+
+def _fields_of(idx) -> dict:
+    """{field name: Milvus data type name} of an index's collection."""
+    return {f["name"]: f["type"].name for f in idx._c().describe_collection(idx._collection)["fields"]}
+
+
+def test_milvus_declared_attributes_become_scalar_fields_kept_in_step(make_milvus, tmp_path):
+    """A field per declared attribute (attr_0, attr_1 in declared order, recorded in the manifest), holding each item's
+    label or "unspecified"; adds, upserts, attribute updates and removals keep the fields and the JSON in step, and a
+    saved index reopens with them."""
+    idx = make_milvus.tiny(attributes=["size", 'co"lor'])
+    assert idx.attribute_fields == {"size": "attr_0", 'co"lor': "attr_1"}
+    assert _fields_of(idx) == {"id": "VARCHAR", "vector": "FLOAT_VECTOR", "attributes": "JSON", "attr_0": "VARCHAR",
+                               "attr_1": "VARCHAR"}
+
+    def stored(i):
+        row = idx._c().query(idx._collection, filter=f'id == "{i}"', output_fields=["attributes", "attr_0", "attr_1"],
+                             consistency_level="Strong")[0]
+        return row["attributes"], row["attr_0"], row["attr_1"]
+
+    assert stored("c") == ({"color": "red"}, "unspecified", "unspecified")  # 'co"lor' was declared, "color" not
+    idx.add(["c"], VECS[2:3], [{"size": "XS", 'co"lor': "teal"}])  # upsert
+    assert stored("c") == ({"size": "XS", 'co"lor': "teal"}, "XS", "teal")
+    idx.set_attributes(["c", "a"], [{"size": None, 'co"lor': "navy"}, {"size": "L"}])
+    assert stored("c") == ({'co"lor': "navy"}, "unspecified", "navy") and stored("a")[1:] == ("L", "unspecified")
+    s = lambda f: idx.search(Q, 5, filters=f).ids[0]  # noqa: E731
+    assert s({"size": "L"}) == ["a", "d"] and s({"size": "XS"}) == [] and s({'co"lor': "navy"}) == ["c"]
+    assert s({"size": ["unspecified", "S"]}) == ["c", "e"] and s({"color": "blue"}) == ["b", "e"]  # a JSON path beside
+    idx.remove(["a"])
+    assert s({"size": "L"}) == ["d"]
+    idx.save(tmp_path / "ix")
+    assert read_manifest(tmp_path / "ix").options["attribute_fields"] == {"size": "attr_0", 'co"lor': "attr_1"}
+    back = make_milvus.load(tmp_path / "ix")
+    assert back.attribute_fields == idx.attribute_fields and back.options()["scalar_fields"] is True
+    assert back.search(Q, 5, filters={"size": ["unspecified", "S"]}).ids[0] == ["c", "e"]
+    with pytest.raises(UnsupportedIndexError, match="65535 bytes"):
+        back.set_attributes(["b"], [{"size": "x" * 70000}])
+    assert back.search(Q, 5, filters={"size": "M"}).ids[0] == ["b"]  # nothing changed
+
+
+def test_milvus_collection_without_scalar_fields_still_filters(make_milvus, tmp_path):
+    """A collection made the old way (id, vector, JSON; `scalar_fields=False`) and an index directory saved before
+    the fields existed (its manifest has no attribute_fields) load, filter through the JSON field and take updates."""
+    import json
+
+    idx = make_milvus.tiny(scalar_fields=False)
+    assert idx.attribute_fields == {} and set(_fields_of(idx)) == {"id", "vector", "attributes"}
+    idx.save(tmp_path / "ix")
+    manifest = tmp_path / "ix" / "manifest.json"
+    m = json.loads(manifest.read_text())
+    for key in ("attribute_fields", "scalar_fields", "scalar_index"):  # as session 8 wrote it
+        del m["options"][key]
+    manifest.write_text(json.dumps(m))
+    back = make_milvus.load(tmp_path / "ix")
+    assert back.attribute_fields == {} and back.options()["scalar_fields"] is False
+    s = lambda f: back.search(Q, 5, filters=f).ids[0]  # noqa: E731
+    assert s({"color": ["blue", "green"]}) == ["b", "d", "e"] and s({"size": "unspecified"}) == ["c"]
+    back.set_attributes(["c"], [{"color": "blue", "size": "XL"}])
+    back.add(["f"], VECS[:1] * 0.5, [{"color": "blue"}])
+    assert s({"color": "blue"}) == ["b", "f", "c", "e"] and s({"size": "unspecified"}) == ["f"]
+
+
 # --- a Milvus server restart ------------------------------------------------------------------
 def test_server_restart_keeps_collections_and_answers(request, tmp_path):
     """Stop the Milvus server and start it again on the same data: the collection, its count, ids, attribute
@@ -465,7 +575,7 @@ def test_server_restart_keeps_collections_and_answers(request, tmp_path):
         x, centres = clustered_vectors(1000, 16, n_clusters=30, seed=4)
         q, _ = clustered_vectors(20, 16, seed=8, centers=centres)
         ids = [f"r{i}" for i in range(1000)]
-        idx = m.create("flat", 16, run_id="run-r")  # (exact: HNSW answers may change when a restart seals segments)
+        idx = m.create("flat", 16, run_id="run-r", attributes=["color"])  # (exact: HNSW answers may change when a restart seals segments)
         idx.add(ids, x, [{"color": ["red", "blue", "green"][i % 3]} for i in range(1000)])
         idx.remove(ids[-5:])
         idx.set_attributes(ids[:10], [{"color": "gold"}] * 10)

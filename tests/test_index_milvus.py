@@ -44,6 +44,30 @@ def test_filter_expression():
     assert filter_expression({'we"ird': ("x",)}) == 'attributes["we\\"ird"] == "x"'
 
 
+def test_filter_expression_on_scalar_fields():
+    """Attributes with a field compare it (`==` for one value, `in [...]` for several; "unspecified" is the stored value
+    of a missing label); the others keep the JSON path, in the same expression."""
+    fields = {"color": "attr_0", 'we"ird': "attr_1"}
+    assert filter_expression({"color": ("red",)}, fields) == 'attr_0 == "red"'
+    assert filter_expression({"color": ("red", 'bl"ue'), "size": ("M",)}, fields) == \
+        'attr_0 in ["red", "bl\\"ue"] and attributes["size"] == "M"'
+    assert filter_expression({"color": ("unspecified",)}, fields) == 'attr_0 == "unspecified"'
+    assert filter_expression({'we"ird': ("x", "unspecified"), "size": ("unspecified", "S")}, fields) == \
+        'attr_1 in ["x", "unspecified"] and (attributes["size"] == "S" or not (exists attributes["size"]))'
+    assert filter_expression({"color": ('x"] or id != ["',)}, fields) == 'attr_0 == "x\\"] or id != [\\""'
+    assert filter_expression({"size": ("M",), "color": ()}, fields) == "false"
+    assert filter_expression(None, fields) is None and filter_expression({"color": ("red",)}, {}) == \
+        'attributes["color"] == "red"'
+
+
+def test_scalar_field_options_checked():
+    pytest.importorskip("pymilvus")
+    with pytest.raises(UnsupportedIndexError, match="scalar_fields must be true or false"):
+        create_index("milvus", "flat", 4, uri="http://127.0.0.1:1", scalar_fields="yes")
+    with pytest.raises(UnsupportedIndexError, match="scalar_index must be"):
+        create_index("milvus", "flat", 4, uri="http://127.0.0.1:1", scalar_index='Trie" or 1')
+
+
 def test_missing_pymilvus_gives_install_hint(monkeypatch):
     monkeypatch.setitem(sys.modules, "pymilvus", None)  # import pymilvus -> ImportError
     with pytest.raises(MissingDependencyError, match=r"pip install 'vestis\[milvus\]'") as e:
@@ -112,6 +136,33 @@ def test_ivf_sq8_on_lite_when_asked_for(lite_ok, tmp_path):
     with pytest.raises(UnsupportedIndexError, match="ef_search"):
         idx.search(Q, 5, ef_search=10)
     idx.close()
+
+
+def test_scalar_index_on_lite(lite_ok, tmp_path):
+    """Milvus Lite builds an INVERTED index on the attribute fields; an index type it lacks is a clear error."""
+    idx = tiny("flat", "ip", tmp_path, attributes=["color", "size"], scalar_index="INVERTED")
+    assert idx.search(Q, 5, filters={"color": ["blue", "green"], "size": ["L", "unspecified"]}).ids == [["d"]]
+    idx.close()
+    with pytest.raises(VectorIndexError, match="(?i)trie"):
+        create_index("milvus", "flat", 4, work_dir=str(tmp_path / "w2"), attributes=["color"], scalar_index="Trie")
+
+
+def test_manifest_fields_checked_against_the_collection(lite_ok, tmp_path):
+    """A manifest naming an attribute field the collection lacks, or a mapping that is no mapping, is a clear
+    CorruptIndexError when loading."""
+    import json
+
+    idx = tiny("flat", "ip", tmp_path, attributes=["color"])
+    idx.save(tmp_path / "ix")
+    idx.close()
+    path = tmp_path / "ix" / "manifest.json"
+    saved = json.loads(path.read_text())
+    assert saved["options"]["attribute_fields"] == {"color": "attr_0"}
+    for fields, match in (({"color": "attr_0", "size": "attr_9"}, "lacks the attribute field.*attr_9"),
+                          (["attr_0"], "must map attribute names"), ({"color": "attr 0"}, "must map attribute names")):
+        path.write_text(json.dumps({**saved, "options": {**saved["options"], "attribute_fields": fields}}))
+        with pytest.raises(CorruptIndexError, match=match):
+            load_index(tmp_path / "ix", work_dir=str(tmp_path / f"w-{len(str(fields))}"))
 
 
 def test_consistency_option_checked():

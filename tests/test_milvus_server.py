@@ -35,6 +35,8 @@ def test_index_and_serve_against_a_milvus_server(tiny_pipeline, milvus_server, t
     f = Engine.load(run, faiss_idx, cache_dir=cache)
     try:
         assert all(not idx.local for idx in m.spaces.values())  # every space lives on the server
+        # the catalogue's attributes are scalar fields of every collection (filters compare them, not JSON paths)
+        assert all(set(idx.attribute_fields) >= {"category", "colour", "pattern"} for idx in m.spaces.values())
         client = TestClient(create_app(m, allow_writes=True))
         assert client.get("/health").json()["indexed"] == len(f.spaces["main"])
         query = sorted(f.spaces["main"].ids())[0]
@@ -92,7 +94,7 @@ def test_bench_search_runs_its_milvus_rows_on_a_server(tiny_pipeline, milvus_ser
     assert all(r["recall"] >= 0.9 for r in rows)
     # the build is the insert plus the wait for the server's index, both recorded; searches at Session consistency
     assert all(r["build_s"] == pytest.approx(r["insert_s"] + r["index_s"], abs=0.15) for r in rows)
-    assert all(r["options"]["consistency"] == "Session" for r in rows)
+    assert all(r["options"]["consistency"] == "Session" and r["options"]["scalar_fields"] is True for r in rows)
 
 
 def test_bench_search_milvus_rows_only_with_their_options_and_ef_rows(tiny_pipeline, milvus_server, tmp_path, capsys):

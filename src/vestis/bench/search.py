@@ -194,6 +194,8 @@ def _build(cfg: Config, vectors: np.ndarray, metric: str, threads: int, work_dir
             opts.setdefault("overwrite", True)
     else:
         opts["threads"] = threads
+    if attributes is not None:  # declared, as `vestis index` does (a Milvus collection gets a field per attribute)
+        opts.setdefault("attributes", sorted({a for d in attributes for a in d}))
     index = create_index(cfg.backend, cfg.kind, dim, metric, n_items=n, **opts)
     step = 200_000  # Milvus inserts in batches anyway; this bounds the attribute copies made per call
     for s in range(0, n, step):
@@ -206,8 +208,8 @@ def _build(cfg: Config, vectors: np.ndarray, metric: str, threads: int, work_dir
         return [int(i) for i in index.search(q, k, **params).ids[0] if i is not None and i != ""]
 
     shown = {a: b for a, b in index.options().items()
-             if a in ("M", "ef_construction", "ef_search", "value_graphs", "nlist", "m", "nbits", "nprobe", "refine_factor", "index_type",
-                      "consistency")}
+             if a in ("M", "ef_construction", "ef_search", "value_graphs", "nlist", "m", "nbits", "nprobe", "refine_factor",
+                      "index_type", "consistency", "scalar_fields", "scalar_index", "attribute_fields")}
     return search, shown, index.kind, index.close, index_s
 
 
@@ -331,7 +333,7 @@ def bench_search(run_dir: Path, index_dir: Path, queries_file: Path, n: int = GO
                                "filter_share": round(share[0], 4) if share else None,
                                "default": cfg.kind == AUTO and cfg.backend == "faiss" and fname is None and not params}
                         rows.append(row)
-                        log(f"[bench] {row['backend']} {cfg.kind} {row['options']}"
+                        log(f"[bench] {row['backend']} {cfg.kind} {{{_opts(row['options'])}}}"
                             f"{f' filter {fname} ({share[0]:.3f} of the items)' if fname else ''}: build {build_s:.0f} s "
                             f"{_insert_index(row)}"
                             f"(+{rss_index:.0f} MiB resident), p50 {p50:.2f} ms (CPU {cpu50:.2f} ms; search alone {s50:.2f} ms), "
@@ -377,7 +379,8 @@ def _ms(x) -> str:
 
 
 def _opts(o: dict) -> str:
-    return ", ".join(f"{a} {b}" for a, b in o.items() if b is not None) or "-"
+    """Options for a log line or table cell (a Milvus collection's attribute -> field mapping as its count)."""
+    return ", ".join(f"{a} {len(b) if a == 'attribute_fields' else b}" for a, b in o.items() if b is not None) or "-"
 
 
 def goal_verdict(report: dict) -> str:
