@@ -94,7 +94,7 @@ def test_filters_search_only_their_values_partitions(make, monkeypatch):
 def test_moves_between_partitions_remove_and_reload(make, tmp_path):
     """set_attributes and upserts that change the value move the row (in the new partition only, never twice),
     new values get partitions, remove works across them, and a saved index reopens with them."""
-    idx = make.tiny(attributes=["color", "size"], partition_attribute="color")
+    idx = make.tiny(attributes=["color", "size"], partition_attribute="color", batch_size=2)  # several batches
     assert _members(idx) == {DEFAULT_PARTITION: [], P("red"): ["a", "c"], P("blue"): ["b", "e"], P("green"): ["d"]}
     s = lambda i, f: i.search(Q, 10, filters=f).ids[0]  # noqa: E731
     idx.set_attributes(["a", "b"], [{"color": "blue", "size": "M"}, {"color": "blue", "size": "L"}])  # a moves, b stays

@@ -531,31 +531,32 @@ class MilvusIndex(VectorIndex):
                     batch = []
             return
         field = self._fields[self._pattr]
-        groups: dict[str, list[dict]] = {}
-        moved: dict[str, list[str]] = {}
-        for i, v, a in items:
-            row = self._row(i, v.tolist() if hasattr(v, "tolist") else v, a)
-            part = partition_name(row[field])
-            groups.setdefault(part, []).append(row)
-            if i in previous and partition_name(previous[i]) != part:
-                moved.setdefault(partition_name(previous[i]), []).append(i)
-        self._ensure_partitions(groups)
-        # the old rows go first, as a delete stamped before the upsert cannot touch the new row whatever the engine
-        # does with partition_name (Milvus Lite deletes a key from every partition's unsealed rows, and its upsert
-        # leaves the key's sealed rows in other partitions alone)
-        for part, moved_ids in moved.items():
-            for s in range(0, len(moved_ids), 500):
-                c.delete(self._collection, filter=_ids_expression(moved_ids[s: s + 500]), partition_name=part)
-        if moved and self.local:
-            # Milvus Lite, on a reopened database, brings a deleted sealed row back when its key is inserted again
-            # before the delete is flushed (seen in the tests)
-            c.flush(self._collection)
-        for part, rows in groups.items():
-            for s in range(0, len(rows), per_batch):
-                c.upsert(self._collection, rows[s: s + per_batch], partition_name=part)
-        if moved and not self.local:  # as in `remove`: a 2.3 server's delete returns no timestamp to wait for
-            first = next(iter(moved.values()))[:1]
-            c.query(self._collection, filter=_ids_expression(first), output_fields=[ID_FIELD], limit=1,
+        items = list(items)  # (id, vector, attributes): references, the rows are made a batch at a time
+        self._ensure_partitions({partition_name(a.get(self._pattr, MISSING)) for _, _, a in items})  # before any write
+        moved_any = None
+        for s in range(0, n, per_batch):
+            groups: dict[str, list[dict]] = {}
+            moved: dict[str, list[str]] = {}
+            for i, v, a in items[s: s + per_batch]:
+                row = self._row(i, v.tolist() if hasattr(v, "tolist") else v, a)
+                part = partition_name(row[field])
+                groups.setdefault(part, []).append(row)
+                if i in previous and partition_name(previous[i]) != part:
+                    moved.setdefault(partition_name(previous[i]), []).append(i)
+            # the old rows go first, as a delete stamped before the upsert cannot touch the new row whatever the
+            # engine does with partition_name (Milvus Lite deletes a key from every partition's unsealed rows, and its
+            # upsert leaves the key's sealed rows in other partitions alone)
+            for part, moved_ids in moved.items():
+                c.delete(self._collection, filter=_ids_expression(moved_ids), partition_name=part)
+                moved_any = moved_ids[0]
+            if moved and self.local:
+                # Milvus Lite, on a reopened database, brings a deleted sealed row back when its key is inserted again
+                # before the delete is flushed (seen in the tests)
+                c.flush(self._collection)
+            for part, rows in groups.items():
+                c.upsert(self._collection, rows, partition_name=part)
+        if moved_any is not None and not self.local:  # as in `remove`: a 2.3 server's delete returns no timestamp
+            c.query(self._collection, filter=_ids_expression([moved_any]), output_fields=[ID_FIELD], limit=1,
                     consistency_level="Strong")
 
     def _ensure_partitions(self, names) -> None:
