@@ -170,8 +170,11 @@ def test_broad_filter_against_the_query_partitions_find_what_the_filtered_walk_m
         idx.add(ids, x, attrs)
         idx.wait_for_index(timeout=600)
         got[bool(opts)] = idx.search(q, 30, filters={"gender": "Women"}).ids
-        assert all(len(g) == 30 and all(women[int(i)] for i in g) for g in got[bool(opts)])
+        assert all(women[int(i)] for g in got[bool(opts)] for i in g)
+    assert all(len(g) == 30 for g in got[True])  # (the filtered walk may return fewer: those count as misses)
     r_walk, r_parts = _recall(got[False], x, q, women), _recall(got[True], x, q, women)
+    print(f"recall@30 walk {r_walk:.4f}, partitions {r_parts:.4f}; walk results per query "
+          f"{np.mean([len(g) for g in got[False]]):.1f}")
     assert r_parts >= 0.99, (r_walk, r_parts)
     if make.server is not None:
         assert r_walk < 0.95 and r_parts - r_walk >= 0.05, (r_walk, r_parts)
