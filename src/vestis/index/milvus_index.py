@@ -504,10 +504,11 @@ class MilvusIndex(VectorIndex):
                 self._upsert(((ids[j], x[j], attrs[j]) for j in range(len(ids))), len(ids), previous)
 
     def _stored_partition_values(self, ids: list[str]) -> dict[str, str]:
-        """{id: its stored value of the partition attribute} for the ids the collection holds."""
+        """{id: its stored value of the partition attribute} for the ids the collection holds (a Strong query per
+        4,096 ids: each waits for the server's time tick, about 0.2 s, so 500 a query cost a 200,000-item build 80 s)."""
         field, out = self._fields[self._pattr], {}
-        for s in range(0, len(ids), 500):
-            chunk = ids[s: s + 500]
+        for s in range(0, len(ids), 4096):
+            chunk = ids[s: s + 4096]
             for r in self._c().query(self._collection, filter=_ids_expression(chunk), output_fields=[ID_FIELD, field],
                                      limit=len(chunk)):
                 out[r[ID_FIELD]] = r[field]
