@@ -201,7 +201,7 @@ def partition_name(value: str) -> str:
     """The partition holding the items whose partition attribute has `value` ("unspecified" included): a pure function
     of the value (so every client and every reload agree without a stored mapping), readable where the value is
     ASCII, and a valid Milvus name whatever its characters: ``v_<ASCII letters and digits, at most 32>_<16 hex digits of
-    its sha256>``, e.g. ``v_Women_8d95bf2ec1d0b2b4``."""
+    its sha256>``, e.g. ``v_Women_81c511ebf87c040e``."""
     slug = re.sub(r"[^A-Za-z0-9]", "", value)[:32]
     return f"{PARTITION_PREFIX}{slug}_{hashlib.sha256(value.encode('utf-8')).hexdigest()[:16]}"
 
