@@ -268,22 +268,25 @@ def test_route_updates_the_served_engine_and_the_index(tiny_pipeline, tmp_path):
     assert [h.id for h in r1] == [h.id for h in r2] and a in [h.id for h in r1]
 
 
-def test_milvus_lite_index_updates_its_attribute_fields(updated, tiny_pipeline, tmp_path):
+@pytest.mark.parametrize("options", [[], ["--options", '{"partition_attribute": "colour"}']], ids=["fields", "partitions"])
+def test_milvus_lite_index_updates_its_attribute_fields(updated, tiny_pipeline, tmp_path, options):
     """`vestis index --update-attributes` on a Milvus index (Lite): the catalogue's attributes are scalar fields of its
     collections, and after the update its filters find what the updated FAISS index finds: a changed colour, a cleared
-    pattern ("unspecified" in its field), a changed category and fit."""
+    pattern ("unspecified" in its field), a changed category and fit. With `partition_attribute` (the option reaches
+    the main space's index through `--options`) the changed colour moves its item to the new colour's partition."""
     pytest.importorskip("pymilvus", reason="pymilvus not installed (pip install 'vestis[milvus]')")
     pytest.importorskip("milvus_lite", reason="milvus-lite not installed (pip install 'vestis[milvus]')")
     root, cat, run, idx, cache = tiny_pipeline
     upd, rebuilt, run, cache, changes = updated
     out = tmp_path / "milvus-idx"
     assert main(["index", "--run", str(run), "--catalog", str(cat), "--out", str(out), "--split", "gallery",
-                 "--backend", "milvus", "--kind", "flat", "--cache", str(cache)]) == 0
+                 "--backend", "milvus", "--kind", "flat", "--cache", str(cache), *options]) == 0
     (tmp_path / "u.jsonl").write_text("".join(json.dumps({"id": i, "attributes": a}) + "\n" for i, a in changes.items()))
     assert main(["index", "--update-attributes", str(tmp_path / "u.jsonl"), "--out", str(out), "--cache", str(cache)]) == 0
     m, f = Engine.load(run, out, cache_dir=cache), Engine.load(run, upd, cache_dir=cache)
     try:
         assert set(m.spaces["main"].attribute_fields) >= {"category", "colour", "pattern", "fit"}
+        assert m.spaces["main"].options()["partition_attribute"] == ("colour" if options else None)
         (a, ca), (b, cb), (c, cc) = changes.items()
         query = sorted(f.spaces["main"].ids())[0]
         for flt, changed in (({"colour": ca["colour"]}, a), ({"category": cc["category"]}, c), ({"fit": "loose"}, c)):
