@@ -526,7 +526,7 @@ class MilvusIndex(VectorIndex):
         if self._pattr is None:
             batch: list[dict] = []
             for j, (i, v, a) in enumerate(items):
-                batch.append(self._row(i, v.tolist() if hasattr(v, "tolist") else v, a))
+                batch.append(self._row(i, v, a))
                 if len(batch) == per_batch or j == n - 1:
                     c.upsert(self._collection, batch)
                     batch = []
@@ -539,7 +539,7 @@ class MilvusIndex(VectorIndex):
             groups: dict[str, list[dict]] = {}
             moved: dict[str, list[str]] = {}
             for i, v, a in items[s: s + per_batch]:
-                row = self._row(i, v.tolist() if hasattr(v, "tolist") else v, a)
+                row = self._row(i, v, a)
                 part = partition_name(row[field])
                 groups.setdefault(part, []).append(row)
                 if i in previous and partition_name(previous[i]) != part:
@@ -584,9 +584,11 @@ class MilvusIndex(VectorIndex):
         # reopen, seen in the tests); Lite loads whole collections only, and loading a loaded one loads what it lacks
         c.load_collection(self._collection)
 
-    def _row(self, item_id: str, vector: list, attrs: dict[str, str]) -> dict:
-        """One row: the JSON field holds every label, each scalar field its attribute's label or MISSING."""
-        row = {ID_FIELD: item_id, VECTOR_FIELD: vector, ATTR_FIELD: attrs}
+    def _row(self, item_id: str, vector, attrs: dict[str, str]) -> dict:
+        """One row: the vector as a list (numpy rows from adds, lists read back for updates), the JSON field holds every
+        label, each scalar field its attribute's label or MISSING."""
+        row = {ID_FIELD: item_id, VECTOR_FIELD: vector.tolist() if isinstance(vector, np.ndarray) else vector,
+               ATTR_FIELD: attrs}
         for attr, field in self._fields.items():
             row[field] = attrs.get(attr, MISSING)
         return row
