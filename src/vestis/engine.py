@@ -136,6 +136,9 @@ class Engine:
         self._encoder = None
         self._cache = None
         self._hashes: dict = {}  # image path -> ((size, mtime), content hash), see item_maps
+        # `keep_item_probabilities`: image content hash -> row of `_kept_probs` (per attribute, float32 rows)
+        self._kept_rows: dict[str, int] = {}
+        self._kept_probs: dict[str, np.ndarray] = {}
         self._present = None
         self.label_weight = catalogue_ranking.LABEL_WEIGHT
         # labels on, photo queries: prefer only what the run learnt from photos where it was trained on some
@@ -243,33 +246,41 @@ class Engine:
             self._encoder = make_backend(self.spec, self.cache_dir).backend
         return encode_images(self._encoder, self.spec.resolution, images, crop=crop, boxes=boxes, studio=studio)
 
+    def _item_hash(self, iid: str) -> str:
+        """The content hash of a catalogue item's image (the feature cache's key), read again only when the file's
+        size or modification time changed."""
+        from vestis.vision.cache import content_hash
+
+        item = self.catalog.by_id.get(iid)
+        if item is None:
+            raise EngineError(f"unknown item id {echo(iid)}")
+        try:
+            st = os.stat(item.image) if item.image is not None else None
+        except OSError:
+            st = None
+        if st is None or not stat.S_ISREG(st.st_mode):
+            raise EngineError(f"item {iid!r} has no image file ({item.image})")
+        key = (st.st_size, st.st_mtime_ns)
+        kept = self._hashes.get(item.image)
+        if kept is None or kept[0] != key:
+            kept = self._hashes[item.image] = (key, content_hash(item.image))
+        return kept[1]
+
     def item_maps(self, item_ids: Sequence[str], encode_missing: bool = True,
-                  levels: Collection[str] | None = None) -> dict[str, torch.Tensor]:
+                  levels: Collection[str] | None = None, hashes: list | None = None) -> dict[str, torch.Tensor]:
         """Feature maps of catalogue items: from the cache, encoding any that are not cached (with
         encode_missing=False, those are an error instead); `levels`: only these trunk levels (a search reads only
-        `search_levels`: no float32 copy of the others)."""
-        from vestis.vision.cache import content_hash
+        `search_levels`: no float32 copy of the others); `hashes`: receives each item's image content hash."""
         from vestis.vision.s32_stages import open_cache
 
         if self._cache is None:
             self._cache = open_cache(self.cache_dir, self.spec)
         rows, todo = [], []
         for i, iid in enumerate(item_ids):
-            item = self.catalog.by_id.get(iid)
-            if item is None:
-                raise EngineError(f"unknown item id {echo(iid)}")
-            try:
-                st = os.stat(item.image) if item.image is not None else None
-            except OSError:
-                st = None
-            if st is None or not stat.S_ISREG(st.st_mode):
-                raise EngineError(f"item {iid!r} has no image file ({item.image})")
-            # the content hash keys the cache; re-read the file only when its size or modification time changed
-            key = (st.st_size, st.st_mtime_ns)
-            kept = self._hashes.get(item.image)
-            if kept is None or kept[0] != key:
-                kept = self._hashes[item.image] = (key, content_hash(item.image))
-            got = self._cache.get(kept[1], copy=False)  # converted to float32 below
+            h = self._item_hash(iid)
+            if hashes is not None:
+                hashes.append(h)
+            got = self._cache.get(h, copy=False)  # converted to float32 below
             rows.append(got)
             if got is None:
                 todo.append(i)
@@ -513,6 +524,68 @@ class Engine:
                      for s in range(0, n, block)]
             return {a: torch.cat([p[a] for p in parts])[:n] for a in parts[0]}
 
+    def keep_item_probabilities(self, limit: int | None = None, chunk: int = 256) -> int:
+        """Compute once and keep the model's attribute probabilities of the catalogue items whose feature maps are
+        cached (the first `limit` of them in catalogue order; None: all), so that an item-id search reads its
+        query's probabilities instead of running the classifiers (README, "HTTP API under load"). They are the
+        values a search computes (blocks of `QUERY_BLOCK` rows, a row's values independent of the other rows), so
+        no answer changes; they are kept by image content, so an item whose image file changes is computed per
+        query again. Items without cached maps are skipped (a search encodes them). Returns how many are kept."""
+        if not self.model.predicts_attributes or (limit is not None and limit <= 0):
+            return len(self._kept_rows)
+        from vestis.vision.s32_stages import open_cache
+
+        if self._cache is None:
+            self._cache = open_cache(self.cache_dir, self.spec)
+        rows: dict[str, int] = dict(self._kept_rows)
+        parts = [self._kept_probs] if self._kept_probs else []
+        todo = [it.id for it in self.catalog.items if it.image is not None]
+        if limit is not None:
+            todo = todo[:limit]
+        for s in range(0, len(todo), chunk):
+            hashes, got = [], []
+            for iid in todo[s:s + chunk]:
+                try:
+                    h = self._item_hash(iid)
+                except EngineError:
+                    continue
+                m = self._cache.get(h, copy=False) if h not in rows and h not in hashes else None
+                if m is not None:
+                    hashes.append(h)
+                    got.append(m)
+            if not hashes:
+                continue
+            levels = [lv for lv in got[0] if self.search_levels is None or lv in self.search_levels]
+            maps = {lv: torch.from_numpy(np.stack([m[lv] for m in got]).astype(np.float32)) for lv in levels}
+            parts.append({a: p.numpy() for a, p in self._probabilities(maps, QUERY_BLOCK).items()})
+            for h in hashes:
+                rows[h] = len(rows)
+        if len(parts) > 1 or (parts and parts[0] is not self._kept_probs):
+            table = {a: np.ascontiguousarray(np.concatenate([p[a] for p in parts]), dtype=np.float32) for a in parts[0]}
+            self._kept_probs, self._kept_rows = table, rows  # the table first: a reader never sees a row past it
+        return len(self._kept_rows)
+
+    def _query_probabilities(self, maps, hashes: Sequence[str]) -> dict[str, torch.Tensor]:
+        """`_probabilities(maps, QUERY_BLOCK)` of catalogue items (`hashes`: their image content hashes), the rows
+        of items `keep_item_probabilities` kept read instead of computed."""
+        table, kept = self._kept_probs, self._kept_rows
+        rows = [kept.get(h) for h in hashes] if kept else [None] * len(hashes)
+        missing = [i for i, r in enumerate(rows) if r is None]
+        if len(missing) == len(rows):
+            return self._probabilities(maps, QUERY_BLOCK)
+        have = [i for i, r in enumerate(rows) if r is not None]
+        idx = np.array([rows[i] for i in have], np.int64)
+        if not missing:
+            return {a: torch.from_numpy(t[idx]) for a, t in table.items()}
+        fresh = self._probabilities({lv: m[missing] for lv, m in maps.items()}, QUERY_BLOCK)
+        out = {}
+        for a, t in table.items():
+            x = np.empty((len(rows), t.shape[1]), np.float32)
+            x[have] = t[idx]
+            x[missing] = fresh[a].numpy()
+            out[a] = torch.from_numpy(x)
+        return out
+
     def _describe(self, probs: Mapping[str, torch.Tensor], top: int = 3) -> list[dict]:
         schema, out = self.model.schema, []
         # numpy views of the float32 values: a few C calls per row instead of a dozen tensor ops
@@ -551,13 +624,19 @@ class Engine:
         self.check_request(mode, [manipulations], filters)  # before any image is decoded
         boxes: list = []
         studio: list | None = [] if image is not None and self.photo_preferences is not None else None
-        maps = self.query_maps(image=image, item_id=item_id, crop=crop and image is not None, boxes=boxes, studio=studio)
+        hashes: list[str] = []
+        if item_id is not None:
+            maps = self.item_maps([item_id], levels=self.search_levels, hashes=hashes)
+        else:
+            maps = self.query_maps(image=image, crop=crop, boxes=boxes, studio=studio)
         known = [self.catalog[item_id].attributes] if item_id is not None and labels else None
         # An item query runs the model in a padded block, as `search_batch` would with other concurrent item queries,
         # so that its answer is the same either way; an uploaded photo is never batched, so it runs as its one row
         # (the padding cost about a millisecond of the photo query time, README "Photo query time").
         block = QUERY_BLOCK if item_id is not None else None
-        probs = self._probabilities(maps, block) if self.model.predicts_attributes else None  # once: ranking and answer
+        probs = None  # once: ranking and answer
+        if self.model.predicts_attributes:
+            probs = self._query_probabilities(maps, hashes) if item_id is not None else self._probabilities(maps)
         result = self.search_maps(maps, [manipulations], k, filters, mode, exclude=[item_id], labels=labels,
                                   query_labels=known, probabilities=probs,
                                   shopper=[not studio[0]] if studio else None, block=block)[0]
@@ -574,7 +653,7 @@ class Engine:
         VestisError `search` raises for it."""
         out: list = [None] * len(queries)
         ready = []  # (position, item id, manipulations, k, filters, mode, labels)
-        maps_of = []
+        maps_of, hashes = [], []
         for i, q in enumerate(queries):
             try:
                 item_id = q.get("item_id")
@@ -585,7 +664,9 @@ class Engine:
                 if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
                     raise EngineError(f"k must be a whole number between 1 and {MAX_K}, got {k!r}")
                 filters = self.check_request(mode, [manipulations], q.get("filters"))
-                maps_of.append(self.item_maps([item_id], levels=self.search_levels))
+                h: list[str] = []
+                maps_of.append(self.item_maps([item_id], levels=self.search_levels, hashes=h))
+                hashes += h
             except VestisError as e:
                 out[i] = e
                 continue
@@ -593,7 +674,7 @@ class Engine:
         if not ready:
             return out
         maps = {lv: torch.cat([m[lv] for m in maps_of]) for lv in maps_of[0]}
-        probs = self._probabilities(maps, QUERY_BLOCK) if self.model.predicts_attributes else None
+        probs = self._query_probabilities(maps, hashes) if self.model.predicts_attributes else None
         described = self._describe(probs) if probs is not None else None
         together: dict[tuple, list[int]] = {}  # one search_maps call per (mode, k, filters, labels)
         for j, (_, _, _, k, filters, mode, labels) in enumerate(ready):

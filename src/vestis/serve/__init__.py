@@ -17,7 +17,7 @@ def load_engine(run: Path, index: Path, catalog: Path | None = None, format: str
 
 
 def serve(engine, host: str = "127.0.0.1", port: int = 8000, log_level: str = "warning", workers: int = 1,
-          **app_options) -> None:
+          precompute_items: int = 200_000, **app_options) -> None:
     """Serve the API and the web page until interrupted; prints the URL it is bound to first. The socket is bound
     here and handed to uvicorn, so the printed address (and a --port 0 choice) is the one that serves.
 
@@ -25,7 +25,11 @@ def serve(engine, host: str = "127.0.0.1", port: int = 8000, log_level: str = "w
     index, model and catalogue pages copy-on-write and accept from the one socket. Every server process runs torch
     and FAISS on one thread: a search is small, and the engine answers one at a time per process, so a second
     thread would only wait (or spin) beside the event loop and the other requests. Writes
-    (`allow_writes`) need one process, since each worker holds its own engine."""
+    (`allow_writes`) need one process, since each worker holds its own engine.
+
+    `precompute_items`: the attribute probabilities of up to that many catalogue items (those with cached maps) are
+    computed before serving and kept (`Engine.keep_item_probabilities`; shared by the workers), so an item-id
+    search skips the classifiers; 0: none."""
     import socket
 
     import uvicorn
@@ -56,6 +60,10 @@ def serve(engine, host: str = "127.0.0.1", port: int = 8000, log_level: str = "w
     if workers > 1 and not hasattr(os, "fork"):
         sock.close()
         raise VestisError("--workers > 1 needs a POSIX system (fork)")
+    if precompute_items < 0:
+        sock.close()
+        raise VestisError(f"--precompute-items must be at least 0, got {precompute_items}")
+    kept = _precompute(engine, precompute_items)
     app = create_app(engine, **app_options)
     exposed = not _loopback(bound_host) and not app_options.get("allowed_hosts")
 
@@ -69,7 +77,7 @@ def serve(engine, host: str = "127.0.0.1", port: int = 8000, log_level: str = "w
         _one_thread(engine)
         _warm(app)
         print(f"vestis: serving run {engine.info.run_id} ({engine.model.name}, {len(app.state.service.indexed)} items "
-              f"indexed) at {_urls(bound_host, bound_port)}  (API docs: /docs; Ctrl+C stops)", flush=True)
+              f"indexed{kept}) at {_urls(bound_host, bound_port)}  (API docs: /docs; Ctrl+C stops)", flush=True)
         warn_if_exposed()
         try:
             uvicorn.Server(config).run(sockets=[sock])
@@ -92,10 +100,21 @@ def serve(engine, host: str = "127.0.0.1", port: int = 8000, log_level: str = "w
                 os._exit(code)
         children.append(pid)
     print(f"vestis: serving run {engine.info.run_id} ({engine.model.name}, {len(app.state.service.indexed)} items "
-          f"indexed) at {_urls(bound_host, bound_port)} with {workers} worker processes  (API docs: /docs; Ctrl+C "
+          f"indexed{kept}) at {_urls(bound_host, bound_port)} with {workers} worker processes  (API docs: /docs; Ctrl+C "
           f"stops)", flush=True)
     warn_if_exposed()
     _supervise(children, sock)
+
+
+def _precompute(engine, limit: int) -> str:
+    """`Engine.keep_item_probabilities` before serving; what was kept, for the "serving" line."""
+    import time
+
+    if not limit or not engine.model.predicts_attributes:
+        return ""
+    t0 = time.perf_counter()
+    n = engine.keep_item_probabilities(limit)
+    return f"; attribute probabilities of {n:,} items kept in {time.perf_counter() - t0:.1f} s"
 
 
 def _warm(app) -> None:

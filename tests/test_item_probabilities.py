@@ -1,0 +1,95 @@
+"""`Engine.keep_item_probabilities`: the catalogue items' attribute probabilities computed once before serving.
+
+Item-id searches then read them instead of running the classifiers, and every answer stays exactly what it was:
+alone and batched, labels on and off, every flat mode, a batch mixing kept and unkept items, and an item whose
+image file changes after keeping (its new content is looked up again, never its old row)."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from vestis.catalog import Catalog
+from vestis.engine import QUERY_BLOCK, Engine
+
+from test_serve_batching import _key, _queries
+
+
+@pytest.fixture
+def fresh(tiny_pipeline):
+    """A new engine over the tiny pipeline (keeping mutates the engine; the module-wide one stays untouched)."""
+    root, cat, run, idx, cache = tiny_pipeline
+    return Engine.load(run, idx, cache_dir=cache)
+
+
+def _count_forward(engine, monkeypatch) -> list[int]:
+    rows: list[int] = []
+    model = engine.model
+    real = type(model).attribute_probabilities
+    monkeypatch.setattr(type(model), "attribute_probabilities",
+                        lambda self, maps: rows.append(len(next(iter(maps.values())))) or real(self, maps))
+    return rows
+
+
+def test_kept_probabilities_give_the_same_answers_without_the_classifiers(fresh, monkeypatch):
+    queries = _queries(fresh)
+    alone = [_key(fresh.search(**q)) for q in queries]
+    batched = [_key(r) for r in fresh.search_batch(queries)]
+    n = fresh.keep_item_probabilities()
+    cached = {it.id for it in fresh.catalog if fresh._cache.get(fresh._item_hash(it.id)) is not None}
+    assert n == len(cached) and 0 < n < len(fresh.catalog)  # items without cached maps (the query split) are skipped
+    forward = _count_forward(fresh, monkeypatch)
+    assert [_key(fresh.search(**q)) for q in queries] == alone
+    assert [_key(r) for r in fresh.search_batch(queries)] == batched
+    forward.clear()
+    kept = [q for q in queries if q["item_id"] in cached]
+    assert len(kept) >= len(queries) // 3
+    assert [_key(r) for r in fresh.search_batch(kept)] == [b for q, b in zip(queries, batched) if q in kept]
+    assert forward == []  # every kept query's probabilities were read, none computed
+    photo = fresh.catalog[queries[0]["item_id"]].image.read_bytes()
+    fresh.search(image=photo)
+    assert forward == [1]  # an upload is not a catalogue item: computed as before
+
+
+def test_a_batch_of_kept_and_unkept_items_computes_only_the_unkept(fresh, monkeypatch):
+    queries = [q for q in _queries(fresh) if not q.get("mode", "manipulate").startswith("attribute")]
+    expected = [_key(r) for r in fresh.search_batch(queries)]
+    first = [it.id for it in fresh.catalog][:2]
+    assert fresh.keep_item_probabilities(limit=2) == 2
+    assert fresh.keep_item_probabilities(limit=0) == 2  # 0: nothing more
+    forward = _count_forward(fresh, monkeypatch)
+    mixed = [{"item_id": first[0]}, queries[0], {"item_id": first[1], "k": 3}, queries[1]]
+    want = [_key(fresh.search(**q)) for q in mixed]
+    forward.clear()
+    assert [_key(r) for r in fresh.search_batch(mixed)] == want
+    assert forward == [QUERY_BLOCK]  # the two unkept items, one padded block
+    assert [_key(r) for r in fresh.search_batch(queries)] == expected
+    n = fresh.keep_item_probabilities()  # the rest added to the kept ones
+    assert n > 2
+    assert [_key(r) for r in fresh.search_batch(queries)] == expected
+
+
+def test_an_item_whose_image_changes_is_looked_up_by_its_new_content(tiny_pipeline, tmp_path):
+    root, cat, run, idx, cache = tiny_pipeline
+    copy = tmp_path / "catalogue"
+    shutil.copytree(cat, copy)
+    engine = Engine.load(run, idx, catalog=Catalog.load(copy), cache_dir=cache)
+    assert engine.keep_item_probabilities() > 0
+    a, b = [it for it in engine.catalog if engine.catalog.split_of(it.id) == "gallery"][:2]  # both kept
+    before = _key(engine.search(item_id=a.id, mode="visual"))
+    a.image.write_bytes(b.image.read_bytes())  # a now shows b's picture (cached maps, a kept row under b's content)
+    unkept = Engine.load(run, idx, catalog=Catalog.load(copy), cache_dir=cache)
+    now = engine.search(item_id=a.id, manipulations={"colour": engine.model.schema.values("colour")[0]})
+    assert _key(now) == _key(unkept.search(item_id=a.id, manipulations={"colour": engine.model.schema.values("colour")[0]}))
+    assert now.predicted == unkept.search(item_id=b.id).predicted  # b's probabilities: the picture's, not a's old row
+    assert _key(engine.search(item_id=a.id, mode="visual")) != before
+
+
+def test_serve_refuses_a_negative_precompute_count(tiny_pipeline, capsys):
+    from vestis.cli import main
+
+    root, cat, run, idx, cache = tiny_pipeline
+    assert main(["serve", "--run", str(run), "--index", str(idx), "--cache", str(cache), "--port", "0",
+                 "--precompute-items", "-1"]) != 0
+    assert "--precompute-items must be at least 0" in capsys.readouterr().err
