@@ -216,8 +216,8 @@ def test_searches_read_only_the_levels_the_model_reads(engine, monkeypatch):
     assert engine.search_levels == frozenset((*engine.model.levels, "s32"))
     read = []
     real = Engine.item_maps
-    monkeypatch.setattr(Engine, "item_maps", lambda self, ids, encode_missing=True, levels=None, hashes=None: read.append(
-        sorted(m := real(self, ids, encode_missing, levels, hashes))) or m)
+    monkeypatch.setattr(Engine, "item_maps", lambda self, ids, encode_missing=True, levels=None: read.append(
+        sorted(m := real(self, ids, encode_missing, levels))) or m)
     narrow = [_key(engine.search(**q)) for q in queries]
     batched = [_key(r) for r in engine.search_batch(queries)]
     assert read and all(lv == sorted(engine.search_levels) for lv in read)

@@ -1001,9 +1001,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--allow-writes", action="store_true",
                    help="answer PATCH /items/attributes, which changes the served index's attributes in place (off by "
                         "default: 403)")
-    s.add_argument("--precompute-items", type=int, default=200_000, metavar="N",
-                   help="before serving, compute and keep the attribute probabilities of up to N catalogue items with "
-                        "cached features, so item-id searches skip the classifiers (default 200000; 0: none)")
+    s.add_argument("--precompute-items", type=int, default=100_000, metavar="N",
+                   help="before serving, compute and keep the query side (attribute probabilities, pooled features) of "
+                        "up to N catalogue items with cached features, so item-id searches skip the classifiers and "
+                        "the feature cache (default 100000; 0: none)")
     cache_option(s)
     s.set_defaults(func=cmd_serve)
 

@@ -17,7 +17,7 @@ def load_engine(run: Path, index: Path, catalog: Path | None = None, format: str
 
 
 def serve(engine, host: str = "127.0.0.1", port: int = 8000, log_level: str = "warning", workers: int = 1,
-          precompute_items: int = 200_000, **app_options) -> None:
+          precompute_items: int = 100_000, **app_options) -> None:
     """Serve the API and the web page until interrupted; prints the URL it is bound to first. The socket is bound
     here and handed to uvicorn, so the printed address (and a --port 0 choice) is the one that serves.
 
@@ -27,9 +27,9 @@ def serve(engine, host: str = "127.0.0.1", port: int = 8000, log_level: str = "w
     thread would only wait (or spin) beside the event loop and the other requests. Writes
     (`allow_writes`) need one process, since each worker holds its own engine.
 
-    `precompute_items`: the attribute probabilities of up to that many catalogue items (those with cached maps) are
-    computed before serving and kept (`Engine.keep_item_probabilities`; shared by the workers), so an item-id
-    search skips the classifiers; 0: none."""
+    `precompute_items`: the query side of up to that many catalogue items (those with cached maps: the model's
+    attribute probabilities and map summary) is computed before serving and kept (`Engine.keep_item_queries`;
+    shared by the workers), so an item-id search skips the classifiers and the feature cache; 0: none."""
     import socket
 
     import uvicorn
@@ -107,14 +107,16 @@ def serve(engine, host: str = "127.0.0.1", port: int = 8000, log_level: str = "w
 
 
 def _precompute(engine, limit: int) -> str:
-    """`Engine.keep_item_probabilities` before serving; what was kept, for the "serving" line."""
+    """`Engine.keep_item_queries` before serving; what was kept, for the "serving" line."""
     import time
 
-    if not limit or not engine.model.predicts_attributes:
+    if not limit:
         return ""
     t0 = time.perf_counter()
-    n = engine.keep_item_probabilities(limit)
-    return f"; attribute probabilities of {n:,} items kept in {time.perf_counter() - t0:.1f} s"
+    n = engine.keep_item_queries(limit)
+    if not n:
+        return ""
+    return f"; the query side of {n:,} items kept ({engine.kept_bytes() / 2**20:.0f} MiB, {time.perf_counter() - t0:.1f} s)"
 
 
 def _warm(app) -> None:

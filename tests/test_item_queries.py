@@ -1,8 +1,10 @@
-"""`Engine.keep_item_probabilities`: the catalogue items' attribute probabilities computed once before serving.
+"""`Engine.keep_item_queries`: the catalogue items' query side (attribute probabilities, the model's map summary)
+computed once before serving.
 
-Item-id searches then read them instead of running the classifiers, and every answer stays exactly what it was:
-alone and batched, labels on and off, every flat mode, a batch mixing kept and unkept items, and an item whose
-image file changes after keeping (its new content is looked up again, never its old row)."""
+Item-id searches then read them instead of running the classifiers and reading the feature cache, and every answer
+stays exactly what it was: alone and batched, labels on and off, every flat mode, a batch mixing kept and unkept
+items, and an item whose image file changes after keeping (its new content is looked up again, never its old row).
+`AttributeBaseline.query_summary` (the pooled stride-32 map as a 1 x 1 map) plans exactly as the whole map."""
 
 from __future__ import annotations
 
@@ -32,21 +34,30 @@ def _count_forward(engine, monkeypatch) -> list[int]:
     return rows
 
 
-def test_kept_probabilities_give_the_same_answers_without_the_classifiers(fresh, monkeypatch):
+def _count_maps(engine, monkeypatch) -> list[int]:
+    read: list[int] = []
+    real = Engine.item_maps
+    monkeypatch.setattr(Engine, "item_maps", lambda self, ids, *a, **kw: read.append(len(ids)) or real(self, ids, *a, **kw))
+    return read
+
+
+def test_kept_queries_give_the_same_answers_without_the_classifiers_or_the_cache(fresh, monkeypatch):
     queries = _queries(fresh)
     alone = [_key(fresh.search(**q)) for q in queries]
     batched = [_key(r) for r in fresh.search_batch(queries)]
-    n = fresh.keep_item_probabilities()
+    n = fresh.keep_item_queries()
     cached = {it.id for it in fresh.catalog if fresh._cache.get(fresh._item_hash(it.id)) is not None}
     assert n == len(cached) and 0 < n < len(fresh.catalog)  # items without cached maps (the query split) are skipped
-    forward = _count_forward(fresh, monkeypatch)
+    assert fresh.kept_bytes() == n * 4 * (sum(len(fresh.model.schema.values(a)) + 1 for a in fresh.model.schema.attributes)
+                                          + fresh.model.channels["s32"])  # probabilities and the pooled s32 map
+    forward, read = _count_forward(fresh, monkeypatch), _count_maps(fresh, monkeypatch)
     assert [_key(fresh.search(**q)) for q in queries] == alone
     assert [_key(r) for r in fresh.search_batch(queries)] == batched
-    forward.clear()
+    forward.clear(), read.clear()
     kept = [q for q in queries if q["item_id"] in cached]
     assert len(kept) >= len(queries) // 3
     assert [_key(r) for r in fresh.search_batch(kept)] == [b for q, b in zip(queries, batched) if q in kept]
-    assert forward == []  # every kept query's probabilities were read, none computed
+    assert forward == [] and read == []  # every kept query's probabilities and summary read, none computed
     photo = fresh.catalog[queries[0]["item_id"]].image.read_bytes()
     fresh.search(image=photo)
     assert forward == [1]  # an upload is not a catalogue item: computed as before
@@ -56,16 +67,17 @@ def test_a_batch_of_kept_and_unkept_items_computes_only_the_unkept(fresh, monkey
     queries = [q for q in _queries(fresh) if not q.get("mode", "manipulate").startswith("attribute")]
     expected = [_key(r) for r in fresh.search_batch(queries)]
     first = [it.id for it in fresh.catalog][:2]
-    assert fresh.keep_item_probabilities(limit=2) == 2
-    assert fresh.keep_item_probabilities(limit=0) == 2  # 0: nothing more
-    forward = _count_forward(fresh, monkeypatch)
+    assert fresh.keep_item_queries(limit=2) == 2
+    assert fresh.keep_item_queries(limit=0) == 2  # 0: nothing more
+    forward, read = _count_forward(fresh, monkeypatch), _count_maps(fresh, monkeypatch)
     mixed = [{"item_id": first[0]}, queries[0], {"item_id": first[1], "k": 3}, queries[1]]
     want = [_key(fresh.search(**q)) for q in mixed]
-    forward.clear()
+    forward.clear(), read.clear()
     assert [_key(r) for r in fresh.search_batch(mixed)] == want
     assert forward == [QUERY_BLOCK]  # the two unkept items, one padded block
+    assert read == [1, 1]  # only the unkept items' maps were read
     assert [_key(r) for r in fresh.search_batch(queries)] == expected
-    n = fresh.keep_item_probabilities()  # the rest added to the kept ones
+    n = fresh.keep_item_queries()  # the rest added to the kept ones
     assert n > 2
     assert [_key(r) for r in fresh.search_batch(queries)] == expected
 
@@ -75,7 +87,7 @@ def test_an_item_whose_image_changes_is_looked_up_by_its_new_content(tiny_pipeli
     copy = tmp_path / "catalogue"
     shutil.copytree(cat, copy)
     engine = Engine.load(run, idx, catalog=Catalog.load(copy), cache_dir=cache)
-    assert engine.keep_item_probabilities() > 0
+    assert engine.keep_item_queries() > 0
     a, b = [it for it in engine.catalog if engine.catalog.split_of(it.id) == "gallery"][:2]  # both kept
     before = _key(engine.search(item_id=a.id, mode="visual"))
     a.image.write_bytes(b.image.read_bytes())  # a now shows b's picture (cached maps, a kept row under b's content)
@@ -93,3 +105,29 @@ def test_serve_refuses_a_negative_precompute_count(tiny_pipeline, capsys):
     assert main(["serve", "--run", str(run), "--index", str(idx), "--cache", str(cache), "--port", "0",
                  "--precompute-items", "-1"]) != 0
     assert "--precompute-items must be at least 0" in capsys.readouterr().err
+
+
+def test_attribute_baseline_plans_its_summary_exactly_as_the_whole_map(engine):
+    """Every mode's probes, and the attribute probabilities, from the 1 x 1 summary equal those from the maps, bit for
+    bit (a block of QUERY_BLOCK rows, as the engine runs both)."""
+    import numpy as np
+    import torch
+
+    from vestis.engine import _pad
+    from vestis.models import Request
+
+    model = engine.model
+    ids = [it.id for it in engine.catalog][:3]
+    maps = _pad(engine.item_maps(ids, levels=engine.search_levels), QUERY_BLOCK)
+    summary = model.query_summary(maps)
+    assert summary["s32"].shape == (QUERY_BLOCK, model.channels["s32"], 1, 1)
+    colour = model.schema.values("colour")[0]
+    with torch.inference_mode():
+        for a, p in model.attribute_probabilities(maps).items():
+            assert torch.equal(p, model.attribute_probabilities(summary)[a])
+        for mode in model.modes():
+            manip = [{"colour": colour}] * QUERY_BLOCK if mode == "manipulate" else [{}] * QUERY_BLOCK
+            whole, small = model.plan(maps, Request(mode, manip)), model.plan(summary, Request(mode, manip))
+            assert len(whole) == len(small) > 0
+            for w, s in zip(whole, small):
+                assert w.space == s.space and w.filters == s.filters and np.array_equal(w.vectors, s.vectors), mode
