@@ -131,3 +131,27 @@ def test_attribute_baseline_plans_its_summary_exactly_as_the_whole_map(engine):
             assert len(whole) == len(small) > 0
             for w, s in zip(whole, small):
                 assert w.space == s.space and w.filters == s.filters and np.array_equal(w.vectors, s.vectors), mode
+
+
+def test_prepare_items_checks_each_image_once_and_keeps_answers(fresh, tmp_path):
+    """`Service.prepare_items`: every item's image path checked and answer row built before serving; items whose image
+    lies outside the allowed folders are left out (and still refused when asked for); answers unchanged."""
+    from fastapi import HTTPException
+
+    from vestis.serve.app import MAX_PIXELS, MAX_UPLOAD_BYTES, SearchRequest, Service
+
+    items = fresh.catalog.items
+    svc = Service(fresh, max_upload_bytes=MAX_UPLOAD_BYTES, max_pixels=MAX_PIXELS, image_roots=None)
+    req = SearchRequest(item_id=items[1].id, manipulations={"colour": fresh.model.schema.values("colour")[0]})
+    before = svc.search(req, None)
+    assert svc.prepare_items(limit=5) == 5
+    assert set(svc._item_rows) >= {it.id for it in items[:5]} and set(svc._image_paths) >= {it.id for it in items[:5]}
+    after = svc.search(req, None)
+    before.pop("took_ms"), after.pop("took_ms")
+    assert after == before
+    assert svc.prepare_items() == len(items)
+    elsewhere = Service(fresh, max_upload_bytes=MAX_UPLOAD_BYTES, max_pixels=MAX_PIXELS, image_roots=[tmp_path])
+    assert elsewhere.prepare_items() == 0 and not elsewhere._image_paths
+    with pytest.raises(HTTPException) as e:
+        elsewhere.image_path(items[0])
+    assert e.value.status_code == 404 and "outside" in e.value.detail

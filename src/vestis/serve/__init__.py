@@ -29,7 +29,8 @@ def serve(engine, host: str = "127.0.0.1", port: int = 8000, log_level: str = "w
 
     `precompute_items`: the query side of up to that many catalogue items (those with cached maps: the model's
     attribute probabilities and map summary) is computed before serving and kept (`Engine.keep_item_queries`;
-    shared by the workers), so an item-id search skips the classifiers and the feature cache; 0: none."""
+    shared by the workers), so an item-id search skips the classifiers and the feature cache, and their answer rows
+    and image paths are prepared (`Service.prepare_items`); 0: none."""
     import socket
 
     import uvicorn
@@ -63,8 +64,8 @@ def serve(engine, host: str = "127.0.0.1", port: int = 8000, log_level: str = "w
     if precompute_items < 0:
         sock.close()
         raise VestisError(f"--precompute-items must be at least 0, got {precompute_items}")
-    kept = _precompute(engine, precompute_items)
     app = create_app(engine, **app_options)
+    kept = _precompute(app, precompute_items)
     exposed = not _loopback(bound_host) and not app_options.get("allowed_hosts")
 
     def warn_if_exposed():
@@ -106,17 +107,19 @@ def serve(engine, host: str = "127.0.0.1", port: int = 8000, log_level: str = "w
     _supervise(children, sock)
 
 
-def _precompute(engine, limit: int) -> str:
-    """`Engine.keep_item_queries` before serving; what was kept, for the "serving" line."""
+def _precompute(app, limit: int) -> str:
+    """Before serving (and forking): `Engine.keep_item_queries` and `Service.prepare_items`; what was kept, for the
+    "serving" line."""
     import time
 
     if not limit:
         return ""
     t0 = time.perf_counter()
+    engine = app.state.service.engine
     n = engine.keep_item_queries(limit)
-    if not n:
-        return ""
-    return f"; the query side of {n:,} items kept ({engine.kept_bytes() / 2**20:.0f} MiB, {time.perf_counter() - t0:.1f} s)"
+    app.state.service.prepare_items(limit)
+    kept = f"the query side of {n:,} items kept ({engine.kept_bytes() / 2**20:.0f} MiB), " if n else ""
+    return f"; {kept}{min(limit, len(engine.catalog)):,} items prepared in {time.perf_counter() - t0:.1f} s"
 
 
 def _warm(app) -> None:

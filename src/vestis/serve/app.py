@@ -488,6 +488,20 @@ class Service:
             return str(getattr(e, "detail", e))
         return None
 
+    def prepare_items(self, limit: int | None = None) -> int:
+        """Check the image path and build the answer row of the catalogue's items (the first `limit`; None: all)
+        now, as a query or a hit would on first use, so that serving starts with them kept (a forked worker shares
+        them). Returns how many have a servable image."""
+        n = 0
+        for it in self.engine.catalog.items[:limit]:
+            self._item_row(it)
+            try:
+                self.image_path(it)
+            except HTTPException:
+                continue
+            n += 1
+        return n
+
     # --- items -----------------------------------------------------------------------------------
     def item(self, item_id: str):
         it = self.engine.catalog.by_id.get(item_id)
