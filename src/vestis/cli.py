@@ -641,7 +641,7 @@ def cmd_serve(args) -> int:
     serve(engine, host=args.host, port=args.port, max_upload_bytes=int(args.max_upload_mb * 2**20),
           max_pixels=int(args.max_megapixels * 1e6), image_roots=args.image_root or None,
           allowed_hosts=args.allowed_host or None, body_timeout=args.body_timeout, allow_writes=args.allow_writes,
-          workers=args.workers)
+          workers=args.workers, precompute_items=args.precompute_items)
     return 0
 
 
@@ -1001,6 +1001,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--allow-writes", action="store_true",
                    help="answer PATCH /items/attributes, which changes the served index's attributes in place (off by "
                         "default: 403)")
+    s.add_argument("--precompute-items", type=int, default=100_000, metavar="N",
+                   help="before serving, compute and keep the query side (attribute probabilities, pooled features) of "
+                        "up to N catalogue items with cached features, so item-id searches skip the classifiers and "
+                        "the feature cache (default 100000; 0: none)")
     cache_option(s)
     s.set_defaults(func=cmd_serve)
 

@@ -46,7 +46,7 @@ class EngineError(VestisError):
     pass
 
 
-@dataclass
+@dataclass(slots=True)  # slots: tens of thousands are made per second while serving
 class Hit:
     id: str
     score: float
@@ -72,7 +72,7 @@ class Result:
     """The answer to one query: its groups, in the model's order. Iterating a Result walks `hits`."""
 
     groups: list[Group]
-    predicted: dict | None = None  # the query's predicted attributes (`Engine.predict_attributes`), where known
+    predicted: dict | None = None  # the query's predicted attributes (`Engine.predict_attributes`), where known; read-only (a kept item's is shared by its answers)
     labels: str = "off"  # "on": ranked with the catalogue's labels (catalogue-aware); "off": vision only
     note: str | None = None  # e.g. that no gallery item has exactly the target labels ("closest first")
     crop: list | None = None  # an uploaded photo cut to its foreground: the box used, in the photo's pixels
@@ -136,6 +136,12 @@ class Engine:
         self._encoder = None
         self._cache = None
         self._hashes: dict = {}  # image path -> ((size, mtime), content hash), see item_maps
+        # `keep_item_queries`: image content hash -> row of `_kept_probs` (per attribute) and `_kept_summary` (per
+        # level: the model's `query_summary`), float32
+        self._kept_rows: dict[str, int] = {}
+        self._kept_probs: dict[str, np.ndarray] = {}
+        self._kept_summary: dict[str, np.ndarray] = {}
+        self._kept_described: dict[str, dict] = {}  # a kept item's `_describe` row, made on its first search
         self._present = None
         self.label_weight = catalogue_ranking.LABEL_WEIGHT
         # labels on, photo queries: prefer only what the run learnt from photos where it was trained on some
@@ -243,33 +249,38 @@ class Engine:
             self._encoder = make_backend(self.spec, self.cache_dir).backend
         return encode_images(self._encoder, self.spec.resolution, images, crop=crop, boxes=boxes, studio=studio)
 
+    def _item_hash(self, iid: str) -> str:
+        """The content hash of a catalogue item's image (the feature cache's key), read again only when the file's
+        size or modification time changed."""
+        from vestis.vision.cache import content_hash
+
+        item = self.catalog.by_id.get(iid)
+        if item is None:
+            raise EngineError(f"unknown item id {echo(iid)}")
+        try:
+            st = os.stat(item.image) if item.image is not None else None
+        except OSError:
+            st = None
+        if st is None or not stat.S_ISREG(st.st_mode):
+            raise EngineError(f"item {iid!r} has no image file ({item.image})")
+        key = (st.st_size, st.st_mtime_ns)
+        kept = self._hashes.get(item.image)
+        if kept is None or kept[0] != key:
+            kept = self._hashes[item.image] = (key, content_hash(item.image))
+        return kept[1]
+
     def item_maps(self, item_ids: Sequence[str], encode_missing: bool = True,
                   levels: Collection[str] | None = None) -> dict[str, torch.Tensor]:
         """Feature maps of catalogue items: from the cache, encoding any that are not cached (with
         encode_missing=False, those are an error instead); `levels`: only these trunk levels (a search reads only
         `search_levels`: no float32 copy of the others)."""
-        from vestis.vision.cache import content_hash
         from vestis.vision.s32_stages import open_cache
 
         if self._cache is None:
             self._cache = open_cache(self.cache_dir, self.spec)
         rows, todo = [], []
         for i, iid in enumerate(item_ids):
-            item = self.catalog.by_id.get(iid)
-            if item is None:
-                raise EngineError(f"unknown item id {echo(iid)}")
-            try:
-                st = os.stat(item.image) if item.image is not None else None
-            except OSError:
-                st = None
-            if st is None or not stat.S_ISREG(st.st_mode):
-                raise EngineError(f"item {iid!r} has no image file ({item.image})")
-            # the content hash keys the cache; re-read the file only when its size or modification time changed
-            key = (st.st_size, st.st_mtime_ns)
-            kept = self._hashes.get(item.image)
-            if kept is None or kept[0] != key:
-                kept = self._hashes[item.image] = (key, content_hash(item.image))
-            got = self._cache.get(kept[1], copy=False)  # converted to float32 below
+            got = self._cache.get(self._item_hash(iid), copy=False)  # converted to float32 below
             rows.append(got)
             if got is None:
                 todo.append(i)
@@ -513,6 +524,130 @@ class Engine:
                      for s in range(0, n, block)]
             return {a: torch.cat([p[a] for p in parts])[:n] for a in parts[0]}
 
+    def keep_item_queries(self, limit: int | None = None, chunk: int = 256) -> int:
+        """Compute once and keep the query side of the catalogue items whose feature maps are cached (the first
+        `limit` of them in catalogue order; None: all): the model's attribute probabilities, and its
+        `query_summary` of the maps where it has one. An item-id search then reads them instead of running the
+        classifiers, and instead of reading the item's feature maps (README, "HTTP API under load"). They are the
+        values a search computes (blocks of `QUERY_BLOCK` rows, a row's values independent of the other rows), so
+        no answer changes; they are kept by image content, so an item whose image file changes is computed per
+        query again. Items without cached maps are skipped (a search encodes them). Returns how many are kept."""
+        if limit is not None and limit <= 0:
+            return len(self._kept_rows)
+        from vestis.vision.s32_stages import open_cache
+
+        if self._cache is None:
+            self._cache = open_cache(self.cache_dir, self.spec)
+        rows: dict[str, int] = dict(self._kept_rows)
+        parts = [(self._kept_summary, self._kept_probs)] if self._kept_rows else []
+        todo = [it.id for it in self.catalog.items if it.image is not None]
+        if limit is not None:
+            todo = todo[:limit]
+        for s in range(0, len(todo), chunk):
+            hashes, got = [], []
+            for iid in todo[s:s + chunk]:
+                try:
+                    h = self._item_hash(iid)
+                except EngineError:
+                    continue
+                m = self._cache.get(h, copy=False) if h not in rows and h not in hashes else None
+                if m is not None:
+                    hashes.append(h)
+                    got.append(m)
+            if not hashes:
+                continue
+            levels = [lv for lv in got[0] if self.search_levels is None or lv in self.search_levels]
+            maps = {lv: torch.from_numpy(np.stack([m[lv] for m in got]).astype(np.float32)) for lv in levels}
+            summary = self._summaries(maps) or {}
+            probs = self._probabilities(summary or maps, QUERY_BLOCK) if self.model.predicts_attributes else {}
+            if not summary and not probs:
+                return 0  # nothing this model's queries could read
+            parts.append(({lv: t.numpy() for lv, t in summary.items()}, {a: p.numpy() for a, p in probs.items()}))
+            for h in hashes:
+                rows[h] = len(rows)
+        if parts and len(rows) > len(self._kept_rows):
+            def joined(tables):
+                return {k: np.ascontiguousarray(np.concatenate([t[k] for t in tables]), dtype=np.float32)
+                        for k in tables[0]}
+            # the tables first: a reader never sees a row past them
+            self._kept_summary, self._kept_probs = joined([p[0] for p in parts]), joined([p[1] for p in parts])
+            self._kept_rows = rows
+        return len(self._kept_rows)
+
+    def kept_bytes(self) -> int:
+        """Memory of the query sides `keep_item_queries` kept (their tables)."""
+        return sum(t.nbytes for t in (*self._kept_probs.values(), *self._kept_summary.values()))
+
+    def _summaries(self, maps) -> dict[str, torch.Tensor] | None:
+        """`model.query_summary` of these rows in padded blocks of `QUERY_BLOCK` rows, as a search runs the model;
+        None for a model without summaries."""
+        n = len(next(iter(maps.values())))
+        parts = []
+        with torch.inference_mode():
+            for s in range(0, n, QUERY_BLOCK):
+                out = self.model.query_summary(_pad({lv: m[s:s + QUERY_BLOCK] for lv, m in maps.items()}, QUERY_BLOCK))
+                if out is None:
+                    return None
+                parts.append({lv: t[:min(QUERY_BLOCK, n - s)] for lv, t in out.items()})
+        return {lv: torch.cat([p[lv] for p in parts]) for lv in parts[0]}
+
+    def _query_item(self, item_id: str) -> tuple[dict[str, torch.Tensor] | None, str]:
+        """(its cached maps at `search_levels`, or None where its kept summary stands in for them; its image
+        content hash) for an item-id search."""
+        h = self._item_hash(item_id)
+        if self._kept_summary and h in self._kept_rows:
+            return None, h
+        return self.item_maps([item_id], levels=self.search_levels), h
+
+    def _stack_query_maps(self, maps_of: list, hashes: list[str]) -> dict[str, torch.Tensor]:
+        """One batch's maps for the model (`_query_item` per query): the cached maps stacked, or, where the model
+        has summaries, every query's summary - a kept item's row, or the summary of its maps (the same values)."""
+        if not self._kept_summary:
+            return {lv: torch.cat([m[lv] for m in maps_of]) for lv in maps_of[0]}
+        rows = self._kept_rows
+        out = {lv: t[[rows.get(h, 0) for h in hashes]] for lv, t in self._kept_summary.items()}  # copies
+        todo = [i for i, m in enumerate(maps_of) if m is not None]
+        if todo:
+            fresh = self._summaries({lv: torch.cat([maps_of[i][lv] for i in todo]) for lv in maps_of[todo[0]]})
+            for lv, t in fresh.items():
+                out[lv][todo] = t.numpy()
+        return {lv: torch.from_numpy(t) for lv, t in out.items()}
+
+    def _query_probabilities(self, maps, hashes: Sequence[str]) -> dict[str, torch.Tensor]:
+        """`_probabilities(maps, QUERY_BLOCK)` of catalogue items (`hashes`: their image content hashes), the rows
+        of items `keep_item_queries` kept read instead of computed."""
+        table, kept = self._kept_probs, self._kept_rows
+        rows = [kept.get(h) for h in hashes] if kept else [None] * len(hashes)
+        missing = [i for i, r in enumerate(rows) if r is None]
+        if len(missing) == len(rows):
+            return self._probabilities(maps, QUERY_BLOCK)
+        have = [i for i, r in enumerate(rows) if r is not None]
+        idx = np.array([rows[i] for i in have], np.int64)
+        if not missing:
+            return {a: torch.from_numpy(t[idx]) for a, t in table.items()}
+        fresh = self._probabilities({lv: m[missing] for lv, m in maps.items()}, QUERY_BLOCK)
+        out = {}
+        for a, t in table.items():
+            x = np.empty((len(rows), t.shape[1]), np.float32)
+            x[have] = t[idx]
+            x[missing] = fresh[a].numpy()
+            out[a] = torch.from_numpy(x)
+        return out
+
+    def _query_description(self, probs: Mapping[str, torch.Tensor], hashes: Sequence[str]) -> list[dict]:
+        """`_describe(probs)` of catalogue items (`hashes`: their image content hashes); a kept item's description
+        is made once and then shared by its answers (read-only, as every `Result.predicted`)."""
+        memo, kept = self._kept_described, self._kept_rows
+        out = [memo.get(h) for h in hashes]
+        todo = [i for i, d in enumerate(out) if d is None]
+        if todo:
+            pick = todo if len(todo) < len(out) else slice(None)
+            for i, d in zip(todo, self._describe({a: p[pick] for a, p in probs.items()})):
+                out[i] = d
+                if hashes[i] in kept:
+                    memo[hashes[i]] = d
+        return out
+
     def _describe(self, probs: Mapping[str, torch.Tensor], top: int = 3) -> list[dict]:
         schema, out = self.model.schema, []
         # numpy views of the float32 values: a few C calls per row instead of a dozen tensor ops
@@ -551,17 +686,27 @@ class Engine:
         self.check_request(mode, [manipulations], filters)  # before any image is decoded
         boxes: list = []
         studio: list | None = [] if image is not None and self.photo_preferences is not None else None
-        maps = self.query_maps(image=image, item_id=item_id, crop=crop and image is not None, boxes=boxes, studio=studio)
+        hashes: list[str] = []
+        if item_id is not None:
+            full, h = self._query_item(item_id)
+            maps, hashes = self._stack_query_maps([full], [h]), [h]
+        else:
+            maps = self.query_maps(image=image, crop=crop, boxes=boxes, studio=studio)
         known = [self.catalog[item_id].attributes] if item_id is not None and labels else None
         # An item query runs the model in a padded block, as `search_batch` would with other concurrent item queries,
         # so that its answer is the same either way; an uploaded photo is never batched, so it runs as its one row
         # (the padding cost about a millisecond of the photo query time, README "Photo query time").
         block = QUERY_BLOCK if item_id is not None else None
-        probs = self._probabilities(maps, block) if self.model.predicts_attributes else None  # once: ranking and answer
+        probs = None  # once: ranking and answer
+        if self.model.predicts_attributes:
+            probs = self._query_probabilities(maps, hashes) if item_id is not None else self._probabilities(maps)
         result = self.search_maps(maps, [manipulations], k, filters, mode, exclude=[item_id], labels=labels,
                                   query_labels=known, probabilities=probs,
                                   shopper=[not studio[0]] if studio else None, block=block)[0]
-        result.predicted = self._describe(probs)[0] if probs is not None else None
+        if probs is not None:
+            result.predicted = (self._query_description(probs, hashes) if item_id is not None else self._describe(probs))[0]
+        else:
+            result.predicted = None
         result.crop = boxes[0] if boxes else None
         return result
 
@@ -574,7 +719,7 @@ class Engine:
         VestisError `search` raises for it."""
         out: list = [None] * len(queries)
         ready = []  # (position, item id, manipulations, k, filters, mode, labels)
-        maps_of = []
+        maps_of, hashes = [], []
         for i, q in enumerate(queries):
             try:
                 item_id = q.get("item_id")
@@ -585,16 +730,18 @@ class Engine:
                 if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
                     raise EngineError(f"k must be a whole number between 1 and {MAX_K}, got {k!r}")
                 filters = self.check_request(mode, [manipulations], q.get("filters"))
-                maps_of.append(self.item_maps([item_id], levels=self.search_levels))
+                full, h = self._query_item(item_id)
+                maps_of.append(full)
+                hashes.append(h)
             except VestisError as e:
                 out[i] = e
                 continue
             ready.append((i, item_id, manipulations, k, filters, mode, bool(labels)))
         if not ready:
             return out
-        maps = {lv: torch.cat([m[lv] for m in maps_of]) for lv in maps_of[0]}
-        probs = self._probabilities(maps, QUERY_BLOCK) if self.model.predicts_attributes else None
-        described = self._describe(probs) if probs is not None else None
+        maps = self._stack_query_maps(maps_of, hashes)
+        probs = self._query_probabilities(maps, hashes) if self.model.predicts_attributes else None
+        described = self._query_description(probs, hashes) if probs is not None else None
         together: dict[tuple, list[int]] = {}  # one search_maps call per (mode, k, filters, labels)
         for j, (_, _, _, k, filters, mode, labels) in enumerate(ready):
             key = (mode, k, labels, tuple(sorted((a, tuple(v)) for a, v in filters.items())))

@@ -235,6 +235,13 @@ class SearchModel(nn.Module):
                               filters={attr: list(self.schema.values(attr))})]
         raise VestisError(f"unknown mode {mode!r}; model {self.name} answers: {', '.join(self.modes())}")
 
+    def query_summary(self, maps: Maps) -> Maps | None:
+        """Smaller maps that every query-side method of this model (`plan`, `embed`, `attribute_probabilities`)
+        reads exactly as it reads `maps`, for the engine to keep per catalogue item instead of reading the item's
+        feature maps per search (`Engine.keep_item_queries`). The engine calls it on blocks of
+        `QUERY_BLOCK` rows, as a search runs the model. None (the default): this model needs the whole maps."""
+        return None
+
     def embed_query(self, maps: Maps, manipulations: Sequence[Manipulation] | None = None) -> torch.Tensor:
         """"main" query vectors with the manipulations applied; a model that cannot manipulate has none."""
         raise VestisError(f"model {self.name} cannot apply manipulations; modes: {', '.join(self.modes())}")

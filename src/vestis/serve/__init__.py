@@ -17,7 +17,7 @@ def load_engine(run: Path, index: Path, catalog: Path | None = None, format: str
 
 
 def serve(engine, host: str = "127.0.0.1", port: int = 8000, log_level: str = "warning", workers: int = 1,
-          **app_options) -> None:
+          precompute_items: int = 100_000, **app_options) -> None:
     """Serve the API and the web page until interrupted; prints the URL it is bound to first. The socket is bound
     here and handed to uvicorn, so the printed address (and a --port 0 choice) is the one that serves.
 
@@ -25,7 +25,12 @@ def serve(engine, host: str = "127.0.0.1", port: int = 8000, log_level: str = "w
     index, model and catalogue pages copy-on-write and accept from the one socket. Every server process runs torch
     and FAISS on one thread: a search is small, and the engine answers one at a time per process, so a second
     thread would only wait (or spin) beside the event loop and the other requests. Writes
-    (`allow_writes`) need one process, since each worker holds its own engine."""
+    (`allow_writes`) need one process, since each worker holds its own engine.
+
+    `precompute_items`: the query side of up to that many catalogue items (those with cached maps: the model's
+    attribute probabilities and map summary) is computed before serving and kept (`Engine.keep_item_queries`;
+    shared by the workers), so an item-id search skips the classifiers and the feature cache, and their answer rows
+    and image paths are prepared (`Service.prepare_items`); 0: none."""
     import socket
 
     import uvicorn
@@ -56,7 +61,11 @@ def serve(engine, host: str = "127.0.0.1", port: int = 8000, log_level: str = "w
     if workers > 1 and not hasattr(os, "fork"):
         sock.close()
         raise VestisError("--workers > 1 needs a POSIX system (fork)")
+    if precompute_items < 0:
+        sock.close()
+        raise VestisError(f"--precompute-items must be at least 0, got {precompute_items}")
     app = create_app(engine, **app_options)
+    kept = _precompute(app, precompute_items)
     exposed = not _loopback(bound_host) and not app_options.get("allowed_hosts")
 
     def warn_if_exposed():
@@ -69,7 +78,7 @@ def serve(engine, host: str = "127.0.0.1", port: int = 8000, log_level: str = "w
         _one_thread(engine)
         _warm(app)
         print(f"vestis: serving run {engine.info.run_id} ({engine.model.name}, {len(app.state.service.indexed)} items "
-              f"indexed) at {_urls(bound_host, bound_port)}  (API docs: /docs; Ctrl+C stops)", flush=True)
+              f"indexed{kept}) at {_urls(bound_host, bound_port)}  (API docs: /docs; Ctrl+C stops)", flush=True)
         warn_if_exposed()
         try:
             uvicorn.Server(config).run(sockets=[sock])
@@ -92,10 +101,25 @@ def serve(engine, host: str = "127.0.0.1", port: int = 8000, log_level: str = "w
                 os._exit(code)
         children.append(pid)
     print(f"vestis: serving run {engine.info.run_id} ({engine.model.name}, {len(app.state.service.indexed)} items "
-          f"indexed) at {_urls(bound_host, bound_port)} with {workers} worker processes  (API docs: /docs; Ctrl+C "
+          f"indexed{kept}) at {_urls(bound_host, bound_port)} with {workers} worker processes  (API docs: /docs; Ctrl+C "
           f"stops)", flush=True)
     warn_if_exposed()
     _supervise(children, sock)
+
+
+def _precompute(app, limit: int) -> str:
+    """Before serving (and forking): `Engine.keep_item_queries` and `Service.prepare_items`; what was kept, for the
+    "serving" line."""
+    import time
+
+    if not limit:
+        return ""
+    t0 = time.perf_counter()
+    engine = app.state.service.engine
+    n = engine.keep_item_queries(limit)
+    app.state.service.prepare_items(limit)
+    kept = f"the query side of {n:,} items kept ({engine.kept_bytes() / 2**20:.0f} MiB), " if n else ""
+    return f"; {kept}{min(limit, len(engine.catalog)):,} items prepared in {time.perf_counter() - t0:.1f} s"
 
 
 def _warm(app) -> None:

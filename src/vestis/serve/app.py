@@ -488,6 +488,20 @@ class Service:
             return str(getattr(e, "detail", e))
         return None
 
+    def prepare_items(self, limit: int | None = None) -> int:
+        """Check the image path and build the answer row of the catalogue's items (the first `limit`; None: all)
+        now, as a query or a hit would on first use, so that serving starts with them kept (a forked worker shares
+        them). Returns how many have a servable image."""
+        n = 0
+        for it in self.engine.catalog.items[:limit]:
+            self._item_row(it)
+            try:
+                self.image_path(it)
+            except HTTPException:
+                continue
+            n += 1
+        return n
+
     # --- items -----------------------------------------------------------------------------------
     def item(self, item_id: str):
         it = self.engine.catalog.by_id.get(item_id)
@@ -670,15 +684,17 @@ class Service:
         """The answer's rows of `hits`, ranked from 1: each the item's kept JSON (shared, not copied: an answer is
         encoded, never changed), its rank, score and match flags against `target`. The target's (attribute,
         value) pairs are read once per list, not once per hit."""
-        by_id, item_row = self.engine.catalog.by_id, self._item_row
+        by_id, kept, item_row = self.engine.catalog.by_id, self._item_rows, self._item_row
         wanted = [(a, t["value"]) for a, t in target.items()]
         out = []
         for rank, h in enumerate(hits, 1):
             it = by_id.get(h.id)
             attrs = h.attributes
             matches = {a: attrs.get(a) == v for a, v in wanted}
-            row = {**(item_row(it) if it else {"id": h.id, "attributes": dict(attrs)}),
-                   "rank": rank, "score": round(h.score, 6), "matches": matches, "n_matched": sum(matches.values())}
+            row = kept.get(h.id)  # `_item_row` inlined (its kept row when it is this item's)
+            row = row[1] if row is not None and row[0] is it else (
+                item_row(it) if it else {"id": h.id, "attributes": dict(attrs)})
+            row = {**row, "rank": rank, "score": round(h.score, 6), "matches": matches, "n_matched": sum(matches.values())}
             if h.part is not None:
                 row["part"] = h.part
             out.append(row)
