@@ -10,8 +10,9 @@
 # are DATA's own files (absolute paths), so the shared feature cache (keyed by image content) is reused. Then, as
 # benchmarks/manipulation.sh does: single-attribute queries (seed 0, PER per attribute, default 200), train on the
 # validation train part, a flat index of its gallery, search labels off at k 1000, `vestis eval`.
-# DATA, OUT (default runs/manip-val), VESTIS, PYTHON, LEVELS, TRUNK_ARGS as in benchmarks/manipulation.sh;
-# CHANGES="1 2" also scores two-attribute queries (PER2 per attribute pair, default 50).
+# DATA, OUT (default runs/manip-val), VESTIS, PYTHON, LEVELS, TRUNK_ARGS as in benchmarks/manipulation.sh, which
+# runs the protocol on the catalogue written here; CHANGES="1 2" also scores two-attribute queries (PER2 per attribute
+# pair, default 50).
 set -euo pipefail
 NAME=$1; MODEL=$2; CONFIG=${3:-}
 DATA=${DATA:-../shared/datasets/fashion-product-images-small}
@@ -46,19 +47,6 @@ print(f"validation catalogue {sys.argv[2]}: {len(cat)} of {len(src)} items (the 
       f"{cat.summary()['splits']}")
 PYEOF
 fi
-for c in ${CHANGES:-1}; do
-  q="$OUT/queries-manipulation-$c.jsonl"
-  per=$([ "$c" = 1 ] && echo "${PER:-200}" || echo "${PER2:-50}")
-  [ -f "$q" ] || $V queries --catalog "$CAT" --protocol manipulation --changes "$c" --per-attribute "$per" --seed 0 --out "$q"
-done
-$V train --model "$MODEL" --catalog "$CAT" --out "$OUT/$NAME/run" ${CONFIG:+--config "$CONFIG"} \
-  ${LEVELS:+--levels "$LEVELS"} ${TRUNK_ARGS:-}
-test -f "$OUT/$NAME/run/run.json"
-$V index --run "$OUT/$NAME/run" --catalog "$CAT" --out "$OUT/$NAME/index" --split gallery --kind flat
-for c in ${CHANGES:-1}; do
-  $V search --run "$OUT/$NAME/run" --index "$OUT/$NAME/index" --queries "$OUT/queries-manipulation-$c.jsonl" \
-    --output "$OUT/$NAME/rankings-$c.jsonl" --k 1000 --labels "${LABELS:-off}"
-  $V eval --queries "$OUT/queries-manipulation-$c.jsonl" --rankings "$OUT/$NAME/rankings-$c.jsonl" --catalog "$CAT" \
-    --run "$OUT/$NAME/run" --name "$NAME (validation)" --report "$OUT/$NAME/report-$c" > /dev/null
-  echo "report: $OUT/$NAME/report-$c/report.md"
-done
+# then protocol 1 on it, as for the reported figures
+DATA="$CAT" OUT="$OUT" CHANGES="${CHANGES:-1}" PER="${PER:-200}" PER2="${PER2:-50}" \
+  exec "$(dirname "$0")/manipulation.sh" "$NAME" "$MODEL" ${CONFIG:+"$CONFIG"}
