@@ -103,6 +103,28 @@ def test_model_protocol(name, tiny, tmp_path):
         for p in probes:
             assert p.space in spaces and p.vectors.shape[-1] == spaces[p.space].dim, (mode, p.space)
 
+    # a query summary, where the model has one, plans exactly as the whole maps in every mode (a block of
+    # QUERY_BLOCK rows, as the engine runs both; `Engine.keep_item_queries`)
+    from vestis.engine import QUERY_BLOCK
+
+    block = _maps(feats, np.arange(QUERY_BLOCK))
+    summary = model.query_summary(block)
+    if summary is not None:
+        assert all(t.shape[2:] == (1, 1) for t in summary.values())
+        with torch.inference_mode():
+            for mode in model.modes():
+                req = Request(mode, [manip if mode == "manipulate" else {}] * QUERY_BLOCK)
+                whole, small = model.plan(block, req), model.plan(summary, req)
+                assert len(whole) == len(small) > 0, mode
+                for w, sm in zip(whole, small):
+                    assert w.space == sm.space and w.filters == sm.filters, mode
+                    assert np.array_equal(w.vectors, sm.vectors), mode
+            if model.predicts_attributes:
+                for a, p in model.attribute_probabilities(block).items():
+                    assert torch.equal(p, model.attribute_probabilities(summary)[a]), a
+    assert (summary is not None) == (name in {"attribute_baseline", "amnet", "amnet_no_memory", "amnet_no_ranking",
+                                              "visual"}), name
+
     # search through the engine in every mode the model declares
     idx = tmp_path / "idx"
     build_index(run, cat, idx, split="gallery", cache_dir=cache, progress=False)

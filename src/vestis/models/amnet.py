@@ -74,7 +74,7 @@ from torch import nn
 from vestis.errors import VestisError
 from vestis.losses import multi_attribute_ce, triplet_margin
 from vestis.models.base import Maps, SearchModel, register
-from vestis.models.layers import POOLS, AttributeClassifiers, l2n, pool_maps, value_means
+from vestis.models.layers import POOLS, AttributeClassifiers, gap, l2n, pool_maps, value_means
 from vestis.models.loop import LoopConfig, TrainData, fit_loop, pooled_features
 
 NORMS = ("l1", "l2", "none")
@@ -349,6 +349,14 @@ class AMNet(SearchModel):
     def represent(self, maps: Maps) -> torch.Tensor:
         """r: the representation learner on pooled trunk maps."""
         return self.rep(pool_maps(maps, self.levels, self.config["pool"]))
+
+    def query_summary(self, maps: Maps) -> Maps | None:
+        """With average pooling (the default) every query-side read of AMNet is the global average of its levels
+        (`represent`, and s32 for the "visual" space), so those averages as 1 x 1 maps are read exactly as the whole
+        maps; "avgmax" also reads the maxima, which one cell cannot hold (None)."""
+        if self.config["pool"] != "avg":
+            return None
+        return {lv: gap(maps[lv].float())[:, :, None, None] for lv in dict.fromkeys((*self.levels, "s32"))}
 
     def _out(self, r: torch.Tensor) -> torch.Tensor:
         return l2n(r) if self.config["normalize"] else r

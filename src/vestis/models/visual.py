@@ -7,7 +7,7 @@ import torch
 
 from vestis.errors import VestisError
 from vestis.models.base import Maps, SearchModel, Space, register
-from vestis.models.layers import l2n, pool_maps
+from vestis.models.layers import gap, l2n, pool_maps
 
 
 @register
@@ -32,3 +32,7 @@ class VisualModel(SearchModel):
         if space != "main":
             return super().embed(maps, space)
         return l2n(pool_maps(maps, (self.config["level"],)))
+
+    def query_summary(self, maps: Maps) -> Maps:
+        """The one read is the level's global average, so that average as a 1 x 1 map reads exactly the same."""
+        return {lv: gap(maps[lv].float())[:, :, None, None] for lv in {self.config["level"]}}
