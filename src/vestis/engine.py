@@ -72,7 +72,8 @@ class Result:
     """The answer to one query: its groups, in the model's order. Iterating a Result walks `hits`."""
 
     groups: list[Group]
-    predicted: dict | None = None  # the query's predicted attributes (`Engine.predict_attributes`), where known; read-only (a kept item's is shared by its answers)
+    # the query's predicted attributes (`Engine.predict_attributes`), where known; read-only (a kept item's is shared)
+    predicted: dict | None = None
     labels: str = "off"  # "on": ranked with the catalogue's labels (catalogue-aware); "off": vision only
     note: str | None = None  # e.g. that no gallery item has exactly the target labels ("closest first")
     crop: list | None = None  # an uploaded photo cut to its foreground: the box used, in the photo's pixels
@@ -704,9 +705,8 @@ class Engine:
                                   query_labels=known, probabilities=probs,
                                   shopper=[not studio[0]] if studio else None, block=block)[0]
         if probs is not None:
-            result.predicted = (self._query_description(probs, hashes) if item_id is not None else self._describe(probs))[0]
-        else:
-            result.predicted = None
+            described = self._query_description(probs, hashes) if item_id is not None else self._describe(probs)
+            result.predicted = described[0]
         result.crop = boxes[0] if boxes else None
         return result
 
