@@ -74,7 +74,7 @@ from torch import nn
 from vestis.errors import VestisError
 from vestis.losses import multi_attribute_ce, triplet_margin
 from vestis.models.base import Maps, SearchModel, register
-from vestis.models.layers import POOLS, AttributeClassifiers, gap, l2n, pool_maps, value_means
+from vestis.models.layers import POOLS, AttributeClassifiers, averages_as_maps, l2n, pool_maps, value_means
 from vestis.models.loop import LoopConfig, TrainData, fit_loop, pooled_features
 
 NORMS = ("l1", "l2", "none")
@@ -356,7 +356,7 @@ class AMNet(SearchModel):
         maps; "avgmax" also reads the maxima, which one cell cannot hold (None)."""
         if self.config["pool"] != "avg":
             return None
-        return {lv: gap(maps[lv].float())[:, :, None, None] for lv in dict.fromkeys((*self.levels, "s32"))}
+        return averages_as_maps(maps, (*self.levels, "s32"))
 
     def _out(self, r: torch.Tensor) -> torch.Tensor:
         return l2n(r) if self.config["normalize"] else r

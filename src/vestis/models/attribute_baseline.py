@@ -31,7 +31,7 @@ from torch import nn
 from vestis.errors import VestisError
 from vestis.models.base import Maps, Probe, Request, SearchModel, Space, attribute_space, register
 from vestis.models.explanation import Explanation, attribute_explanations
-from vestis.models.layers import AttributeClassifiers, gap, l2n, pool_maps
+from vestis.models.layers import AttributeClassifiers, averages_as_maps, l2n, pool_maps
 from vestis.models.loop import LoopConfig, TrainData, fit_loop, pooled_features
 
 
@@ -112,7 +112,7 @@ class AttributeBaseline(SearchModel):
         """Every query-side read of this model is the global average of the stride-32 map (`pool_maps`: the
         classifiers, the visual part, the "visual" space), so that average as a 1 x 1 map is read exactly as the
         whole map (the mean of one cell is the cell)."""
-        return {"s32": gap(maps["s32"].float())[:, :, None, None]}
+        return averages_as_maps(maps, ("s32",))
 
     def _visual(self, maps: Maps) -> torch.Tensor:
         return self.config["visual_weight"] * l2n((pool_maps(maps, ("s32",)) - self.visual_mean) @ self.visual_basis)

@@ -31,6 +31,13 @@ def pool_maps(maps, levels=("s32",), pool: str = "avg") -> torch.Tensor:
     return torch.cat(parts, dim=-1)
 
 
+def averages_as_maps(maps, levels) -> dict[str, torch.Tensor]:
+    """Each level's global average as a (N, C, 1, 1) map: what `pool_maps(..., "avg")` reads from it is exactly the
+    average of the whole map (the mean of one cell is the cell), so a model that reads only averages can be handed
+    these instead (`SearchModel.query_summary`)."""
+    return {lv: gap(maps[lv].float())[:, :, None, None] for lv in dict.fromkeys(levels)}
+
+
 def value_means(reps: torch.Tensor, labels, n_rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean representation per attribute value (the prototypes of FashionSearchNet and AMNet's memory
     initialisation): row offset(a) + v = mean of the items' representation with labels[:, a] == v, over

@@ -7,7 +7,7 @@ import torch
 
 from vestis.errors import VestisError
 from vestis.models.base import Maps, SearchModel, Space, register
-from vestis.models.layers import gap, l2n, pool_maps
+from vestis.models.layers import averages_as_maps, l2n, pool_maps
 
 
 @register
@@ -35,4 +35,4 @@ class VisualModel(SearchModel):
 
     def query_summary(self, maps: Maps) -> Maps:
         """The one read is the level's global average, so that average as a 1 x 1 map reads exactly the same."""
-        return {lv: gap(maps[lv].float())[:, :, None, None] for lv in {self.config["level"]}}
+        return averages_as_maps(maps, (self.config["level"],))

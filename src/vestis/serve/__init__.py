@@ -22,7 +22,8 @@ def serve(engine, host: str = "127.0.0.1", port: int = 8000, log_level: str = "w
     here and handed to uvicorn, so the printed address (and a --port 0 choice) is the one that serves.
 
     `workers` > 1 forks that many server processes after the engine is loaded (POSIX): they share the loaded
-    index, model and catalogue pages copy-on-write and accept from the one socket. Every server process runs torch
+    index, model and catalogue pages copy-on-write, each listening on its own socket of one SO_REUSEPORT group (where
+    the system has it; else all accept from the one socket). Every server process runs torch
     and FAISS on one thread: a search is small, and the engine answers one at a time per process, so a second
     thread would only wait (or spin) beside the event loop and the other requests. Writes
     (`allow_writes`) need one process, since each worker holds its own engine.
@@ -71,6 +72,7 @@ def serve(engine, host: str = "127.0.0.1", port: int = 8000, log_level: str = "w
         sock.close()
         raise VestisError(f"--precompute-items must be at least 0, got {precompute_items}")
     app = create_app(engine, **app_options)
+    _one_thread(engine)  # before the precompute's model passes: no torch / OpenMP thread pool exists when workers fork
     kept = _precompute(app, precompute_items)
     exposed = not _loopback(bound_host) and not app_options.get("allowed_hosts")
 
@@ -81,7 +83,6 @@ def serve(engine, host: str = "127.0.0.1", port: int = 8000, log_level: str = "w
 
     config = uvicorn.Config(app, log_level=log_level)
     if workers == 1:
-        _one_thread(engine)
         _warm(app)
         print(f"vestis: serving run {engine.info.run_id} ({engine.model.name}, {len(app.state.service.indexed)} items "
               f"indexed{kept}) at {_urls(bound_host, bound_port)}  (API docs: /docs; Ctrl+C stops)", flush=True)
@@ -98,7 +99,6 @@ def serve(engine, host: str = "127.0.0.1", port: int = 8000, log_level: str = "w
         if pid == 0:
             code = 0
             try:
-                _one_thread(engine)
                 _warm(app)
                 uvicorn.Server(config).run(sockets=[_worker_socket(sock) if spread and i else sock])
             except BaseException:  # noqa: BLE001 - a worker never returns into the parent's code
@@ -134,9 +134,9 @@ def _precompute(app, limit: int) -> str:
     t0 = time.perf_counter()
     engine = app.state.service.engine
     n = engine.keep_item_queries(limit)
-    app.state.service.prepare_items(limit)
+    ready = app.state.service.prepare_items(limit)
     kept = f"the query side of {n:,} items kept ({engine.kept_bytes() / 2**20:.0f} MiB), " if n else ""
-    return f"; {kept}{min(limit, len(engine.catalog)):,} items prepared in {time.perf_counter() - t0:.1f} s"
+    return f"; {kept}{ready:,} items prepared in {time.perf_counter() - t0:.1f} s"
 
 
 def _warm(app) -> None:

@@ -684,17 +684,15 @@ class Service:
         """The answer's rows of `hits`, ranked from 1: each the item's kept JSON (shared, not copied: an answer is
         encoded, never changed), its rank, score and match flags against `target`. The target's (attribute,
         value) pairs are read once per list, not once per hit."""
-        by_id, kept, item_row = self.engine.catalog.by_id, self._item_rows, self._item_row
+        by_id, item_row = self.engine.catalog.by_id, self._item_row
         wanted = [(a, t["value"]) for a, t in target.items()]
         out = []
         for rank, h in enumerate(hits, 1):
             it = by_id.get(h.id)
             attrs = h.attributes
             matches = {a: attrs.get(a) == v for a, v in wanted}
-            row = kept.get(h.id)  # `_item_row` inlined (its kept row when it is this item's)
-            row = row[1] if row is not None and row[0] is it else (
-                item_row(it) if it else {"id": h.id, "attributes": dict(attrs)})
-            row = {**row, "rank": rank, "score": round(h.score, 6), "matches": matches, "n_matched": sum(matches.values())}
+            row = {**(item_row(it) if it else {"id": h.id, "attributes": dict(attrs)}),
+                   "rank": rank, "score": round(h.score, 6), "matches": matches, "n_matched": sum(matches.values())}
             if h.part is not None:
                 row["part"] = h.part
             out.append(row)
