@@ -17,7 +17,8 @@ from vestis.catalog.synthetic import ATTRIBUTES, DEFAULT_SIZE, generate, make_co
 from vestis.catalog.synthetic.garments import COLOURS, OPTIONS, ROLES, jitter_colour, sample_garment
 from vestis.catalog.synthetic.generate import Shot, plan, render_shot
 from vestis.catalog.synthetic.patterns import sample_fabric
-from vestis.catalog.synthetic.scene import Look, render
+from vestis.catalog.synthetic import scene as scene_module
+from vestis.catalog.synthetic.scene import Look, render, sample_look
 from vestis.errors import VestisError
 
 N = 40
@@ -164,7 +165,56 @@ def test_bad_arguments_are_clear_errors(tmp_path):
         generate(n=0, seed=0, out=tmp_path)
     with pytest.raises(VestisError, match="WIDTH HEIGHT"):
         generate(n=2, seed=0, out=tmp_path, image_size=(8, 8))
+    with pytest.raises(VestisError, match="scene must be one of default, cluttered"):
+        generate(n=2, seed=0, out=tmp_path, scene="busy")
 
 
 def test_colours_are_the_schema_colours():
     assert tuple(COLOURS) == ATTRIBUTES["colour"]
+
+
+# --- the "cluttered" scene ---------------------------------------------------------------------------
+def _views(scene: str, n: int = 24, clutter=None, monkeypatch=None):
+    if clutter is not None:
+        monkeypatch.setattr(scene_module, "_draw_clutter", clutter)
+    return [render(sample_look(np.random.default_rng([7, i]), False), np.random.default_rng([8, i]), DEFAULT_SIZE,
+                   scene) for i in range(n)]
+
+
+def _area(box) -> float:
+    x0, y0, x1, y1 = box
+    return (x1 - x0) * (y1 - y0) / (DEFAULT_SIZE[0] * DEFAULT_SIZE[1])
+
+
+def test_cluttered_scenes_keep_the_garments_boxes_and_add_distractors_beside_it(monkeypatch):
+    """The distractors are drawn into the background: without them (`_draw_clutter` a no-op) the same view has
+    the same boxes and regions; with them, many pixels outside the garment's box change."""
+    cluttered = _views("cluttered")
+    bare = _views("cluttered", clutter=lambda bg, *a: bg, monkeypatch=monkeypatch)
+    changed = []
+    for c, b in zip(cluttered, bare):
+        assert c.boxes == b.boxes and c.regions == b.regions
+        diff = np.abs(np.asarray(c.image, np.int16) - np.asarray(b.image, np.int16)).max(-1) > 40
+        x0, y0, x1, y1 = (int(round(v)) for v in c.boxes[0])
+        outside = np.ones_like(diff)
+        outside[y0:y1, x0:x1] = False
+        changed.append(diff[outside].mean())
+    assert np.median(changed) > 0.05, changed  # a distractor covers a good part of the rest of the picture
+
+
+def test_cluttered_scenes_frame_the_garment_smaller():
+    default = [_area(v.boxes[0]) for v in _views("default")]
+    cluttered = [_area(v.boxes[0]) for v in _views("cluttered")]
+    assert np.mean(cluttered) < 0.6 * np.mean(default), (np.mean(cluttered), np.mean(default))
+
+
+def test_cluttered_catalogue_is_deterministic_and_differs_from_default(serial, tmp_path):
+    generate(n=12, seed=1, out=tmp_path / "a", workers=1, scene="cluttered")
+    generate(n=12, seed=1, out=tmp_path / "b", workers=2, scene="cluttered")
+    a, b = digests(tmp_path / "a"), digests(tmp_path / "b")
+    assert a == b
+    out, cat = serial
+    default = digests(out)
+    assert all(a[k] != default[k] for k in a if k.startswith("images/"))
+    labels = Catalog.load(tmp_path / "a")
+    assert [it.attributes for it in labels] == [it.attributes for it in list(cat)[:12]]  # the same garments

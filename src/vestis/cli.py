@@ -62,7 +62,7 @@ def cmd_synth(args) -> int:
               f"{len(cat.split('query'))} evaluation collages and {args.out / 'catalog.jsonl'} (+ schema.json)")
         return 0
     cat = generate(n=args.n, seed=args.seed, out=args.out, workers=args.workers,
-                   contact_sheet=args.contact_sheet, image_size=args.size)
+                   contact_sheet=args.contact_sheet, image_size=args.size, scene=args.scene)
     print(f"wrote {len(cat)} images and {args.out / 'catalog.jsonl'} (+ schema.json)")
     if args.contact_sheet:
         print(f"contact sheet: {args.out / 'contact_sheet.png'}")
@@ -663,6 +663,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     s.add_argument("--size", type=int, nargs=2, metavar=("W", "H"), default=None, help="image size in pixels")
     s.add_argument("--contact-sheet", action="store_true", help="also write contact_sheet.png")
+    s.add_argument("--scene", choices=("default", "cluttered"), default="default",
+                   help="cluttered: each garment smaller, in a street scene beside one or two unlabelled distractor "
+                        "garments (for measuring localisation; default: the garment fills most of the picture)")
     s.add_argument("--collages-from", type=Path, default=None, metavar="CATALOG",
                    help="instead: -n collages of CATALOG's train-split photos (top, bottom, shoes, maybe a bag or "
                         "a watch, by subCategory) with each garment's labels and box, plus evaluation collages of "

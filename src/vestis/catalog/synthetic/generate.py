@@ -21,7 +21,7 @@ from vestis.catalog.readers import generic
 from vestis.catalog.schema import AttributeSchema
 from vestis.catalog.synthetic.contact_sheet import make_contact_sheet
 from vestis.catalog.synthetic.garments import ATTRIBUTES
-from vestis.catalog.synthetic.scene import render, sample_look
+from vestis.catalog.synthetic.scene import SCENES, render, sample_look
 from vestis.errors import VestisError
 from vestis.machine import cpu_count
 
@@ -70,10 +70,10 @@ def _round(box: Box) -> Box:
     return tuple(round(float(v), 1) for v in box)
 
 
-def render_shot(seed: int, shot: Shot, size: tuple[int, int], image_dir: Path) -> Item:
+def render_shot(seed: int, shot: Shot, size: tuple[int, int], image_dir: Path, scene: str = "default") -> Item:
     """Render and save one image; return its catalogue item."""
     look = sample_look(np.random.default_rng([_key(seed), INSTANCE, shot.instance]), shot.outfit)
-    view = render(look, np.random.default_rng([_key(seed), VIEW, shot.index]), size)
+    view = render(look, np.random.default_rng([_key(seed), VIEW, shot.index]), size, scene)
     image = image_dir / f"{item_id(shot.index)}.jpg"
     view.image.save(image, "JPEG", quality=view.jpeg_quality)
     item = Item(id=item_id(shot.index), image=image, instance_id=instance_id(shot.instance))
@@ -94,22 +94,25 @@ def _render_task(args) -> Item:
 
 
 def generate(n: int, seed: int, out: Path, workers: int | None = None, contact_sheet: bool = False,
-             image_size: tuple[int, int] | None = None) -> Catalog:
+             image_size: tuple[int, int] | None = None, scene: str = "default") -> Catalog:
     """Write n images to out/images/<id>.jpg and out/catalog.jsonl + schema.json; return the catalogue.
 
     `workers` processes render in parallel (default: all cores; 1 renders here); the output does not
     depend on it. `image_size` is (width, height), default 160x200. With `contact_sheet`, also write
-    out/contact_sheet.png, a labelled grid to check the labels by eye.
+    out/contact_sheet.png, a labelled grid to check the labels by eye. `scene`: "default" or "cluttered" (the
+    garment smaller in a street scene beside unlabelled distractor garments; `scene.py`).
     """
     if n < 1:
         raise VestisError(f"the synthetic catalogue needs at least 1 image, got n={n}")
     size = tuple(int(v) for v in (image_size or DEFAULT_SIZE))
     if len(size) != 2 or min(size) < 32:
         raise VestisError(f"image size must be WIDTH HEIGHT, each at least 32 pixels, got {image_size}")
+    if scene not in SCENES:
+        raise VestisError(f"scene must be one of {', '.join(SCENES)}, got {scene!r}")
     out = Path(out)
     image_dir = out / "images"
     image_dir.mkdir(parents=True, exist_ok=True)
-    tasks = [(seed, shot, size, image_dir) for shot in plan(n, seed)]
+    tasks = [(seed, shot, size, image_dir, scene) for shot in plan(n, seed)]
     workers = max(1, min(workers or cpu_count(), len(tasks)))
     if workers == 1:
         items = [_render_task(t) for t in tasks]
