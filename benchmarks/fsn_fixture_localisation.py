@@ -21,35 +21,22 @@ removed); "known" (w_c - mean over the known values) . f ("unspecified" left out
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from vestis.catalog import AttributeSchema
-from vestis.models import TrainData, create_model
+from vestis.models import create_model
 
-SCHEMA = AttributeSchema({"colour": ["red", "blue", "green"], "sleeve": ["short", "long"]})
-CH = {"s16": 8, "s32": 16}
+# the test's fixture itself (`_data(n, seed, size)`), so this script measures exactly what the test checks
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from test_model_fashionsearchnet import CH, SCHEMA, _data as fixture  # noqa: E402
+
 CONFIG = {"width": 16, "reduce": 8, "dim": 8, "roi": 2, "batch_size": 64, "epochs_cls": 2, "epochs": 4,
           "global_epochs": 2, "global_steps": 10, "global_batch": 64}  # the test's `trained` fixture model
 CAMS = ("raw", "centred", "known", "runnerup")
-
-
-def fixture(n: int, seed: int, size: int) -> TrainData:
-    """The test's `_data` on a size x size stride-16 map: colour in channels 0-2 of the top half, sleeve in
-    channels 3-5 of the bottom half (and the same on the size/2 stride-32 map)."""
-    rng = np.random.default_rng(seed)
-    labels = np.stack([rng.integers(0, 3, n), rng.integers(0, 3, n)], 1)
-    s16 = rng.normal(0, 0.3, (n, 8, size, size)).astype(np.float32)
-    s16[np.arange(n), labels[:, 0], :size // 2, :] += 2.0
-    s16[np.arange(n), 3 + labels[:, 1], size // 2:, :] += 2.0
-    h = size // 2
-    s32 = rng.normal(0, 0.3, (n, 16, h, h)).astype(np.float32)
-    s32[np.arange(n), labels[:, 0], :h // 2, :] += 2.0
-    s32[np.arange(n), 3 + labels[:, 1], h // 2:, :] += 2.0
-    maps = {"s16": s16.astype(np.float16), "s32": s32.astype(np.float16)}
-    return TrainData([str(i) for i in range(n)], maps, labels, -np.ones(n, np.int64), SCHEMA)
 
 
 def cam_weights(weight: torch.Tensor, logits: torch.Tensor, kind: str) -> torch.Tensor:
