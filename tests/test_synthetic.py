@@ -174,9 +174,7 @@ def test_colours_are_the_schema_colours():
 
 
 # --- the "cluttered" scene ---------------------------------------------------------------------------
-def _views(scene: str, n: int = 24, clutter=None, monkeypatch=None):
-    if clutter is not None:
-        monkeypatch.setattr(scene_module, "_draw_clutter", clutter)
+def _views(scene: str, n: int = 24):
     return [render(sample_look(np.random.default_rng([7, i]), False), np.random.default_rng([8, i]), DEFAULT_SIZE,
                    scene) for i in range(n)]
 
@@ -190,7 +188,8 @@ def test_cluttered_scenes_keep_the_garments_boxes_and_add_distractors_beside_it(
     """The distractors are drawn into the background: without them (`_draw_clutter` a no-op) the same view has
     the same boxes and regions; with them, many pixels outside the garment's box change."""
     cluttered = _views("cluttered")
-    bare = _views("cluttered", clutter=lambda bg, *a: bg, monkeypatch=monkeypatch)
+    monkeypatch.setattr(scene_module, "_draw_clutter", lambda bg, *a: bg)
+    bare = _views("cluttered")
     changed = []
     for c, b in zip(cluttered, bare):
         assert c.boxes == b.boxes and c.regions == b.regions

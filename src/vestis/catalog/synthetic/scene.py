@@ -301,8 +301,8 @@ def _draw_clutter(bg: np.ndarray, rng: np.random.Generator, k: float, subject_x:
     for _ in range(int(rng.integers(CLUTTER_COUNT[0], CLUTTER_COUNT[1] + 1))):
         garment = sample_garment(rng)
         fabric = sample_fabric(garment.get("pattern"), garment.rgb, rng)
-        spread = np.full(2, rng.uniform(16, 34))
-        shapes = garment_shapes(garment, Pose(arms=(float(spread[0]), float(spread[1])), stance=1.2, worn=False))
+        arms = float(rng.uniform(16, 34))  # laid flat: both sleeves spread alike
+        shapes = garment_shapes(garment, Pose(arms=(arms, arms), stance=1.2, worn=False))
         x0, y0, x1, y1 = shapes.extent()
         kd = k * rng.uniform(*CLUTTER_SCALE)
         side = rng.uniform(0.72, 1.05) if subject_x < 0.5 else rng.uniform(-0.05, 0.28)
